@@ -1,0 +1,21 @@
+"""Small helpers shared by integration tests: deadlines and polling without sleeps."""
+
+from __future__ import annotations
+
+import time
+
+from twisted.internet import defer, task
+
+
+async def wait_for(reactor, predicate, timeout: float = 10.0, interval: float = 0.01):
+    """Poll ``predicate`` until it is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+        await task.deferLater(reactor, interval, lambda: None)
+
+
+async def with_deadline(reactor, d: defer.Deferred, timeout: float = 10.0):
+    """Await ``d`` but fail (cancelling it) after ``timeout`` seconds."""
+    return await d.addTimeout(timeout, reactor)

@@ -1,0 +1,171 @@
+"""The real service tree on a real UDP port, fed by the datadog package's DogStatsd client."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import pytest_twisted
+from datadog.dogstatsd import DogStatsd
+
+from helpers import wait_for, with_deadline
+from twisted_statsd import build_service, load_config
+from twisted_statsd.intake.service import IntakeService
+
+
+def user_objects(path):
+    """The JSON lines of the output, without the server's own telemetry."""
+    with open(path) as f:
+        objects = [json.loads(line) for line in f]
+    return [o for o in objects if not o.get("metric", "").startswith("twisted_statsd.")]
+
+
+def without_timestamps(obj):
+    obj = dict(obj)
+    if "points" in obj:
+        obj["points"] = [{"value": p["value"]} for p in obj["points"]]
+    obj.pop("timestamp", None)
+    return obj
+
+
+async def start(reactor, tmp_path, **settings):
+    out = tmp_path / "out.jsonl"
+    data = {
+        "dogstatsd_port": "__random__",
+        "hostname": "testhost",
+        "flush_interval": 3600,
+        "sinks": [{"type": "jsonl", "path": str(out)}],
+        **settings,
+    }
+    service = build_service(load_config(data=data), reactor)
+    service.startService()
+    return service, out
+
+
+async def stop(reactor, service):
+    await with_deadline(reactor, service.stopService())
+
+
+def client(service) -> DogStatsd:
+    return DogStatsd(
+        host="127.0.0.1", port=service.udp.address.port, disable_telemetry=True, constant_tags=["env:test"]
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_datadog_client_metrics_are_aggregated_exactly(reactor, tmp_path):
+    service, out = await start(reactor, tmp_path)
+    try:
+        statsd = client(service)
+        statsd.increment("page.views", 3, tags=["page:home"])
+        statsd.increment("page.views", 2, tags=["page:home"])
+        statsd.gauge("queue.size", 12, tags=["queue:a"])
+        statsd.gauge("queue.size", 7, tags=["queue:a"])
+        for v in (1, 2, 3, 4, 5):
+            statsd.histogram("request.size", v)
+        statsd.set("users.unique", "alice")
+        statsd.set("users.unique", "bob")
+        statsd.set("users.unique", "alice")
+        statsd.increment("sampled", 1, sample_rate=1.0, tags=["host:elsewhere"])
+        statsd.close_socket()
+        await wait_for(reactor, lambda: service.telemetry.get("metrics") >= 13)
+    finally:
+        await stop(reactor, service)
+
+    objects = sorted(user_objects(out), key=lambda o: (o["metric"], o["tags"]))
+    for obj in objects:
+        assert all(p["timestamp"] % 10 == 0 for p in obj["points"])
+        assert obj["interval"] == 10
+    host = [{"type": "host", "name": "testhost"}]
+
+    def series(metric, kind, value, tags, resources=host):
+        return {"metric": metric, "type": kind, "points": [{"value": value}], "tags": tags,
+                "resources": resources, "interval": 10}
+
+    assert [without_timestamps(o) for o in objects] == [
+        series("page.views", 2, 0.5, ["env:test", "page:home"]),
+        series("queue.size", 3, 7.0, ["env:test", "queue:a"]),
+        series("request.size.95percentile", 3, 5.0, ["env:test"]),
+        series("request.size.avg", 3, 3.0, ["env:test"]),
+        series("request.size.count", 2, 0.5, ["env:test"]),
+        series("request.size.max", 3, 5.0, ["env:test"]),
+        series("request.size.median", 3, 3.0, ["env:test"]),
+        series("sampled", 2, 0.1, ["env:test"], [{"type": "host", "name": "elsewhere"}]),
+        series("users.unique", 3, 2.0, ["env:test"]),
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_distribution_event_and_service_check(reactor, tmp_path):
+    service, out = await start(reactor, tmp_path)
+    try:
+        statsd = client(service)
+        for v in range(1, 101):
+            statsd.distribution("latency", v)
+        statsd.event("Deploy", "version 2\nrolled out", alert_type="success", tags=["team:a"], hostname="web1")
+        statsd.service_check("app.up", DogStatsd.OK, tags=["team:a"], message="fine")
+        statsd.close_socket()
+        await wait_for(
+            reactor,
+            lambda: service.telemetry.get("metrics") >= 100
+            and service.telemetry.get("events") == 1
+            and service.telemetry.get("service_checks") == 1,
+        )
+    finally:
+        await stop(reactor, service)
+
+    objects = user_objects(out)
+    (dist,) = [o for o in objects if o.get("type") == "distribution"]
+    assert (dist["metric"], dist["count"], dist["min"], dist["max"], dist["sum"], dist["avg"]) == (
+        "latency", 100, 1, 100, 5050, 50.5,
+    )
+    assert dist["tags"] == ["env:test"]
+    assert set(dist["percentiles"]) == {"p50", "p75", "p90", "p95", "p99"}
+    assert abs(dist["percentiles"]["p99"] - 99) <= 99 / 64
+    (event,) = [o for o in objects if "msg_title" in o]
+    assert event["msg_title"] == "Deploy" and event["msg_text"] == "version 2\nrolled out"
+    assert (event["host"], event["alert_type"], event["tags"]) == ("web1", "success", ["env:test", "team:a"])
+    (check,) = [o for o in objects if "check" in o]
+    assert (check["check"], check["status"], check["message"], check["host_name"], check["tags"]) == (
+        "app.up", 0, "fine", "testhost", ["env:test", "team:a"],
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_lines_are_counted_and_the_rest_of_the_packet_goes_through(reactor, tmp_path, logged_errors):
+    service, out = await start(reactor, tmp_path)
+    try:
+        import socket
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.sendto(b"good:1|c\nbad:abc|g\nnopipe\nalso.good:2|g\nnan:NaN|g", ("127.0.0.1", service.udp.address.port))
+        sock.close()
+        await wait_for(reactor, lambda: service.telemetry.get("metrics") >= 2 and service.telemetry.total_dropped() >= 3)
+        assert service.telemetry.dropped("metric_bad_value") == 1
+        assert service.telemetry.dropped("non_finite_value") == 1
+    finally:
+        await stop(reactor, service)
+    assert sorted(o["metric"] for o in user_objects(out)) == ["also.good", "good"]
+    # Drops reach the output as the server's own metrics.
+    with open(out) as f:
+        own = [json.loads(line) for line in f if "twisted_statsd.dropped" in line]
+    assert any("reason:metric_bad_value" in o["tags"] for o in own)
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_leaves_no_port_and_flushes_open_buckets(reactor, tmp_path):
+    service, out = await start(reactor, tmp_path)
+    port = service.udp.address.port
+    statsd = DogStatsd(host="127.0.0.1", port=port, disable_telemetry=True)
+    statsd.gauge("last.words", 1)
+    statsd.close_socket()
+    await wait_for(reactor, lambda: _received(service))
+    await stop(reactor, service)
+    assert service.udp.port is None
+    assert [o["metric"] for o in user_objects(out)] == ["last.words"]
+
+
+def _received(service) -> bool:
+    """True once the datagram sits in a packet buffer or has been aggregated."""
+    intake = [s for s in service if isinstance(s, IntakeService)][0]
+    return any(b.packets for b in intake.buffers) or service.telemetry.get("metrics") > 0

@@ -1,0 +1,232 @@
+"""The aggregator against spec §6.3-§6.7: buckets, flush cut-off, per-type maths, zero-fill."""
+
+from __future__ import annotations
+
+import pytest
+
+from twisted_statsd.core.aggregator import MAX_PENDING, Aggregator
+from twisted_statsd.core.model import (
+    COUNTER,
+    DISTRIBUTION,
+    GAUGE,
+    HISTOGRAM,
+    SERIES_GAUGE,
+    SERIES_RATE,
+    SET,
+    TIMING,
+    Context,
+)
+
+
+def ctx(name: str, *tags: str, host: str = "h") -> Context:
+    return Context(name.encode(), host.encode(), [t.encode() for t in tags])
+
+
+def points(batch, name):
+    """{series name: points} restricted to ``name`` and its suffixes."""
+    return {s.name: s.points for s in batch.series if s.name == name or s.name.startswith(name + ".")}
+
+
+def by_name(batch):
+    return {s.name: s for s in batch.series}
+
+
+def test_time_sampler_vector():
+    """spec §6.5: the zero-fill and expiry vector (bucket 10, expiry 300)."""
+    agg = Aggregator(expiry_seconds=300)
+    c1, c2, g = ctx("counter1"), ctx("counter2"), ctx("gauge")
+    agg.add(c1, COUNTER, 1, 1.0, 1004)
+    agg.add(c2, COUNTER, 2, 1.0, 1002)
+    agg.add(g, GAUGE, 2, 1.0, 1003)
+    out = by_name(agg.flush(1010))
+    assert out["counter1"].points == [(1000, 0.1)]
+    assert out["counter1"].type == SERIES_RATE
+    assert out["counter2"].points == [(1000, 0.2)]
+    assert out["gauge"].points == [(1000, 2.0)]
+    assert out["gauge"].type == SERIES_GAUGE
+
+    agg.add(c2, COUNTER, 2, 1.0, 1034)
+    agg.add(c1, COUNTER, 1, 1.0, 1010)
+    agg.add(c2, COUNTER, 2, 1.0, 1020)
+    out = by_name(agg.flush(1040))
+    assert out["counter1"].points == [(1010, 0.1), (1020, 0.0), (1030, 0.0)]
+    assert out["counter2"].points == [(1010, 0.0), (1020, 0.2), (1030, 0.2)]
+    assert set(out) == {"counter1", "counter2"}
+
+    assert not agg.flush(1045).series  # no new interval
+    out = by_name(agg.flush(1050))
+    assert out == {
+        "counter1": out["counter1"],
+        "counter2": out["counter2"],
+    } and out["counter1"].points == [(1040, 0.0)] and out["counter2"].points == [(1040, 0.0)]
+    out = by_name(agg.flush(1329))
+    assert list(out) == ["counter2"]  # counter1 expired: 1010 + 300 is not > 1310
+    assert out["counter2"].points == [(1310, 0.0)]
+    assert not agg.flush(1800).series
+    assert agg.context_count() == 0
+
+
+def test_open_bucket_waits_for_a_later_flush():
+    """spec §6.3: only buckets with start + 10 <= bucket_start(now) are flushed."""
+    agg = Aggregator()
+    agg.add(ctx("g"), GAUGE, 1, 1.0, 1015)
+    assert not agg.flush(1019).series
+    assert by_name(agg.flush(1020))["g"].points == [(1010, 1.0)]
+
+
+def test_final_flush_closes_open_buckets():
+    agg = Aggregator()
+    agg.add(ctx("g"), GAUGE, 7, 1.0, 1015)
+    assert by_name(agg.flush(1016, final=True))["g"].points == [(1010, 7.0)]
+
+
+def test_gauge_last_value_wins_by_arrival():
+    agg = Aggregator()
+    for v in (3, 1, 2):
+        agg.add(ctx("g"), GAUGE, v, 1.0, 1001)
+    assert by_name(agg.flush(1010))["g"].points == [(1000, 2.0)]
+
+
+def test_counter_scaled_by_sample_rate():
+    """spec §1.4: each sample adds value / rate; reported as a rate over 10 s."""
+    agg = Aggregator()
+    agg.add(ctx("c"), COUNTER, 1, 0.5, 1001)
+    agg.add(ctx("c"), COUNTER, 3, 1.0, 1002)
+    assert by_name(agg.flush(1010))["c"].points == [(1000, 0.5)]
+
+
+def test_set_counts_unique_members():
+    agg = Aggregator()
+    for member in (b"a", b"b", b"a", b"abc:def"):
+        agg.add(ctx("s"), SET, member, 1.0, 1001)
+    out = by_name(agg.flush(1010))["s"]
+    assert out.points == [(1000, 3.0)] and out.type == SERIES_GAUGE
+
+
+def test_histogram_worked_example():
+    """spec §6.5: values 1..5 at rate 1 -> max 5, median 3, avg 3, count 0.5, 95percentile 5."""
+    agg = Aggregator()
+    for v in (3, 1, 5, 2, 4):
+        agg.add(ctx("h"), HISTOGRAM, v, 1.0, 1001)
+    out = by_name(agg.flush(1010))
+    assert {name: s.points[0][1] for name, s in out.items()} == {
+        "h.max": 5,
+        "h.median": 3,
+        "h.avg": 3,
+        "h.count": 0.5,
+        "h.95percentile": 5,
+    }
+    assert out["h.count"].type == SERIES_RATE
+    assert out["h.max"].type == SERIES_GAUGE
+    assert list(out) == ["h.max", "h.median", "h.avg", "h.count", "h.95percentile"]
+
+
+def test_histogram_aggregates_and_percentiles_configurable():
+    agg = Aggregator(histogram_aggregates=("min", "sum"), histogram_percentiles=(0.5, 0.99))
+    for v in range(1, 101):
+        agg.add(ctx("t"), TIMING, float(v), 1.0, 1001)
+    out = {name: s.points[0][1] for name, s in by_name(agg.flush(1010)).items()}
+    # rank rule: first value whose cumulative weight > (p*count - 1)/100
+    assert out == {"t.min": 1.0, "t.sum": 5050.0, "t.50percentile": 50.0, "t.99percentile": 99.0}
+
+
+def test_histogram_sample_rate_weights():
+    """spec §1.4: weight 1/rate; count, sum and avg are weighted."""
+    agg = Aggregator(histogram_aggregates=("count", "sum", "avg"))
+    agg.add(ctx("h"), HISTOGRAM, 10, 0.5, 1001)
+    agg.add(ctx("h"), HISTOGRAM, 40, 1.0, 1001)
+    out = {name: s.points[0][1] for name, s in by_name(agg.flush(1010)).items()}
+    assert out["h.count"] == pytest.approx(0.3)
+    assert out["h.sum"] == 60
+    assert out["h.avg"] == 20
+
+
+def test_histogram_rate_zero_counts_once():
+    agg = Aggregator(histogram_aggregates=("count",), histogram_percentiles=())
+    agg.add(ctx("h"), HISTOGRAM, 10, 0.0, 1001)
+    assert by_name(agg.flush(1010))["h.count"].points == [(1000, 0.1)]
+
+
+def test_points_of_one_context_merge_into_one_series():
+    """spec §6.3: one flush over two buckets gives one series with two points."""
+    agg = Aggregator()
+    agg.add(ctx("g"), GAUGE, 1, 1.0, 1001)
+    agg.add(ctx("g"), GAUGE, 2, 1.0, 1011)
+    assert [s.points for s in agg.flush(1020).series] == [[(1000, 1.0), (1010, 2.0)]]
+
+
+def test_context_ignores_tag_order_and_duplicates():
+    """spec §6.4: a context is (name, host, set of tags)."""
+    agg = Aggregator()
+    agg.add(ctx("g", "b", "a"), GAUGE, 1, 1.0, 1001)
+    agg.add(ctx("g", "a", "b", "a"), GAUGE, 2, 1.0, 1002)
+    agg.add(ctx("g", "a", "b", host="other"), GAUGE, 3, 1.0, 1002)
+    series = agg.flush(1010).series
+    assert sorted((s.host, s.tags, s.points[0][1]) for s in series) == [
+        ("h", ("a", "b"), 2.0),
+        ("other", ("a", "b"), 3.0),
+    ]
+
+
+def test_first_type_in_a_bucket_decides():
+    """spec §6.4: a gauge sample given to a counter context adds to the counter."""
+    agg = Aggregator()
+    agg.add(ctx("x"), COUNTER, 10, 1.0, 1001)
+    agg.add(ctx("x"), GAUGE, 10, 1.0, 1002)
+    agg.add(ctx("x"), SET, b"member", 1.0, 1003)
+    assert by_name(agg.flush(1010))["x"].points == [(1000, 2.0)]
+
+
+def test_distribution_kept_apart_as_sketch():
+    """spec §6.6: one sketch per context and bucket, separate from other types."""
+    agg = Aggregator()
+    for v in range(1, 101):
+        agg.add(ctx("d"), DISTRIBUTION, float(v), 1.0, 1001)
+    agg.add(ctx("d"), GAUGE, 5, 1.0, 1001)
+    agg.add(ctx("d"), DISTRIBUTION, 1.0, 1.0, 1011)
+    batch = agg.flush(1020)
+    assert by_name(batch)["d"].points == [(1000, 5.0)]
+    (sketches,) = batch.sketches
+    assert [ts for ts, _ in sketches.points] == [1000, 1010]
+    sketch = sketches.points[0][1]
+    assert (sketch.count, sketch.min, sketch.max, sketch.sum) == (100, 1.0, 100.0, 5050.0)
+    # the median rank lies between 50 and 51; the sketch is within 1/128 of it
+    assert 50 * (1 - 1 / 128) <= sketch.quantile(0.5) <= 51 * (1 + 1 / 128)
+
+
+def test_distribution_sample_rate():
+    """spec §1.4: the sketch counts a value 1/r times; r outside (0, 1] counts as 1."""
+    agg = Aggregator()
+    agg.add(ctx("d"), DISTRIBUTION, 2.0, 0.25, 1001)
+    agg.add(ctx("e"), DISTRIBUTION, 2.0, 0.0, 1001)
+    agg.add(ctx("e"), DISTRIBUTION, 2.0, 5.0, 1001)
+    counts = {s.name: s.points[0][1].count for s in agg.flush(1010).sketches}
+    assert counts == {"d": 4, "e": 2}
+
+
+def test_timestamped_gauge_and_counter_pass_through():
+    """spec §6.7: counters become value/10 rates, gauges gauges, at the client's timestamp."""
+    agg = Aggregator()
+    assert agg.add_timestamped(ctx("c"), COUNTER, 50, 1657100430)
+    assert agg.add_timestamped(ctx("g"), GAUGE, 3, 1657100431)
+    assert not agg.add_timestamped(ctx("h"), HISTOGRAM, 3, 1657100431)
+    out = by_name(agg.flush(2000))
+    assert out["c"].points == [(1657100430, 5.0)] and out["c"].type == SERIES_RATE
+    assert out["g"].points == [(1657100431, 3.0)] and out["g"].type == SERIES_GAUGE
+    assert not agg.flush(2010).series
+
+
+def test_pending_limits():
+    agg = Aggregator()
+    for _ in range(MAX_PENDING):
+        assert agg.add_event(object())
+    assert not agg.add_event(object())
+    assert len(agg.flush(1000).events) == MAX_PENDING
+    assert agg.add_event(object())
+
+
+def test_non_finite_points_left_out_and_counted():
+    agg = Aggregator()
+    agg.add(ctx("c"), COUNTER, 1e308, 1e-300, 1001)
+    assert not agg.flush(1010).series
+    assert agg.non_finite_points == 1

@@ -1,0 +1,232 @@
+"""The pipeline: the cached fast path against a plain reference parse, enrichment, drops."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from twisted_statsd._ratelimit import RateLimitedReporter
+from twisted_statsd.core import parser
+from twisted_statsd.core.aggregator import Aggregator
+from twisted_statsd.core.enrich import Blocklist, Enricher
+from twisted_statsd.core.model import SET
+from twisted_statsd.intake.pipeline import Pipeline
+from twisted_statsd.telemetry import Telemetry
+
+NOW = 1_000_001.0
+
+
+def make(**enrich):
+    telemetry = Telemetry()
+    aggregator = Aggregator(histogram_aggregates=("max", "min", "median", "avg", "sum", "count"))
+    enricher = Enricher(hostname=enrich.pop("hostname", "myhost"), **enrich)
+    pipeline = Pipeline(aggregator, enricher, telemetry, RateLimitedReporter(telemetry, verbose=False))
+    return pipeline, aggregator, telemetry
+
+
+def flushed(aggregator):
+    batch = aggregator.flush(NOW + 100, final=True)
+    series = sorted((s.name, s.host, s.tags, s.type, tuple(s.points)) for s in batch.series)
+    sketches = sorted(
+        (s.name, s.host, s.tags, tuple((ts, k.count, k.sum, k.min, k.max, tuple(map(tuple, k.bins())))
+                                       for ts, k in s.points))
+        for s in batch.sketches
+    )
+    return series, sketches, batch.events, batch.service_checks
+
+
+def reference(lines, **enrich):
+    """The straightforward path: full parse and enrichment of every line, one sample at a time."""
+    telemetry = Telemetry()
+    aggregator = Aggregator(histogram_aggregates=("max", "min", "median", "avg", "sum", "count"))
+    enricher = Enricher(hostname=enrich.pop("hostname", "myhost"), **enrich)
+    for line in lines:
+        try:
+            kind = parser.message_kind(line)
+            if kind == parser.EVENT:
+                aggregator.add_event(enricher.event(parser.parse_event(line), NOW))
+                continue
+            if kind == parser.SERVICE_CHECK:
+                aggregator.add_service_check(enricher.service_check(parser.parse_service_check(line), NOW))
+                continue
+            message = parser.parse_metric(line)
+        except parser.ParseError:
+            continue
+        target = enricher.metric_target(message)
+        if target is None or (target.type == b"c" and target.rate == 0):
+            continue
+        if message.timestamp:
+            for v in message.values:
+                if v == v and abs(v) != float("inf"):
+                    aggregator.add_timestamped(target.context, target.type, v, message.timestamp)
+            continue
+        if message.type == SET:
+            aggregator.add(target.context, SET, message.set_member, 1.0, NOW)
+            continue
+        for v in message.values:
+            if v != v or abs(v) == float("inf"):
+                continue
+            aggregator.add(target.context, target.type, v, target.rate, NOW)
+            if target.copy is not None:
+                aggregator.add(target.copy, b"d", v, target.rate, NOW)
+    return flushed(aggregator)
+
+
+CORPUS_SHAPES = [
+    b"page.views:{v}|c|#env:prod,page:home",
+    b"page.views:{v}|c|#page:home,env:prod",
+    b"page.views:{v}|c|@0.5|#env:prod,page:home",
+    b"queue.size:{v}|g|#queue:a",
+    b"queue.size:{v}:{v}:{v}|g|#queue:b",
+    b"latency:{v}|ms|#route:/x",
+    b"latency:{v}|h|#route:/x|@0.25",
+    b"payload:{v}|d|#kind:json",
+    b"payload:{v}:{v}|d|@0.5",
+    b"users:{v}|s",
+    b"users:id{v}:x|s|#a",
+    b"hosted:{v}|g|#host:web{v}",
+    b"hosted:{v}|c|#host:,b",
+    b"stamped:{v}|g|T1657100430",
+    b"stamped:{v}|c|#x|T1657100431",
+    b"stamped:{v}|h|T1657100431",
+    b"internal:{v}|c|#dd.internal.entity_id:pod,keep",
+    b"unicode.\xe2\x99\xac:{v}|g|#intitul\xc3\xa9:T0",
+    b"zero.rate:{v}|c|@0",
+    b"mixed:{v}|c",
+    b"mixed:{v}|g",
+    b"bad:{v}x|g",
+    b"bad.type:{v}|q",
+    b"no.value:|g",
+    b"nan:NaN|g",
+    b"inf:{v}:+Inf|c",
+    b"_e{{5,4}}:title|text|#t",
+    b"_sc|check.{v}|1|m:msg",
+    b"_scanner.hits:{v}|c",
+    b"random text {v}",
+    b"",
+]
+
+
+def corpus(seed=7, n=3000):
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n):
+        shape = rng.choice(CORPUS_SHAPES)
+        v = rng.choice([b"1", b"2.5", b"-3", b"1e2", b"0", str(rng.randint(0, 9)).encode()])
+        lines.append(shape.replace(b"{v}", v))
+    return lines
+
+
+def packets_of(lines, rng):
+    packets, i = [], 0
+    while i < len(lines):
+        k = rng.randint(1, 20)
+        packets.append(b"\n".join(lines[i : i + k]) + rng.choice([b"", b"\n", b"\r\n"]))
+        i += k
+    return packets
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_fast_path_matches_reference_parse(seed):
+    """The cached fast path aggregates exactly what a full parse of every line gives."""
+    lines = corpus(seed)
+    pipeline, aggregator, _ = make()
+    rng = random.Random(seed)
+    packets = packets_of(lines, rng)
+    for i in range(0, len(packets), 32):
+        pipeline.process(packets[i : i + 32], NOW)
+    assert len(pipeline._cache) > 10  # the fast path was really exercised
+    assert flushed(aggregator) == reference(lines)
+
+
+def test_fast_path_matches_reference_with_enrichment():
+    settings = dict(
+        extra_tags=("dc:1", "env:prod"),
+        namespace="ns.",
+        namespace_exclusions=("queue",),
+        blocklist=Blocklist(["ns.latency"]),
+        histogram_copy_prefix="dist.",
+    )
+    lines = corpus(11)
+    pipeline, aggregator, _ = make(**settings)
+    pipeline.process(packets_of(lines, random.Random(11)), NOW)
+    assert flushed(aggregator) == reference(lines, **settings)
+
+
+def test_every_dropped_line_is_counted_by_reason():
+    pipeline, aggregator, telemetry = make()
+    pipeline.process(
+        [b"ok:1|c\nbad:x|g\nnan:nan|g\nzero:1|c|@0\nzero:1|c|@0\n:1|c\nh:1|h|T5\n\n", b"ok:2|c"], NOW
+    )
+    assert telemetry.get("metrics") == 2
+    assert telemetry.dropped("metric_bad_value") == 1
+    assert telemetry.dropped("non_finite_value") == 1
+    assert telemetry.dropped("zero_sample_rate") == 2
+    assert telemetry.dropped("timestamped_unsupported_type") == 1
+    assert telemetry.total_dropped() == 6
+    (series,) = [s for s in aggregator.flush(NOW + 20).series]
+    assert series.points[0][1] == 0.3
+
+
+def test_blocked_metric_is_counted_every_time():
+    pipeline, aggregator, telemetry = make(blocklist=Blocklist(["secret"]))
+    pipeline.process([b"secret:1|c", b"secret:1|c\nopen:1|c"], NOW)
+    assert telemetry.dropped("blocked") == 2
+    assert [s.name for s in aggregator.flush(NOW + 20).series] == ["open"]
+
+
+def test_eol_required_drops_the_unterminated_line():
+    """spec §1.7: with EOL required, the last line without a newline is dropped and counted."""
+    pipeline, aggregator, telemetry = make()
+    pipeline.process([b"daemon:666|g|#foo:bar\ndaemon:666|g|#foo:bar"], NOW, eol_required=True)
+    assert telemetry.get("metrics") == 1
+    assert telemetry.dropped("unterminated_line") == 1
+
+
+def test_host_tag_sets_host_and_is_removed():
+    """spec §1.3: host:<h> becomes the metric's host; an empty value sets an empty host."""
+    pipeline, aggregator, _ = make()
+    pipeline.process([b"a:1|g|#host:web1,x\nb:1|g|#host:,y\nc:1|g"], NOW)
+    hosts = {s.name: (s.host, s.tags) for s in aggregator.flush(NOW + 20).series}
+    assert hosts == {"a": ("web1", ("x",)), "b": ("", ("y",)), "c": ("myhost", ())}
+
+
+def test_namespace_and_exclusions():
+    """spec §6.2: with namespace testNamespace., daemon becomes testNamespace.daemon; excluded prefixes stay."""
+    pipeline, aggregator, _ = make(namespace="testNamespace.", namespace_exclusions=("datadog.agent",))
+    pipeline.process([b"daemon:21|g\ndatadog.agent.daemon:1|g"], NOW)
+    assert sorted(s.name for s in aggregator.flush(NOW + 20).series) == ["datadog.agent.daemon", "testNamespace.daemon"]
+
+
+def test_histogram_copy_to_distribution():
+    """spec §6.2: prefix dist. turns daemon:666|h into histogram daemon plus distribution dist.daemon."""
+    pipeline, aggregator, _ = make(histogram_copy_prefix="dist.")
+    pipeline.process([b"daemon:666|h\ndaemon:666|h"], NOW)
+    batch = aggregator.flush(NOW + 20)
+    assert {s.name for s in batch.series} >= {"daemon.max", "daemon.count"}
+    assert [(s.name, s.points[0][1].count) for s in batch.sketches] == [("dist.daemon", 2)]
+
+
+def test_extra_tags_appended_to_metrics_events_and_checks():
+    pipeline, aggregator, _ = make(extra_tags=("env:prod",))
+    pipeline.process([b"m:1|g|#a\n_e{1,1}:t|x|#b\n_sc|c|0|#host:h2,c"], NOW)
+    batch = aggregator.flush(NOW + 20)
+    assert batch.series[0].tags == ("a", "env:prod")
+    assert batch.events[0].tags == ("b", "env:prod")
+    assert (batch.service_checks[0].tags, batch.service_checks[0].host) == (("c", "env:prod"), "h2")
+
+
+def test_event_timestamp_zero_becomes_now():
+    pipeline, aggregator, _ = make()
+    pipeline.process([b"_e{1,1}:t|x\n_e{1,1}:t|x|d:21"], NOW)
+    assert [e.timestamp for e in aggregator.flush(NOW).events] == [int(NOW), 21]
+
+
+def test_cache_is_bounded():
+    pipeline, aggregator, telemetry = make()
+    pipeline.cache_size = 10
+    pipeline.process([b"\n".join(b"m%d:1|c" % i for i in range(25))], NOW)
+    assert len(pipeline._cache) <= 10
+    assert telemetry.get("shape_cache_resets") == 2
+    assert len(aggregator.flush(NOW + 20).series) == 25

@@ -1,0 +1,54 @@
+"""Counted, rate-limited reporting of bad input.
+
+Every rejection is counted in telemetry; only the first few of each reason per
+flush interval are logged, with the offending input truncated, and the rest are
+summed up in one line when the interval ends.  Logging per bad line would let a
+misbehaving client flood the log and stall the reactor.
+"""
+
+from __future__ import annotations
+
+from twisted.logger import Logger, LogLevel
+
+from twisted_statsd.telemetry import Telemetry
+
+SAMPLE_LIMIT = 400
+
+
+class RateLimitedReporter:
+    """Counts every rejection; logs at most ``per_interval`` of each reason per interval."""
+
+    log = Logger()
+
+    def __init__(self, telemetry: Telemetry, *, per_interval: int = 5, verbose: bool = True):
+        self.telemetry = telemetry
+        self.per_interval = per_interval
+        self.level = LogLevel.warn if verbose else LogLevel.debug
+        self._counts: dict[str, int] = {}
+
+    def report(self, reason: str, message: str, sample: bytes = b"") -> None:
+        self.telemetry.drop(reason)
+        seen = self._counts.get(reason, 0) + 1
+        self._counts[reason] = seen
+        if seen <= self.per_interval:
+            self.log.emit(
+                self.level,
+                "Dropped input ({reason}): {message}: {sample!r}",
+                log_category="INPUT_" + reason.upper(),
+                reason=reason,
+                message=message,
+                sample=sample[:SAMPLE_LIMIT],
+            )
+
+    def end_interval(self) -> None:
+        """Log how many reports of each reason were not logged, and start a new interval."""
+        for reason, seen in self._counts.items():
+            if seen > self.per_interval:
+                self.log.emit(
+                    self.level,
+                    "{suppressed} more '{reason}' errors were counted but not logged in this interval",
+                    log_category="INPUT_SUPPRESSED",
+                    reason=reason,
+                    suppressed=seen - self.per_interval,
+                )
+        self._counts.clear()

@@ -1,0 +1,374 @@
+"""Configuration: defaults, embedder data, a YAML file, the environment and
+command-line overrides merged into one frozen, validated :class:`Config`.
+
+Key names, defaults and ``DD_*`` environment variables follow DogStatsD (spec
+§10), so an agent's ``datadog.yaml`` works unchanged.  Such files carry many
+settings that are not ours, so unknown keys become warnings, not errors; a value
+of the wrong type or out of range is an error naming the key and its source.
+Every key is declared once, as a field of :class:`Config` that carries its
+default and its converter.  This module imports nothing from Twisted.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import socket
+import types
+from dataclasses import Field, dataclass, field, fields
+from typing import Any, Callable, Mapping
+
+import yaml
+
+__all__ = ["EPHEMERAL_PORT", "STANDARD_STATSD_PREFIXES", "Config", "ConfigError", "SinkConfig", "load_config"]
+
+#: ``dogstatsd_port`` value meaning "let the kernel pick a port" (``__random__``).
+EPHEMERAL_PORT = -1
+RANDOM_PORT = "__random__"
+
+#: DogStatsD's default ``statsd_metric_namespace_blacklist`` (spec §6.2).
+STANDARD_STATSD_PREFIXES = (
+    "datadog.agent", "datadog.dogstatsd", "datadog.process", "datadog.trace_agent",
+    "datadog.tracer", "activemq", "activemq_58", "airflow", "cassandra", "confluent",
+    "hazelcast", "hive", "ignite", "jboss", "jvm", "kafka", "presto", "sidekiq",
+    "solr", "tomcat", "runtime",
+)
+HISTOGRAM_AGGREGATES = ("max", "min", "median", "avg", "sum", "count")
+EOL_TRANSPORTS = ("udp", "uds", "named_pipe")
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message names the key and its source."""
+
+
+class _Invalid(Exception):
+    """Raised by converters; ``where`` locates the problem inside the value (``[2].path``)."""
+
+    def __init__(self, message: str, where: str = "") -> None:
+        super().__init__(message)
+        self.where = where
+
+
+# A converter takes the raw value, whether strings should be parsed (environment
+# and command line), and a callback for warnings; it returns the typed value.
+Warn = Callable[[str], None]
+Converter = Callable[[Any, bool, Warn], Any]
+
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def _parse_int(value: Any, textual: bool) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if textual and isinstance(value, str) and _INT.fullmatch(value):
+        return int(value)
+    raise _Invalid(f"expected an integer, got {value!r}")
+
+
+def _parse_float(value: Any, textual: bool) -> float:
+    if (isinstance(value, (int, float)) and not isinstance(value, bool)) or (textual and isinstance(value, str) and _FLOAT.fullmatch(value)):
+        number = float(value)
+        if math.isfinite(number):
+            return number
+    raise _Invalid(f"expected a number, got {value!r}")
+
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)"
+_DURATION = re.compile(rf"[+-]?(?:{_DURATION_PART})+")
+
+
+def _parse_duration(value: Any, textual: bool) -> float:
+    """Parse a Go duration (``"100ms"``, ``"1m30s"``) into seconds, as the agent's config does."""
+    if isinstance(value, str) and _DURATION.fullmatch(value):
+        seconds = sum(float(n) * _DURATION_UNITS[unit] for n, unit in re.findall(_DURATION_PART, value))
+        return -seconds if value.startswith("-") else seconds
+    problem = "a duration needs a unit" if _FLOAT.fullmatch(str(value)) else "expected a duration"
+    raise _Invalid(f"{problem}, such as '100ms' or '1.5s', got {value!r}")
+
+
+def _bounded(parse: Callable[[Any, bool], Any], *, above: float | None = None,
+             at_least: float | None = None) -> Converter:
+    def convert(value: Any, textual: bool, warn: Warn) -> Any:
+        result = parse(value, textual)
+        if above is not None and not result > above:
+            raise _Invalid(f"must be greater than {above}")
+        if at_least is not None and result < at_least:
+            raise _Invalid(f"must be at least {at_least}")
+        return result
+    return convert
+
+
+def _boolean(value: Any, textual: bool, warn: Warn) -> bool:
+    if isinstance(value, bool):
+        return value
+    if textual and isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+        return value.lower() in _TRUE
+    raise _Invalid(f"expected a boolean, got {value!r}")
+
+
+def _string(value: Any, textual: bool = False, warn: Warn | None = None) -> str:
+    if isinstance(value, str):
+        return value
+    raise _Invalid(f"expected a string, got {value!r}")
+
+
+def _port(value: Any, textual: bool, warn: Warn) -> int:
+    if value == RANDOM_PORT:
+        return EPHEMERAL_PORT
+    port = _parse_int(value, textual)
+    if not 0 <= port <= 65535:
+        raise _Invalid(f"must be between 0 and 65535 (or {RANDOM_PORT!r}), got {port}")
+    return port
+
+
+def _namespace(value: Any, textual: bool, warn: Warn) -> str:
+    """The namespace is a prefix of dotted names, so it always ends in a dot (spec §6.2)."""
+    namespace = _string(value)
+    return namespace + "." if namespace and not namespace.endswith(".") else namespace
+
+
+def _list(value: Any, textual: bool) -> list:
+    if textual and isinstance(value, str):
+        return value.split()
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise _Invalid(f"expected a list, got {value!r}")
+
+
+def _each(items: list, convert: Callable[[Any], Any]) -> tuple:
+    """Convert every item, locating an error by the item's index."""
+    result = []
+    for index, item in enumerate(items):
+        try:
+            result.append(convert(item))
+        except _Invalid as error:
+            raise _Invalid(str(error), f"[{index}]{error.where}") from None
+    return tuple(result)
+
+
+def _strings(finish: Callable[[tuple[str, ...]], tuple] = tuple) -> Converter:
+    return lambda value, textual, warn: finish(_each(_list(value, textual), _string))
+
+
+def _lenient(convert_item: Callable[[Any], Any], what: str) -> Converter:
+    """A list whose bad items are warned about and skipped, as DogStatsD logs and skips them."""
+    def convert(value: Any, textual: bool, warn: Warn) -> tuple:
+        kept: list = []
+        for item in _list(value, textual):
+            try:
+                result = convert_item(item)
+            except _Invalid as error:
+                warn(f"{what} {item!r} ignored: {error}")
+            else:
+                if result not in kept:
+                    kept.append(result)
+        return tuple(kept)
+    return convert
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def convert(item: Any) -> str:
+        if item not in choices:
+            raise _Invalid(f"expected one of {', '.join(choices)}")
+        return item
+    return convert
+
+
+def _percentile(value: Any) -> float:
+    """Percentiles are written as strings (``"0.95"``) or numbers in [0, 1]."""
+    number = _parse_float(value, True)
+    if not 0 <= number <= 1:
+        raise _Invalid(f"must be between 0 and 1, got {value!r}")
+    return number
+
+
+@dataclass(frozen=True, slots=True)
+class SinkConfig:
+    """One configured output; ``options`` is read-only and has every default filled in."""
+
+    type: str
+    options: Mapping[str, Any]
+
+
+def _path(value: Any) -> str:
+    if not _string(value):
+        raise _Invalid("must not be empty")
+    return value
+
+
+# Sink types and their options: name -> (converter, default).  A new sink type
+# is one entry here; its module then reads ``SinkConfig.options``.
+_SINK_TYPES: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
+    "console": {},
+    "jsonl": {
+        "path": (_path, "-"),
+        "percentiles": (lambda value: _each(_list(value, False), _percentile), (0.5, 0.75, 0.9, 0.95, 0.99)),
+    },
+}
+
+
+def _sink(entry: Any) -> SinkConfig:
+    if not isinstance(entry, Mapping) or "type" not in entry:
+        raise _Invalid(f"expected a mapping with a 'type', got {entry!r}")
+    kind = entry["type"]
+    options = _SINK_TYPES.get(kind) if isinstance(kind, str) else None
+    if options is None:
+        raise _Invalid(f"unknown sink type {kind!r} (known: {', '.join(_SINK_TYPES)})")
+    for name in entry:
+        if name != "type" and name not in options:
+            known = ", ".join(options) or "none"
+            raise _Invalid(f"unknown option {name!r} for sink type {kind!r} (known: {known})")
+    values = {}
+    for name, (convert, default) in options.items():
+        try:
+            values[name] = default if entry.get(name) is None else convert(entry[name])
+        except _Invalid as error:
+            raise _Invalid(str(error), f".{name}{error.where}") from None
+    return SinkConfig(kind, types.MappingProxyType(values))
+
+
+def _sinks(value: Any, textual: bool, warn: Warn) -> tuple[SinkConfig, ...]:
+    return _each(_list(value, False), _sink)
+
+
+def _default_hostname() -> str:
+    return socket.gethostname()
+
+
+def _key(convert: Converter, default: Any = None, *, factory: Callable[[], Any] | None = None,
+         env: bool = True) -> Any:
+    """Declare a configuration key: its converter, its default, and whether ``DD_<KEY>`` sets it."""
+    metadata = {"convert": convert, "env": env}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The validated configuration; field names are the configuration keys (spec §10)."""
+
+    hostname: str = _key(_string, factory=_default_hostname)
+    dogstatsd_port: int = _key(_port, 8125)
+    bind_host: str = _key(_string, "127.0.0.1")
+    dogstatsd_non_local_traffic: bool = _key(_boolean, False)
+    dogstatsd_buffer_size: int = _key(_bounded(_parse_int, above=0), 8192)
+    dogstatsd_packet_buffer_size: int = _key(_bounded(_parse_int, above=0), 32)
+    dogstatsd_packet_buffer_flush_timeout: float = _key(_bounded(_parse_duration, above=0), 0.1)
+    dogstatsd_so_rcvbuf: int = _key(_bounded(_parse_int, at_least=0), 0)
+    dogstatsd_eol_required: tuple[str, ...] = _key(_lenient(_one_of(EOL_TRANSPORTS), "transport"), ())
+    dogstatsd_tags: tuple[str, ...] = _key(_strings(lambda tags: tuple(sorted(set(tags)))), ())
+    dogstatsd_expiry_seconds: float = _key(_bounded(_parse_float, at_least=0), 300.0)
+    dogstatsd_context_expiry_seconds: float = _key(_bounded(_parse_float, at_least=0), 20.0)
+    dogstatsd_no_aggregation_pipeline: bool = _key(_boolean, True)
+    dogstatsd_origin_detection_client: bool = _key(_boolean, False)
+    dogstatsd_disable_verbose_logs: bool = _key(_boolean, False)
+    statsd_metric_namespace: str = _key(_namespace, "")
+    statsd_metric_namespace_blacklist: tuple[str, ...] = _key(_strings(), STANDARD_STATSD_PREFIXES)
+    statsd_metric_blocklist: tuple[str, ...] = _key(_strings(), ())
+    statsd_metric_blocklist_match_prefix: bool = _key(_boolean, False)
+    histogram_aggregates: tuple[str, ...] = _key(
+        _lenient(_one_of(HISTOGRAM_AGGREGATES), "aggregate"), ("max", "median", "avg", "count"))
+    histogram_percentiles: tuple[float, ...] = _key(_lenient(_percentile, "percentile"), (0.95,))
+    histogram_copy_to_distribution: bool = _key(_boolean, False)
+    histogram_copy_to_distribution_prefix: str = _key(_string, "")
+    flush_interval: float = _key(_bounded(_parse_float, above=0), 15.0)
+    sinks: tuple[SinkConfig, ...] = _key(_sinks, (), env=False)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def udp_interface(self) -> str:
+        """The UDP bind address: every interface when non-local traffic is allowed."""
+        return "" if self.dogstatsd_non_local_traffic else self.bind_host
+
+
+# Newer key names that win over a legacy field whenever they are given.
+_ALIASES = {
+    "metric_filterlist": "statsd_metric_blocklist",
+    "metric_filterlist_match_prefix": "statsd_metric_blocklist_match_prefix",
+}
+_FIELDS = {f.name: f for f in fields(Config) if "convert" in f.metadata}
+_KEYS: dict[str, Field] = {**_FIELDS, **{alias: _FIELDS[target] for alias, target in _ALIASES.items()}}
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One source of values; ``textual`` sources may give any value as a string."""
+
+    source: str
+    values: Mapping[Any, Any]
+    textual: bool
+    env: bool = False
+
+    def where(self, key: str) -> str:
+        return f"environment variable {_env_name(key)}" if self.env else f"{self.source}: {key}"
+
+
+def _env_name(key: str) -> str:
+    return "DD_" + key.upper()
+
+
+def _read_yaml(path: str) -> Mapping[Any, Any]:
+    try:
+        with open(path, encoding="utf-8") as stream:
+            loaded = yaml.safe_load(stream)
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the file: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: cannot read the file: it is not UTF-8 text") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: invalid YAML: {error}") from None
+    return _mapping(path, {} if loaded is None else loaded)
+
+
+def _mapping(source: str, value: Any) -> Mapping[Any, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of keys, got {type(value).__name__}")
+    return value
+
+
+def load_config(*, path: str | None = None, data: Mapping[str, Any] | None = None,
+                env: Mapping[str, str] | None = None,
+                overrides: Mapping[str, Any] | None = None) -> Config:
+    """Merge defaults < ``data`` < the file at ``path`` < ``env`` < ``overrides``.
+
+    ``env`` is only read when given (the twistd plugin passes ``os.environ``);
+    ``None`` values in any source mean "not given", so command-line options that
+    were left unset can be passed through as they are.
+    """
+    layers = []
+    if data is not None:
+        layers.append(_Layer("configuration", _mapping("configuration", data), False))
+    if path is not None:
+        layers.append(_Layer(path, _read_yaml(path), False))
+    if env is not None:
+        from_env = {key: env.get(_env_name(key)) for key, f in _KEYS.items() if f.metadata["env"]}
+        # Empty variables count as unset, as in the agent (viper without AllowEmptyEnv).
+        layers.append(_Layer("environment", {k: v for k, v in from_env.items() if v}, True, env=True))
+    if overrides is not None:
+        layers.append(_Layer("command line", _mapping("command line", overrides), True))
+
+    warnings = [f"{layer.source}: unknown key {key!r} ignored"
+                for layer in layers for key in layer.values if key not in _KEYS]
+    resolved: dict[str, Any] = {}
+    for key, spec in _KEYS.items():
+        # Every source is validated, so a broken file fails even when overridden;
+        # only the winning source's warnings are kept.
+        kept: list[str] = []
+        for layer in layers:
+            if layer.values.get(key) is None:
+                continue
+            found: list[str] = []
+            try:
+                resolved[key] = spec.metadata["convert"](layer.values[key], layer.textual, found.append)
+            except _Invalid as error:
+                raise ConfigError(f"{layer.where(key)}{error.where}: {error}") from None
+            kept = [f"{layer.where(key)}: {message}" for message in found]
+        warnings.extend(kept)
+    for alias, target in _ALIASES.items():
+        if alias in resolved:
+            resolved[target] = resolved.pop(alias)
+    return Config(**resolved, warnings=tuple(warnings))

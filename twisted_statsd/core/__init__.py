@@ -1,0 +1,1 @@
+"""The pure core: parsing, enrichment and aggregation, free of Twisted and of clocks."""

@@ -1,0 +1,347 @@
+"""Time-bucketed aggregation with DogStatsD's semantics (spec §6.3-§6.7).
+
+Samples land in 10-second buckets keyed by the bucket's start.  A flush at time
+``now`` closes every bucket that ended at or before ``bucket_start(now)`` and
+turns it into series stamped with the bucket start; open buckets wait for a
+later flush, or for the final flush on shutdown, which closes everything.
+
+The aggregator is pure: it never reads a clock, every method takes the time as
+an argument, and it imports nothing from Twisted.  The hot path (the pipeline)
+reaches a bucket's dictionaries directly through :meth:`Aggregator.bucket`, so
+a sample for a known context costs one dictionary probe and one method call.
+"""
+
+from __future__ import annotations
+
+import math
+
+from twisted_statsd.core.model import (
+    COUNTER,
+    GAUGE,
+    SERIES_GAUGE,
+    SERIES_RATE,
+    SET,
+    Context,
+    FlushBatch,
+    Series,
+    SketchSeries,
+)
+from twisted_statsd.core.sketch import Sketch
+
+BUCKET_SECONDS = 10
+
+# Holds for at most this many timestamped samples, events and service checks
+# between two flushes; anything beyond is refused and counted by the caller.
+MAX_PENDING = 100_000
+
+
+class Gauge:
+    """Last value wins, by arrival order (spec §6.5)."""
+
+    __slots__ = ("context", "value", "last")
+
+    def __init__(self, context: Context):
+        self.context = context
+        self.value = 0.0
+        self.last = 0.0
+
+    def add(self, value: float, rate: float, now: float) -> None:
+        self.value = value
+        self.last = now
+
+    def series(self, ts, aggregator):
+        yield "", SERIES_GAUGE, self.value
+
+
+class Counter:
+    """Sums ``value / rate`` and reports a rate over the bucket (spec §1.4, §6.5)."""
+
+    __slots__ = ("context", "value", "last")
+
+    def __init__(self, context: Context):
+        self.context = context
+        self.value = 0.0
+        self.last = 0.0
+
+    def add(self, value: float, rate: float, now: float) -> None:
+        self.value += value / rate
+        self.last = now
+
+    def series(self, ts, aggregator):
+        yield "", SERIES_RATE, self.value / BUCKET_SECONDS
+
+
+class Set:
+    """Counts distinct members; a numeric sample given to a set counts its value as a member."""
+
+    __slots__ = ("context", "members", "last")
+
+    def __init__(self, context: Context):
+        self.context = context
+        self.members: set = set()
+        self.last = 0.0
+
+    def add(self, member, rate: float, now: float) -> None:
+        self.members.add(member)
+        self.last = now
+
+    def series(self, ts, aggregator):
+        yield "", SERIES_GAUGE, float(len(self.members))
+
+
+class Histogram:
+    """Keeps weighted samples; emits the configured aggregates and percentiles (spec §6.5).
+
+    The weight of a sample is ``1 / rate`` (1 when the rate is not positive), and count,
+    sum, average and the rank-based statistics all use the weights.
+    """
+
+    __slots__ = ("context", "values", "weights", "last")
+
+    def __init__(self, context: Context):
+        self.context = context
+        self.values: list[float] = []
+        self.weights: list[float] = []
+        self.last = 0.0
+
+    def add(self, value: float, rate: float, now: float) -> None:
+        self.values.append(value)
+        self.weights.append(1.0 / rate if rate > 0.0 else 1.0)
+        self.last = now
+
+    def series(self, ts, aggregator):
+        pairs = sorted(zip(self.values, self.weights))
+        count = math.fsum(w for _, w in pairs)
+        total = math.fsum(v * w for v, w in pairs)
+        for aggregate in aggregator.histogram_aggregates:
+            if aggregate == "max":
+                yield ".max", SERIES_GAUGE, pairs[-1][0]
+            elif aggregate == "min":
+                yield ".min", SERIES_GAUGE, pairs[0][0]
+            elif aggregate == "median":
+                yield ".median", SERIES_GAUGE, _weighted_rank(pairs, (count - 1) / 2)
+            elif aggregate == "avg":
+                yield ".avg", SERIES_GAUGE, total / count
+            elif aggregate == "sum":
+                yield ".sum", SERIES_GAUGE, total
+            elif aggregate == "count":
+                yield ".count", SERIES_RATE, count / BUCKET_SECONDS
+        for percent in aggregator.percent_ranks:
+            yield f".{percent}percentile", SERIES_GAUGE, _weighted_rank(pairs, (percent * count - 1) / 100)
+
+
+def _weighted_rank(pairs, target: float) -> float:
+    """The first value whose cumulative weight exceeds ``target`` (DogStatsD's rank rule)."""
+    cumulative = 0.0
+    for value, weight in pairs:
+        cumulative += weight
+        if cumulative > target:
+            return value
+    return pairs[-1][0]
+
+
+METRIC_CLASSES = {GAUGE: Gauge, COUNTER: Counter, SET: Set, b"h": Histogram, b"ms": Histogram}
+
+
+class Bucket:
+    """The samples of one 10-second interval: metrics by context key, and sketches apart.
+
+    Distributions live in their own map, as in DogStatsD, so a distribution and
+    another type under the same context never share an object.
+    """
+
+    __slots__ = ("start", "metrics", "sketches")
+
+    def __init__(self, start: int):
+        self.start = start
+        self.metrics: dict[bytes, object] = {}
+        self.sketches: dict[bytes, tuple[Context, Sketch]] = {}
+
+
+class Aggregator:
+    """Buckets on-time samples, passes timestamped ones through, and flushes both.
+
+    Invariants: ``_buckets`` holds only buckets with samples; ``_counters`` maps
+    the key of every counter context seen within ``expiry_seconds`` to its
+    context and the time of its last sample, which drives zero-filling.
+    """
+
+    def __init__(
+        self,
+        *,
+        histogram_aggregates=("max", "median", "avg", "count"),
+        histogram_percentiles=(0.95,),
+        expiry_seconds: float = 300.0,
+    ):
+        self.histogram_aggregates = tuple(histogram_aggregates)
+        self.percent_ranks = tuple(int(p * 100 + 0.5) for p in histogram_percentiles)
+        self.expiry_seconds = expiry_seconds
+        self._buckets: dict[int, Bucket] = {}
+        self._counters: dict[bytes, list] = {}
+        self._last_cutoff = 0
+        self._timestamped: list[Series] = []
+        self._events: list = []
+        self._service_checks: list = []
+        # Points left out of flushes because they were not finite (reported in telemetry).
+        self.non_finite_points = 0
+
+    # -- intake ---------------------------------------------------------------
+
+    def bucket(self, now: float) -> Bucket:
+        """The bucket that on-time samples received at ``now`` belong to."""
+        start = int(now) - int(now) % BUCKET_SECONDS
+        bucket = self._buckets.get(start)
+        if bucket is None:
+            bucket = self._buckets[start] = Bucket(start)
+        return bucket
+
+    def new_metric(self, bucket: Bucket, context: Context, mtype: bytes, now: float):
+        """Create the metric object for a context's first sample in ``bucket``."""
+        metric = bucket.metrics[context.key] = METRIC_CLASSES[mtype](context)
+        if mtype == COUNTER:
+            seen = self._counters.get(context.key)
+            if seen is None:
+                self._counters[context.key] = [context, now]
+            elif now > seen[1]:
+                seen[1] = now
+        return metric
+
+    def add(self, context: Context, mtype: bytes, value, rate: float, now: float) -> None:
+        """Add one on-time sample; the readable path, used outside the hot loop."""
+        bucket = self.bucket(now)
+        if mtype == b"d":
+            self.add_distribution(bucket, context, value, rate)
+            return
+        metric = bucket.metrics.get(context.key)
+        if metric is None:
+            metric = self.new_metric(bucket, context, mtype, now)
+        elif mtype == SET and type(metric) is not Set:
+            value = 0.0  # a set member carries no number for another type
+        metric.add(value, rate, now)
+
+    @staticmethod
+    def add_distribution(bucket: Bucket, context: Context, value: float, rate: float) -> None:
+        """Add to the context's sketch; rates outside (0, 1] count as 1 (spec §1.4)."""
+        entry = bucket.sketches.get(context.key)
+        if entry is None:
+            entry = bucket.sketches[context.key] = (context, Sketch())
+        entry[1].add(value, 1.0 / rate if 0.0 < rate <= 1.0 else 1.0)
+
+    def add_timestamped(self, context: Context, mtype: bytes, value: float, timestamp: int) -> bool:
+        """Pass a client-timestamped gauge or counter straight to the next flush (spec §6.7).
+
+        Returns False when the sample is refused: another type, or too many pending.
+        """
+        if len(self._timestamped) >= MAX_PENDING:
+            return False
+        if mtype == GAUGE:
+            kind, value = SERIES_GAUGE, value
+        elif mtype == COUNTER:
+            kind, value = SERIES_RATE, value / BUCKET_SECONDS
+        else:
+            return False
+        self._timestamped.append(
+            Series(context.name, kind, [(timestamp, value)], context.tags, context.host, BUCKET_SECONDS)
+        )
+        return True
+
+    def add_event(self, event) -> bool:
+        """Queue an event for the next flush; False when too many are pending."""
+        if len(self._events) >= MAX_PENDING:
+            return False
+        self._events.append(event)
+        return True
+
+    def add_service_check(self, check) -> bool:
+        """Queue a service check for the next flush; False when too many are pending."""
+        if len(self._service_checks) >= MAX_PENDING:
+            return False
+        self._service_checks.append(check)
+        return True
+
+    # -- flush ----------------------------------------------------------------
+
+    def flush(self, now: float, *, final: bool = False) -> FlushBatch:
+        """Close the finished buckets (all of them when ``final``) into one batch.
+
+        Counters seen within ``expiry_seconds`` before a flushed bucket get a
+        zero point in it; when no bucket is due but a whole interval has passed
+        since the previous flush, live counters get a zero point at
+        ``cutoff - 10`` (spec §6.5).
+        """
+        cutoff = int(now) - int(now) % BUCKET_SECONDS
+        self._note_counter_activity()
+        due = sorted(start for start in self._buckets if final or start + BUCKET_SECONDS <= cutoff)
+        batch = FlushBatch(timestamp=now)
+        series: dict[tuple[bytes, str], Series] = {}
+        sketches: dict[bytes, SketchSeries] = {}
+        for start in due:
+            bucket = self._buckets.pop(start)
+            self._zero_fill(bucket)
+            self._emit_bucket(bucket, series, sketches)
+        if not due and cutoff - self._last_cutoff >= BUCKET_SECONDS and self._last_cutoff:
+            bucket = Bucket(cutoff - BUCKET_SECONDS)
+            self._zero_fill(bucket)
+            self._emit_bucket(bucket, series, sketches)
+        self._last_cutoff = max(cutoff, self._last_cutoff)
+        self._expire_counters(now)
+        batch.series = list(series.values()) + self._timestamped
+        batch.sketches = list(sketches.values())
+        batch.events, batch.service_checks = self._events, self._service_checks
+        self._timestamped, self._events, self._service_checks = [], [], []
+        return batch
+
+    def _note_counter_activity(self) -> None:
+        """Fold the latest sample time of every bucketed counter into ``_counters``."""
+        counters = self._counters
+        for bucket in self._buckets.values():
+            for key, metric in bucket.metrics.items():
+                if type(metric) is Counter:
+                    seen = counters.get(key)
+                    if seen is None:
+                        counters[key] = [metric.context, metric.last]
+                    elif metric.last > seen[1]:
+                        seen[1] = metric.last
+
+    def _zero_fill(self, bucket: Bucket) -> None:
+        metrics = bucket.metrics
+        for key, (context, last_seen) in self._counters.items():
+            if last_seen + self.expiry_seconds > bucket.start and key not in metrics:
+                metrics[key] = Counter(context)
+
+    def _emit_bucket(self, bucket: Bucket, series: dict, sketches: dict) -> None:
+        ts = bucket.start
+        for key, metric in bucket.metrics.items():
+            context = metric.context
+            for suffix, kind, value in metric.series(ts, self):
+                if value - value:  # NaN or infinite, e.g. a counter that overflowed
+                    self.non_finite_points += 1
+                    continue
+                found = series.get((key, suffix))
+                if found is None:
+                    series[(key, suffix)] = Series(
+                        context.name + suffix, kind, [(ts, value)], context.tags, context.host, BUCKET_SECONDS
+                    )
+                else:
+                    found.points.append((ts, value))
+        for key, (context, sketch) in bucket.sketches.items():
+            found = sketches.get(key)
+            if found is None:
+                sketches[key] = SketchSeries(context.name, [(ts, sketch)], context.tags, context.host, BUCKET_SECONDS)
+            else:
+                found.points.append((ts, sketch))
+
+    def _expire_counters(self, now: float) -> None:
+        expired = [k for k, (_, last) in self._counters.items() if last + self.expiry_seconds < now]
+        for key in expired:
+            del self._counters[key]
+
+    # -- introspection ----------------------------------------------------------
+
+    def context_count(self) -> int:
+        """Contexts with samples in open buckets, plus live counters (for telemetry)."""
+        keys = set(self._counters)
+        for bucket in self._buckets.values():
+            keys.update(bucket.metrics)
+            keys.update(bucket.sketches)
+        return len(keys)

@@ -1,0 +1,147 @@
+"""Enrichment: from a parsed message to what the aggregator keys on (spec §1.3, §6.2).
+
+The order is DogStatsD's: special tags are pulled out (``host:`` and the
+``dd.internal.*`` tags), the namespace is prefixed unless the name is on the
+exclusion list, the block list is checked against the namespaced name, and the
+``dogstatsd_tags`` are appended.  For metrics the result depends only on the
+non-value part of a line, which is what lets the pipeline cache it per line
+shape.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from twisted_statsd.core.model import (
+    HISTOGRAM,
+    TIMING,
+    Context,
+    Event,
+    EventMessage,
+    MetricMessage,
+    ServiceCheck,
+    ServiceCheckMessage,
+)
+
+_HOST = b"host:"
+# Tags consumed by the agent's origin enrichment and never emitted (spec §1.3).
+_INTERNAL_PREFIXES = (b"dd.internal.entity_id:", b"dd.internal.card:", b"dd.internal.jmx_check_name:")
+
+
+class Target(NamedTuple):
+    """Where the samples of one metric line go: a context and its type, plus an optional copy."""
+
+    type: bytes
+    context: Context
+    rate: float
+    copy: Context | None  # histogram_copy_to_distribution's distribution context
+
+
+class Blocklist:
+    """``statsd_metric_blocklist``: exact names, or prefixes when ``match_prefix`` is on."""
+
+    def __init__(self, names, match_prefix: bool = False):
+        self._match_prefix = match_prefix
+        self._names = frozenset(names)
+        self._prefixes = tuple(names)
+
+    def __bool__(self):
+        return bool(self._names)
+
+    def blocks(self, name: str) -> bool:
+        if self._match_prefix:
+            return name.startswith(self._prefixes)
+        return name in self._names
+
+
+def _split_special_tags(tags):
+    """Return (host or None, remaining tags); the last ``host:`` tag wins."""
+    host = None
+    kept = []
+    for tag in tags:
+        if tag.startswith(_HOST):
+            host = tag[5:]
+        elif not tag.startswith(_INTERNAL_PREFIXES):
+            kept.append(tag)
+    return host, kept
+
+
+def _sorted_unique(tags) -> tuple[str, ...]:
+    return tuple(sorted({t.decode("utf-8", "replace") for t in tags}))
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+class Enricher:
+    """Applies the configured enrichment; pure, built once from the configuration."""
+
+    def __init__(
+        self,
+        *,
+        hostname: str,
+        extra_tags=(),
+        namespace: str = "",
+        namespace_exclusions=(),
+        blocklist: Blocklist | None = None,
+        histogram_copy_prefix: str | None = None,
+    ):
+        self.hostname = hostname.encode()
+        self.extra_tags = [t.encode() for t in extra_tags]
+        self.namespace = namespace.encode()
+        self.namespace_exclusions = tuple(p.encode() for p in namespace_exclusions)
+        self.blocklist = blocklist or Blocklist(())
+        self.histogram_copy_prefix = None if histogram_copy_prefix is None else histogram_copy_prefix.encode()
+
+    def metric_target(self, message: MetricMessage) -> Target | None:
+        """The target of a metric line, or None when the block list drops it."""
+        host, tags = _split_special_tags(message.tags)
+        if host is None:
+            host = self.hostname
+        name = message.name
+        if self.namespace and not name.startswith(self.namespace_exclusions):
+            name = self.namespace + name
+        if self.blocklist and self.blocklist.blocks(_text(name)):
+            return None
+        tags.extend(self.extra_tags)
+        copy = None
+        if self.histogram_copy_prefix is not None and message.type in (HISTOGRAM, TIMING):
+            copy = Context(self.histogram_copy_prefix + name, host, tags)
+        return Target(message.type, Context(name, host, tags), message.rate, copy)
+
+    def event(self, message: EventMessage, now: float) -> Event:
+        host, tags = _split_special_tags(message.tags)
+        tags.extend(self.extra_tags)
+        return Event(
+            title=_text(message.title),
+            text=_text(message.text),
+            timestamp=message.timestamp or int(now),
+            priority=message.priority,
+            alert_type=message.alert_type,
+            host=_text(self._host(message.host, host)),
+            aggregation_key=_text(message.aggregation_key),
+            source_type=_text(message.source_type),
+            tags=_sorted_unique(tags),
+        )
+
+    def service_check(self, message: ServiceCheckMessage, now: float) -> ServiceCheck:
+        host, tags = _split_special_tags(message.tags)
+        tags.extend(self.extra_tags)
+        return ServiceCheck(
+            name=_text(message.name),
+            status=message.status,
+            timestamp=message.timestamp or int(now),
+            host=_text(self._host(message.host, host)),
+            message=_text(message.message),
+            tags=_sorted_unique(tags),
+        )
+
+    def _host(self, field_host, tag_host) -> bytes:
+        """An explicit ``h:`` field beats a ``host:`` tag, which beats the hostname."""
+        if field_host is not None:
+            return field_host
+        if tag_host is not None:
+            return tag_host
+        return self.hostname
+

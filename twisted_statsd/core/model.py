@@ -1,0 +1,171 @@
+"""The values that flow through the pure core: parsed messages and flushed output.
+
+Parsed messages keep the wire's bytes (names, tags, set members) so that the hot
+path never decodes; only what is emitted at flush time is decoded, once per
+context.  Flush output is plain data that every sink can serialise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Metric types, named by their wire letters (spec §1.2).
+GAUGE = b"g"
+COUNTER = b"c"
+HISTOGRAM = b"h"
+TIMING = b"ms"
+SET = b"s"
+DISTRIBUTION = b"d"
+METRIC_TYPES = frozenset((GAUGE, COUNTER, HISTOGRAM, TIMING, SET, DISTRIBUTION))
+
+# Series types as the Datadog metrics API v2 numbers them.
+SERIES_UNSPECIFIED = 0
+SERIES_COUNT = 1
+SERIES_RATE = 2
+SERIES_GAUGE = 3
+
+# Service check statuses (spec §1.6).
+CHECK_STATUSES = {b"0": 0, b"1": 1, b"2": 2, b"3": 3}
+
+
+class MetricMessage:
+    """One parsed metric line (spec §1.2), before enrichment.
+
+    ``values`` holds the numeric values of a packed line; a set carries its one
+    member in ``set_member`` instead.  ``timestamp`` is 0 for an on-time sample.
+    """
+
+    __slots__ = ("name", "type", "values", "set_member", "rate", "tags", "timestamp", "container_id")
+
+    def __init__(self, name, type, values, set_member, rate, tags, timestamp, container_id):
+        self.name: bytes = name
+        self.type: bytes = type
+        self.values: tuple[float, ...] = values
+        self.set_member: bytes | None = set_member
+        self.rate: float = rate
+        self.tags: list[bytes] = tags
+        self.timestamp: int = timestamp
+        self.container_id: bytes | None = container_id
+
+    def __repr__(self):
+        return (
+            f"MetricMessage(name={self.name!r}, type={self.type!r}, values={self.values!r}, "
+            f"set_member={self.set_member!r}, rate={self.rate!r}, tags={self.tags!r}, "
+            f"timestamp={self.timestamp!r}, container_id={self.container_id!r})"
+        )
+
+
+@dataclass
+class EventMessage:
+    """One parsed event (spec §1.5). ``warnings`` names fields that were ignored as invalid."""
+
+    title: bytes
+    text: bytes
+    timestamp: int = 0
+    priority: str = "normal"
+    alert_type: str = "info"
+    host: bytes | None = None
+    aggregation_key: bytes = b""
+    source_type: bytes = b""
+    tags: list[bytes] = field(default_factory=list)
+    container_id: bytes | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ServiceCheckMessage:
+    """One parsed service check (spec §1.6). ``warnings`` names fields that were ignored as invalid."""
+
+    name: bytes
+    status: int
+    timestamp: int = 0
+    host: bytes | None = None
+    message: bytes = b""
+    tags: list[bytes] = field(default_factory=list)
+    container_id: bytes | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+class Context:
+    """What identifies an aggregated series: name, host and a set of tags (spec §6.4).
+
+    ``key`` is a canonical bytes rendering of the three; bytes cache their hash, so
+    a context costs one cheap dictionary probe on the hot path.  ``name``, ``host``
+    and ``tags`` are decoded once, here, because only emitted data is decoded.
+    """
+
+    __slots__ = ("key", "name", "host", "tags")
+
+    def __init__(self, name: bytes, host: bytes, tags):
+        unique = sorted(set(tags))
+        self.key: bytes = b"\0".join([name, host, *unique])
+        self.name: str = name.decode("utf-8", "replace")
+        self.host: str = host.decode("utf-8", "replace")
+        self.tags: tuple[str, ...] = tuple(t.decode("utf-8", "replace") for t in unique)
+
+    def __repr__(self):
+        return f"Context({self.name!r}, host={self.host!r}, tags={self.tags!r})"
+
+
+@dataclass(slots=True)
+class Series:
+    """One flushed series, shaped after the Datadog metrics API v2 series object."""
+
+    name: str
+    type: int
+    points: list[tuple[int, float]]
+    tags: tuple[str, ...]
+    host: str
+    interval: int = 10
+
+
+@dataclass(slots=True)
+class SketchSeries:
+    """The distribution sketches of one context, one per flushed bucket."""
+
+    name: str
+    points: list  # [(bucket_timestamp, Sketch)]
+    tags: tuple[str, ...]
+    host: str
+    interval: int = 10
+
+
+@dataclass(slots=True)
+class Event:
+    """An event ready for output: decoded, host resolved, tags sorted and de-duplicated."""
+
+    title: str
+    text: str
+    timestamp: int
+    priority: str
+    alert_type: str
+    host: str
+    aggregation_key: str
+    source_type: str
+    tags: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class ServiceCheck:
+    """A service check ready for output: decoded, host resolved, tags sorted and de-duplicated."""
+
+    name: str
+    status: int
+    timestamp: int
+    host: str
+    message: str
+    tags: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class FlushBatch:
+    """Everything one flush hands to the sinks."""
+
+    timestamp: float
+    series: list[Series] = field(default_factory=list)
+    sketches: list[SketchSeries] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    service_checks: list[ServiceCheck] = field(default_factory=list)
+
+    def __bool__(self):
+        return bool(self.series or self.sketches or self.events or self.service_checks)

@@ -1,0 +1,120 @@
+"""FlushService: every ``flush_interval`` closes finished buckets and hands them to the sinks.
+
+The loop cannot die: a failing flush is counted and logged, and the next tick
+runs as usual.  Sinks are written to independently, and the loop does not wait
+for them, so a slow sink never holds back the others or the next flush.  On
+stop the final flush closes every bucket, open ones included, and the service
+reports stopped only when every sink has taken it: nothing accepted is lost.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from twisted_statsd._ratelimit import RateLimitedReporter
+from twisted_statsd.core.aggregator import Aggregator
+from twisted_statsd.core.enrich import Blocklist
+from twisted_statsd.core.model import COUNTER, GAUGE, Context, FlushBatch
+from twisted_statsd.interfaces import IMetricSink
+from twisted_statsd.telemetry import Telemetry
+
+SELF_METRIC_PREFIX = b"twisted_statsd."
+
+
+class FlushService(Service):
+    """Runs the periodic flush, reports the server's own telemetry, and runs the final flush."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock,
+        aggregator: Aggregator,
+        sinks,
+        telemetry: Telemetry,
+        reporter: RateLimitedReporter,
+        *,
+        interval: float,
+        hostname: str,
+        blocklist: Blocklist | None = None,
+        before_flush=lambda: None,
+    ):
+        self.clock = clock
+        self.aggregator = aggregator
+        self.sinks = [IMetricSink(sink) for sink in sinks]
+        self.telemetry = telemetry
+        self.reporter = reporter
+        self.interval = interval
+        self.hostname = hostname.encode()
+        self.blocklist = blocklist or Blocklist(())
+        self.before_flush = before_flush
+        self._loop = LoopingCall(self.flush)
+        self._loop.clock = clock
+        self._writes: set[defer.Deferred] = set()
+
+    def startService(self):
+        super().startService()
+        self._loop.start(self.interval, now=False).addErrback(lambda f: self.log.failure("Flush loop died", f))
+
+    def flush(self, final: bool = False) -> FlushBatch | None:
+        """Flush now; returns the batch handed to the sinks (None if the flush failed)."""
+        try:
+            self.before_flush()
+            now = self.clock.seconds()
+            self._record_self_metrics(now)
+            batch = self.aggregator.flush(now, final=final)
+            if self.blocklist:
+                batch.series = [s for s in batch.series if not self.blocklist.blocks(s.name)]
+            self.reporter.end_interval()
+        except Exception:
+            self.telemetry.incr("flush_errors")
+            self.log.failure("Flush failed")
+            return None
+        self.telemetry.incr("flushes")
+        for sink in self.sinks:
+            self._write(sink, batch)
+        return batch
+
+    def _write(self, sink, batch: FlushBatch) -> None:
+        tags = ("sink:" + sink.name,)
+        d = defer.maybeDeferred(sink.write, batch)
+        self._writes.add(d)
+
+        def written(_):
+            self.telemetry.incr("sink_writes", 1, tags)
+
+        def failed(failure):
+            self.telemetry.incr("sink_write_errors", 1, tags)
+            self.log.failure("Sink {sink} failed to write a flush", failure, sink=sink.name)
+
+        d.addCallbacks(written, failed)
+        d.addBoth(lambda _: self._writes.discard(d))
+
+    def _record_self_metrics(self, now: float) -> None:
+        """Feed the telemetry that changed since the last flush back in as metrics."""
+        aggregator = self.aggregator
+        dropped = aggregator.non_finite_points
+        if dropped:
+            aggregator.non_finite_points = 0
+            self.telemetry.drop("non_finite_point", dropped)
+        self.telemetry.set_gauge("contexts", aggregator.context_count())
+        for name, tags, delta in self.telemetry.deltas():
+            context = Context(SELF_METRIC_PREFIX + name.encode(), self.hostname, [t.encode() for t in tags])
+            aggregator.add(context, COUNTER, float(delta), 1.0, now)
+        for (name, tags), value in self.telemetry.gauges.items():
+            context = Context(SELF_METRIC_PREFIX + name.encode(), self.hostname, [t.encode() for t in tags])
+            aggregator.add(context, GAUGE, float(value), 1.0, now)
+
+    async def _stop(self) -> None:
+        self.flush(final=True)
+        while self._writes:
+            await defer.DeferredList(list(self._writes))
+
+    def stopService(self):
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+        return defer.ensureDeferred(self._stop())

@@ -1,0 +1,1 @@
+"""Intake: packet buffers and the pipeline that turns packets into aggregates."""

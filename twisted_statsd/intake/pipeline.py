@@ -1,0 +1,203 @@
+"""The hot path: raw packets -> parsed lines -> enriched targets -> aggregator.
+
+Everything a metric line says apart from its value (name, type, rate, tags,
+container) decides where its samples go.  The pipeline caches that decision
+keyed by the line's *shape*, the line with its value cut out, so a repeated
+context costs one slice-and-join, one dictionary probe and one float parse;
+only a new shape goes through the full parser and the enricher.  Lines with a
+client timestamp are never cached: their shape changes with every sample.
+Pure: time comes in as ``now``, and nothing here touches the reactor.
+"""
+
+from __future__ import annotations
+
+from twisted_statsd._ratelimit import RateLimitedReporter
+from twisted_statsd.core import parser
+from twisted_statsd.core.aggregator import Aggregator, Set
+from twisted_statsd.core.enrich import Enricher, Target
+from twisted_statsd.core.model import COUNTER, DISTRIBUTION, GAUGE, SET
+from twisted_statsd.core.parser import ParseError, parse_float, parse_values
+from twisted_statsd.telemetry import Telemetry
+
+# Shapes remembered before the cache starts over (each entry is one context).
+CACHE_SIZE = 200_000
+
+# Verdicts on a whole line shape, cached like targets.
+_REFUSALS = {
+    "blocked": "metric is on the block list",
+    "zero_sample_rate": "a counter with sample rate 0 has no value",
+}
+
+
+class Pipeline:
+    """Parses, enriches and aggregates batches of packets.
+
+    Invariant: every line either becomes samples in the aggregator or is
+    counted under a named drop reason (reported through ``reporter``).
+    """
+
+    def __init__(
+        self,
+        aggregator: Aggregator,
+        enricher: Enricher,
+        telemetry: Telemetry,
+        reporter: RateLimitedReporter,
+        *,
+        timestamps: bool = True,
+        origin_client: bool = False,
+        cache_size: int = CACHE_SIZE,
+    ):
+        self.aggregator = aggregator
+        self.enricher = enricher
+        self.telemetry = telemetry
+        self.reporter = reporter
+        self.timestamps = timestamps
+        self.origin_client = origin_client
+        self.cache_size = cache_size
+        self._cache: dict[bytes, Target | str] = {}
+
+    def process(self, packets: list[bytes], now: float, *, eol_required: bool = False) -> None:
+        """Aggregate every line of ``packets`` as received at ``now``."""
+        aggregator = self.aggregator
+        bucket = aggregator.bucket(now)
+        metrics = bucket.metrics
+        cache = self._cache
+        samples = 0
+        for packet in packets:
+            if eol_required:
+                lines, unterminated = parser.split_lines(packet, True)
+                if unterminated:
+                    self.reporter.report("unterminated_line", "packet does not end with a newline", packet)
+            else:
+                lines = packet.split(b"\n")
+            for line in lines:
+                if not line:
+                    continue
+                if line[-1] == 13:  # b"\r"
+                    line = line[:-1]
+                    if not line:
+                        continue
+                bar = line.find(b"|")
+                colon = line.find(b":", 0, bar)
+                if colon <= 0:
+                    samples += self._slow(line, None, now)
+                    continue
+                shape = line[:colon] + line[bar:]
+                target = cache.get(shape)
+                if target is None:
+                    samples += self._slow(line, shape, now)
+                    continue
+                if target.__class__ is str:
+                    self.reporter.report(target, _REFUSALS[target], line)
+                    continue
+                raw = line[colon + 1 : bar]
+                if not raw:
+                    samples += self._slow(line, None, now)  # the parser names the error
+                    continue
+                try:
+                    if target.type == SET:
+                        value = raw
+                    elif b":" in raw:
+                        samples += self._values(target, parse_values(raw), now)
+                        continue
+                    else:
+                        value = parse_float(raw)
+                        if value - value:
+                            self.reporter.report("non_finite_value", "NaN and infinite values are dropped", line)
+                            continue
+                except ParseError as e:
+                    self.reporter.report(e.reason, e.message, line)
+                    continue
+                mtype = target.type
+                if mtype == DISTRIBUTION:
+                    aggregator.add_distribution(bucket, target.context, value, target.rate)
+                else:
+                    metric = metrics.get(target.context.key)
+                    if metric is None:
+                        metric = aggregator.new_metric(bucket, target.context, mtype, now)
+                    elif mtype == SET and metric.__class__ is not Set:
+                        value = 0.0
+                    metric.add(value, target.rate, now)
+                    if target.copy is not None:
+                        aggregator.add_distribution(bucket, target.copy, value, target.rate)
+                samples += 1
+        self.telemetry.incr("metrics", samples)
+
+    def _values(self, target: Target, values, now: float) -> int:
+        """Aggregate several on-time values of one line; returns how many were kept."""
+        kept = 0
+        for value in values:
+            if value - value:
+                self.reporter.report("non_finite_value", "NaN and infinite values are dropped", repr(value).encode())
+                continue
+            self.aggregator.add(target.context, target.type, value, target.rate, now)
+            if target.copy is not None:
+                self.aggregator.add(target.copy, DISTRIBUTION, value, target.rate, now)
+            kept += 1
+        return kept
+
+    def _slow(self, line: bytes, shape: bytes | None, now: float) -> int:
+        """Parse a line in full; remember the target of a new metric shape."""
+        try:
+            kind = parser.message_kind(line)
+            if kind == parser.EVENT:
+                self._event(line, now)
+                return 0
+            if kind == parser.SERVICE_CHECK:
+                self._service_check(line, now)
+                return 0
+            message = parser.parse_metric(line, timestamps=self.timestamps, origin_client=self.origin_client)
+        except ParseError as e:
+            self.reporter.report(e.reason, e.message, line)
+            return 0
+        target = self.enricher.metric_target(message)
+        if target is None:
+            verdict = "blocked"
+        elif target.type == COUNTER and target.rate == 0.0:
+            verdict = "zero_sample_rate"
+        else:
+            verdict = target
+        if verdict.__class__ is str:
+            self.reporter.report(verdict, _REFUSALS[verdict], line)
+        elif message.timestamp:
+            return self._timestamped(target, message, line)
+        if shape is not None and not message.timestamp:
+            if len(self._cache) >= self.cache_size:
+                self._cache.clear()
+                self.telemetry.incr("shape_cache_resets")
+            self._cache[shape] = verdict
+        if verdict.__class__ is str:
+            return 0
+        if target.type == SET:
+            self.aggregator.add(target.context, SET, message.set_member, 1.0, now)
+            return 1
+        return self._values(target, message.values, now)
+
+    def _timestamped(self, target: Target, message, line: bytes) -> int:
+        """Send a client-timestamped line down the no-aggregation path (spec §6.7)."""
+        if target.type not in (COUNTER, GAUGE):
+            self.reporter.report("timestamped_unsupported_type", "only gauges and counters may carry a timestamp", line)
+            return 0
+        kept = 0
+        for value in message.values:
+            if value - value:
+                self.reporter.report("non_finite_value", "NaN and infinite values are dropped", line)
+            elif self.aggregator.add_timestamped(target.context, target.type, value, message.timestamp):
+                kept += 1
+            else:
+                self.reporter.report("pending_overflow", "too many timestamped samples waiting for the flush", line)
+        return kept
+
+    def _event(self, line: bytes, now: float) -> None:
+        message = parser.parse_event(line, origin_client=self.origin_client)
+        if self.aggregator.add_event(self.enricher.event(message, now)):
+            self.telemetry.incr("events")
+        else:
+            self.reporter.report("pending_overflow", "too many events waiting for the flush", line)
+
+    def _service_check(self, line: bytes, now: float) -> None:
+        message = parser.parse_service_check(line, origin_client=self.origin_client)
+        if self.aggregator.add_service_check(self.enricher.service_check(message, now)):
+            self.telemetry.incr("service_checks")
+        else:
+            self.reporter.report("pending_overflow", "too many service checks waiting for the flush", line)

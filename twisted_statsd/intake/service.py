@@ -1,0 +1,58 @@
+"""IntakeService: owns the packet buffers and drains them on a short timer."""
+
+from __future__ import annotations
+
+from twisted.application.service import Service
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from twisted_statsd.intake.buffer import PacketBuffer
+from twisted_statsd.intake.pipeline import Pipeline
+
+
+class IntakeService(Service):
+    """Creates one packet buffer per listener and drains them all every ``flush_timeout``.
+
+    On stop the timer stops and every buffer is drained once more, so packets
+    that were read are aggregated before the final flush.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock, pipeline: Pipeline, *, buffer_size: int, flush_timeout: float, eol_required=()):
+        self.clock = clock
+        self.pipeline = pipeline
+        self.buffer_size = buffer_size
+        self.flush_timeout = flush_timeout
+        self.eol_required = frozenset(eol_required)
+        self.buffers: list[PacketBuffer] = []
+        self._loop = LoopingCall(self.drain)
+        self._loop.clock = clock
+
+    def buffer_for(self, transport: str) -> PacketBuffer:
+        """A new buffer for one listener; ``transport`` selects ``dogstatsd_eol_required``."""
+        eol = transport in self.eol_required
+        pipeline, clock = self.pipeline, self.clock
+
+        def process(packets: list[bytes]) -> None:
+            pipeline.process(packets, clock.seconds(), eol_required=eol)
+
+        buffer = PacketBuffer(process, self.buffer_size, pipeline.telemetry, transport)
+        self.buffers.append(buffer)
+        return buffer
+
+    def drain(self) -> None:
+        for buffer in self.buffers:
+            buffer.flush()
+
+    def startService(self):
+        super().startService()
+        self._loop.start(self.flush_timeout, now=False).addErrback(
+            lambda f: self.log.failure("Packet buffer drain loop died", f)
+        )
+
+    def stopService(self):
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+        self.drain()

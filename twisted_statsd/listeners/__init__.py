@@ -1,0 +1,1 @@
+"""Listeners: sockets that receive DogStatsD packets and hand them to packet buffers."""

@@ -1,0 +1,97 @@
+"""The UDP listener: a DatagramProtocol that only appends, and the service that binds it.
+
+UDP has no back-pressure: whatever the server does not read in time the kernel
+drops.  So the protocol does as little as possible per datagram, the socket gets
+the receive buffer asked for (``dogstatsd_so_rcvbuf``, read back because the
+kernel clamps it), and oversized datagrams are counted rather than parsed.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.application.service import Service
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from twisted_statsd._ratelimit import RateLimitedReporter
+from twisted_statsd.interfaces import IPacketConsumer
+
+
+class DatagramReceiver(DatagramProtocol):
+    """Appends each datagram to a packet buffer; never parses, never raises.
+
+    The port reads one byte more than ``buffer_size`` so that a datagram the
+    kernel had to truncate can be told apart; only its complete lines are kept.
+    """
+
+    def __init__(self, consumer: IPacketConsumer, buffer_size: int, reporter: RateLimitedReporter):
+        self.consumer = IPacketConsumer(consumer)
+        self.buffer_size = buffer_size
+        self.reporter = reporter
+
+    def datagramReceived(self, data: bytes, addr) -> None:
+        if len(data) > self.buffer_size:
+            self.reporter.report(
+                "datagram_truncated",
+                f"datagram longer than dogstatsd_buffer_size ({self.buffer_size}); its last line is lost",
+                data,
+            )
+            data = data[: data.rfind(b"\n", 0, self.buffer_size) + 1]
+            if not data:
+                return
+        self.consumer.append(data)
+
+
+class UDPListenerService(Service):
+    """Binds the UDP port in ``privilegedStartService`` and closes it on stop."""
+
+    log = Logger()
+
+    def __init__(self, reactor, protocol: DatagramReceiver, port: int, interface: str, so_rcvbuf: int = 0):
+        self.reactor = reactor
+        self.protocol = protocol
+        self.port_number = port
+        self.interface = interface
+        self.so_rcvbuf = so_rcvbuf
+        self.port = None
+
+    def privilegedStartService(self):
+        """Bind synchronously, so a port in use stops twistd at start."""
+        super().privilegedStartService()
+        if self.port is None:
+            self._bind()
+
+    def startService(self):
+        super().startService()
+        if self.port is None:
+            self._bind()
+
+    def _bind(self) -> None:
+        self.port = self.reactor.listenUDP(
+            self.port_number,
+            self.protocol,
+            interface=self.interface,
+            maxPacketSize=self.protocol.buffer_size + 1,
+        )
+        handle = self.port.getHandle()
+        if self.so_rcvbuf:
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.so_rcvbuf)
+        host = self.port.getHost()
+        self.log.info(
+            "Listening for DogStatsD on udp {host}:{port} (receive buffer {granted} bytes)",
+            host=host.host,
+            port=host.port,
+            granted=handle.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+        )
+
+    @property
+    def address(self):
+        """The bound address (an IPv4Address), e.g. to learn an ephemeral port."""
+        return self.port.getHost()
+
+    def stopService(self):
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            return port.stopListening()

@@ -1,0 +1,116 @@
+"""build_service: the one place where the whole server is wired together.
+
+The twistd plugin and embedding applications both call :func:`build_service`.
+Pipeline objects are built here, before any socket is bound, so packets that
+arrive as soon as twistd binds (in ``privilegedStartService``) are simply
+buffered.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import MultiService
+from twisted.internet import defer
+
+from twisted_statsd._ratelimit import RateLimitedReporter
+from twisted_statsd.config import EPHEMERAL_PORT, Config
+from twisted_statsd.core.aggregator import Aggregator
+from twisted_statsd.core.enrich import Blocklist, Enricher
+from twisted_statsd.flush import FlushService
+from twisted_statsd.intake.pipeline import Pipeline
+from twisted_statsd.intake.service import IntakeService
+from twisted_statsd.listeners.udp import DatagramReceiver, UDPListenerService
+from twisted_statsd.sinks import ConsoleSink, build_sink
+from twisted_statsd.telemetry import Telemetry
+
+
+class StatsdService(MultiService):
+    """The server's root service; its children stop one after another, in reverse order.
+
+    Children are added as sinks, flush, intake, listeners, so stopping closes
+    the listeners, drains the buffers, runs the final flush, and then closes
+    the sinks: everything accepted reaches the sinks before the process exits.
+    """
+
+    def __init__(self, config: Config, aggregator: Aggregator, telemetry: Telemetry):
+        super().__init__()
+        self.setName("statsd")
+        self.config = config
+        self.aggregator = aggregator
+        self.telemetry = telemetry
+        self.flusher: FlushService | None = None
+        self.udp: UDPListenerService | None = None
+
+    def stopService(self):
+        # Service.stopService, not MultiService's: the children are stopped here, in order.
+        super(MultiService, self).stopService()
+        return defer.ensureDeferred(self._stop_children())
+
+    async def _stop_children(self) -> None:
+        for service in reversed(list(self)):
+            if service.running:
+                await defer.maybeDeferred(service.stopService)
+
+
+def build_service(config: Config, reactor=None) -> StatsdService:
+    """Build the service tree for ``config``; attach it with ``setServiceParent``."""
+    if reactor is None:
+        from twisted.internet import reactor
+    telemetry = Telemetry()
+    reporter = RateLimitedReporter(telemetry, verbose=not config.dogstatsd_disable_verbose_logs)
+    aggregator = Aggregator(
+        histogram_aggregates=config.histogram_aggregates,
+        histogram_percentiles=config.histogram_percentiles,
+        expiry_seconds=config.dogstatsd_expiry_seconds,
+    )
+    blocklist = Blocklist(config.statsd_metric_blocklist, config.statsd_metric_blocklist_match_prefix)
+    enricher = Enricher(
+        hostname=config.hostname,
+        extra_tags=config.dogstatsd_tags,
+        namespace=config.statsd_metric_namespace,
+        namespace_exclusions=config.statsd_metric_namespace_blacklist,
+        blocklist=blocklist,
+        histogram_copy_prefix=(
+            config.histogram_copy_to_distribution_prefix if config.histogram_copy_to_distribution else None
+        ),
+    )
+    pipeline = Pipeline(
+        aggregator,
+        enricher,
+        telemetry,
+        reporter,
+        timestamps=config.dogstatsd_no_aggregation_pipeline,
+        origin_client=config.dogstatsd_origin_detection_client,
+    )
+    root = StatsdService(config, aggregator, telemetry)
+
+    sinks = [build_sink(s, reactor) for s in config.sinks] or [ConsoleSink()]
+    for sink in sinks:
+        sink.setServiceParent(root)
+
+    intake = IntakeService(
+        reactor,
+        pipeline,
+        buffer_size=config.dogstatsd_packet_buffer_size,
+        flush_timeout=config.dogstatsd_packet_buffer_flush_timeout,
+        eol_required=config.dogstatsd_eol_required,
+    )
+    root.flusher = FlushService(
+        reactor,
+        aggregator,
+        sinks,
+        telemetry,
+        reporter,
+        interval=config.flush_interval,
+        hostname=config.hostname,
+        blocklist=blocklist,
+        before_flush=intake.drain,
+    )
+    root.flusher.setServiceParent(root)
+    intake.setServiceParent(root)
+
+    if config.dogstatsd_port:
+        receiver = DatagramReceiver(intake.buffer_for("udp"), config.dogstatsd_buffer_size, reporter)
+        port = 0 if config.dogstatsd_port == EPHEMERAL_PORT else config.dogstatsd_port
+        root.udp = UDPListenerService(reactor, receiver, port, config.udp_interface, config.dogstatsd_so_rcvbuf)
+        root.udp.setServiceParent(root)
+    return root

@@ -1,0 +1,57 @@
+"""The twistd plugin's options and service maker: ``twistd -n statsd [options]``."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.python import usage
+
+from twisted_statsd.config import ConfigError, load_config
+
+
+class Options(usage.Options):
+    """Command-line options; they override the configuration file and ``DD_*`` variables."""
+
+    optParameters = [
+        ["config", "c", None, "YAML configuration file (DogStatsD key names)."],
+        ["port", "p", None, "UDP port (dogstatsd_port); 0 turns UDP off, __random__ picks one."],
+        ["bind-host", None, None, "Address to bind UDP to (bind_host)."],
+        ["hostname", None, None, "Host name reported with metrics (hostname)."],
+        ["flush-interval", None, None, "Seconds between flushes to the sinks (flush_interval)."],
+        ["jsonl", None, None, "Write flushes as JSON lines to this path ('-' for stdout) instead of the console."],
+    ]
+    optFlags = [
+        ["non-local-traffic", None, "Listen on all interfaces (dogstatsd_non_local_traffic)."],
+    ]
+
+    def postOptions(self):
+        overrides = {}
+        for option, key in (
+            ("port", "dogstatsd_port"),
+            ("bind-host", "bind_host"),
+            ("hostname", "hostname"),
+            ("flush-interval", "flush_interval"),
+        ):
+            if self[option] is not None:
+                overrides[key] = self[option]
+        if self["non-local-traffic"]:
+            overrides["dogstatsd_non_local_traffic"] = True
+        if self["jsonl"] is not None:
+            overrides["sinks"] = [{"type": "jsonl", "path": self["jsonl"]}]
+        try:
+            self.config = load_config(path=self["config"], env=os.environ, overrides=overrides)
+        except ConfigError as e:
+            raise usage.UsageError(str(e))
+
+
+def makeService(options):
+    """Build the server from parsed options; the global reactor is imported only here."""
+    from twisted.internet import reactor
+    from twisted.logger import Logger
+
+    from twisted_statsd.service import build_service
+
+    log = Logger(namespace="twisted_statsd")
+    for warning in options.config.warnings:
+        log.warn("Configuration: {warning}", warning=warning)
+    return build_service(options.config, reactor)
