@@ -296,7 +296,7 @@ _KEYS: dict[str, Field] = {**_FIELDS, **{alias: _FIELDS[target] for alias, targe
 
 @dataclass(frozen=True)
 class _Layer:
-    """One source of values; ``textual`` sources may give any value as a string."""
+    """One source of values; ``textual`` sources may give any value as a string (as viper reads them)."""
 
     source: str
     values: Mapping[Any, Any]
@@ -341,9 +341,9 @@ def load_config(*, path: str | None = None, data: Mapping[str, Any] | None = Non
     """
     layers = []
     if data is not None:
-        layers.append(_Layer("configuration", _mapping("configuration", data), False))
+        layers.append(_Layer("configuration", _mapping("configuration", data), True))
     if path is not None:
-        layers.append(_Layer(path, _read_yaml(path), False))
+        layers.append(_Layer(path, _read_yaml(path), True))
     if env is not None:
         from_env = {key: env.get(_env_name(key)) for key, f in _KEYS.items() if f.metadata["env"]}
         # Empty variables count as unset, as in the agent (viper without AllowEmptyEnv).

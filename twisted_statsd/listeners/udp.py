@@ -25,6 +25,8 @@ class DatagramReceiver(DatagramProtocol):
     kernel had to truncate can be told apart; only its complete lines are kept.
     """
 
+    noisy = False  # the service logs the bound address itself
+
     def __init__(self, consumer: IPacketConsumer, buffer_size: int, reporter: RateLimitedReporter):
         self.consumer = IPacketConsumer(consumer)
         self.buffer_size = buffer_size
@@ -91,7 +93,9 @@ class UDPListenerService(Service):
         return self.port.getHost()
 
     def stopService(self):
+        """Read what the kernel already holds for us, then close the port."""
         super().stopService()
         port, self.port = self.port, None
         if port is not None:
+            port.doRead()
             return port.stopListening()

@@ -1,0 +1,115 @@
+"""``twistd -n statsd`` as a user runs it: defaults, the console table, SIGTERM's final flush."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TWISTD = Path(sys.executable).parent / "twistd"
+pytestmark = pytest.mark.skipif(not TWISTD.exists(), reason="twistd is not installed next to this Python")
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_text(path: Path, text: str, timeout: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = path.read_text(errors="replace") if path.exists() else ""
+        if text in content:
+            return content
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} did not appear in {path} within {timeout} s:\n{content}")
+
+
+def start(tmp_path, *args, env=None):
+    log = tmp_path / "twistd.out"
+    out = open(log, "wb")
+    proc = subprocess.Popen(
+        [str(TWISTD), "-n", "--pidfile=", "statsd", *args],
+        cwd=tmp_path,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+    out.close()
+    return proc, log
+
+
+def stop(proc, log: Path) -> None:
+    """SIGTERM, then check twistd shut down cleanly (it re-raises the signal to exit)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code in (0, -signal.SIGTERM), log.read_text()
+    assert "Main loop terminated." in log.read_text()
+    assert "Traceback" not in log.read_text()
+
+
+def send(port: int, payload: bytes) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(payload, ("127.0.0.1", port))
+
+
+def test_defaults_show_a_console_table(tmp_path):
+    """With no configuration, a metric sent shows up in the flush table."""
+    port = free_udp_port()
+    proc, log = start(tmp_path, "--port", str(port), "--flush-interval", "0.5")
+    try:
+        wait_for_text(log, f"Listening for DogStatsD on udp 127.0.0.1:{port}")
+        send(port, b"page.views:1|c|#page:home")
+        text = wait_for_text(log, "page.views{page:home}")
+    finally:
+        stop(proc, log)
+    assert "flush:" in text and "rate" in text
+
+
+def test_sigterm_flushes_open_buckets_to_jsonl(tmp_path):
+    """Nothing accepted is lost: SIGTERM runs a final flush of every bucket."""
+    port = free_udp_port()
+    out = tmp_path / "out.jsonl"
+    config = tmp_path / "statsd.yaml"
+    config.write_text(
+        f"dogstatsd_port: {port}\nhostname: e2e\nsinks:\n  - type: jsonl\n    path: {out}\n"
+    )
+    proc, log = start(tmp_path, "--config", str(config), env={"DD_DOGSTATSD_TAGS": "env:e2e"})
+    try:
+        wait_for_text(log, "Listening for DogStatsD")
+        from datadog.dogstatsd import DogStatsd
+
+        statsd = DogStatsd(host="127.0.0.1", port=port, disable_telemetry=True)
+        statsd.gauge("final.gauge", 42, tags=["a:b"])
+        statsd.close_socket()
+    finally:
+        # No wait: on stop the listener reads what the kernel already holds.
+        stop(proc, log)
+    objects = [json.loads(line) for line in out.read_text().splitlines()]
+    (gauge,) = [o for o in objects if o["metric"] == "final.gauge"]
+    assert gauge["points"][0]["value"] == 42
+    assert gauge["tags"] == ["a:b", "env:e2e"]
+    assert gauge["resources"] == [{"type": "host", "name": "e2e"}]
+
+
+def test_bad_configuration_stops_at_start_with_a_clear_message(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("dogstatsd_port: many\n")
+    result = subprocess.run(
+        [str(TWISTD), "-n", "--pidfile=", "statsd", "--config", str(config)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode != 0
+    assert f"{config}: dogstatsd_port: expected an integer, got 'many'" in result.stdout + result.stderr

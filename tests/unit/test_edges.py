@@ -1,0 +1,204 @@
+"""The Twisted edges with fakes: datagram protocol, packet buffer, flush loop, service tree."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from twisted_statsd._ratelimit import RateLimitedReporter
+from twisted_statsd.config import load_config
+from twisted_statsd.core.aggregator import Aggregator
+from twisted_statsd.core.model import COUNTER, Context, FlushBatch
+from twisted_statsd.flush import FlushService
+from twisted_statsd.intake.buffer import PacketBuffer
+from twisted_statsd.interfaces import IMetricSink, IPacketConsumer
+from twisted_statsd.listeners.udp import DatagramReceiver
+from twisted_statsd.service import build_service
+from twisted_statsd.sinks.console import ConsoleSink
+from twisted_statsd.sinks.jsonl import JsonlSink
+from twisted_statsd.telemetry import Telemetry
+
+
+@implementer(IMetricSink)
+class RecordingSink:
+    name = "recording"
+
+    def __init__(self, result=None):
+        self.batches: list[FlushBatch] = []
+        self.result = result
+
+    def write(self, batch):
+        self.batches.append(batch)
+        return self.result
+
+
+def test_interfaces_are_provided():
+    verifyObject(IMetricSink, ConsoleSink())
+    verifyObject(IMetricSink, JsonlSink(Clock()))
+    verifyObject(IPacketConsumer, PacketBuffer(lambda p: None, 2, Telemetry(), "udp"))
+
+
+def test_packet_buffer_flushes_when_full_and_counts():
+    batches = []
+    telemetry = Telemetry()
+    buffer = PacketBuffer(batches.append, 3, telemetry, "udp")
+    for packet in (b"a:1|c", b"b:1|c", b"c:1|c", b"d:1|c"):
+        buffer.append(packet)
+    assert batches == [[b"a:1|c", b"b:1|c", b"c:1|c"]]
+    buffer.flush()
+    assert batches[-1] == [b"d:1|c"]
+    assert telemetry.get("packets", "transport:udp") == 4
+    assert telemetry.get("bytes", "transport:udp") == 20
+
+
+def test_packet_buffer_survives_a_failing_pipeline(logged_errors):
+    telemetry = Telemetry()
+
+    def explode(packets):
+        raise RuntimeError("bug")
+
+    buffer = PacketBuffer(explode, 2, telemetry, "udp")
+    buffer.append(b"x")
+    buffer.append(b"y")
+    assert telemetry.dropped("internal_error") == 2
+    assert logged_errors.expect("Pipeline failed")
+
+
+def test_datagram_receiver_appends_and_cuts_oversized_datagrams():
+    received = []
+    telemetry = Telemetry()
+
+    @implementer(IPacketConsumer)
+    class Consumer:
+        def append(self, packet):
+            received.append(packet)
+
+    receiver = DatagramReceiver(Consumer(), 16, RateLimitedReporter(telemetry, verbose=False))
+    receiver.datagramReceived(b"a:1|c\nb:2|c", ("127.0.0.1", 1))
+    receiver.datagramReceived(b"a:1|c\nb:2|c\nc:33333|c", ("127.0.0.1", 1))  # 17 bytes
+    receiver.datagramReceived(b"x" * 17, ("127.0.0.1", 1))
+    assert received == [b"a:1|c\nb:2|c", b"a:1|c\nb:2|c\n"]
+    assert telemetry.dropped("datagram_truncated") == 2
+
+
+def make_flusher(sinks, interval=15.0):
+    clock = Clock()
+    clock.advance(1000)
+    telemetry = Telemetry()
+    aggregator = Aggregator()
+    flusher = FlushService(
+        clock, aggregator, sinks, telemetry, RateLimitedReporter(telemetry), interval=interval, hostname="h"
+    )
+    return clock, aggregator, telemetry, flusher
+
+
+def user_series(batch):
+    return [s for s in batch.series if not s.name.startswith("twisted_statsd.")]
+
+
+def test_flush_loop_runs_every_interval_and_final_flush_on_stop():
+    sink = RecordingSink()
+    clock, aggregator, telemetry, flusher = make_flusher([sink])
+    flusher.startService()
+    aggregator.add(Context(b"c", b"h", []), COUNTER, 5, 1.0, clock.seconds())
+    clock.pump([15, 15])
+    assert len(sink.batches) == 2
+    assert [s.points for s in user_series(sink.batches[0])] == [[(1000, 0.5)]]
+    aggregator.add(Context(b"late", b"h", []), COUNTER, 1, 1.0, clock.seconds())
+    d = flusher.stopService()
+    assert d.called
+    assert "late" in [s.name for s in sink.batches[-1].series]
+    assert not clock.getDelayedCalls()
+
+
+def test_self_metrics_are_flushed():
+    sink = RecordingSink()
+    clock, aggregator, telemetry, flusher = make_flusher([sink])
+    telemetry.drop("metric_bad_value", 3)
+    flusher.flush()
+    clock.advance(20)
+    flusher.flush()
+    names = {(s.name, s.tags) for s in sink.batches[-1].series}
+    assert ("twisted_statsd.dropped", ("reason:metric_bad_value",)) in names
+    assert ("twisted_statsd.contexts", ()) in names
+
+
+def test_a_failing_sink_is_counted_and_does_not_stop_the_others(logged_errors):
+    broken = RecordingSink(defer.fail(RuntimeError("backend down")))
+    broken.name = "broken"
+    good = RecordingSink()
+    clock, aggregator, telemetry, flusher = make_flusher([broken, good])
+    flusher.startService()
+    clock.advance(15)
+    assert len(good.batches) == 1
+    assert telemetry.get("sink_write_errors", "sink:broken") == 1
+    assert telemetry.get("sink_writes", "sink:recording") == 1
+    assert logged_errors.expect("Sink {sink} failed")
+    flusher.stopService()
+
+
+def test_a_failing_flush_is_counted_and_the_loop_goes_on(logged_errors):
+    sink = RecordingSink()
+    clock, aggregator, telemetry, flusher = make_flusher([sink])
+    calls = []
+
+    def broken_flush(now, final=False):
+        calls.append(now)
+        if len(calls) == 1:
+            raise RuntimeError("bug")
+        return FlushBatch(now)
+
+    aggregator.flush = broken_flush
+    flusher.startService()
+    clock.pump([15, 15])
+    assert len(calls) == 2 and len(sink.batches) == 1
+    assert telemetry.get("flush_errors") == 1
+    assert logged_errors.expect("Flush failed")
+    flusher.stopService()
+
+
+def test_stop_waits_for_slow_sinks():
+    pending = defer.Deferred()
+    sink = RecordingSink(pending)
+    clock, aggregator, telemetry, flusher = make_flusher([sink])
+    flusher.startService()
+    d = flusher.stopService()
+    assert not d.called
+    pending.callback(None)
+    assert d.called
+
+
+def test_service_tree_order_and_clean_stop_with_memory_reactor(tmp_path):
+    reactor = MemoryReactorClock()
+    config = load_config(data={"dogstatsd_port": 0, "sinks": [{"type": "jsonl", "path": str(tmp_path / "o")}]})
+    root = build_service(config, reactor)
+    assert root.name == "statsd"
+    assert [type(s).__name__ for s in root] == ["JsonlSink", "FlushService", "IntakeService"]
+    root.privilegedStartService()
+    root.startService()
+    assert len(reactor.getDelayedCalls()) == 2  # buffer drain and flush loops
+    d = root.stopService()
+    reactor.advance(0)  # the jsonl sink writes through a Cooperator
+    assert d.called
+    assert not reactor.getDelayedCalls()
+    assert not any(s.running for s in root)
+
+
+def test_default_sink_is_console():
+    root = build_service(load_config(data={"dogstatsd_port": 0}), MemoryReactorClock())
+    assert [type(s).__name__ for s in root][0] == "ConsoleSink"
+
+
+def test_console_table_is_readable():
+    from twisted_statsd.core.model import Series
+    from twisted_statsd.sinks.console import format_batch
+
+    text = format_batch(FlushBatch(0, series=[Series("page.views", 2, [(1000, 0.5)], ("a:b",), "h")]))
+    assert text.splitlines() == [
+        "flush: 1 series, 0 distributions, 0 events, 0 service checks",
+        "  page.views{a:b}  rate  0.5  @1000 x1",
+    ]
