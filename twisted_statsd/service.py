@@ -80,6 +80,7 @@ def build_service(config: Config, reactor=None) -> StatsdService:
         reporter,
         timestamps=config.dogstatsd_no_aggregation_pipeline,
         origin_client=config.dogstatsd_origin_detection_client,
+        context_expiry=config.dogstatsd_context_expiry_seconds,
     )
     root = StatsdService(config, aggregator, telemetry)
 

@@ -230,3 +230,15 @@ def test_cache_is_bounded():
     assert len(pipeline._cache) <= 10
     assert telemetry.get("shape_cache_resets") == 2
     assert len(aggregator.flush(NOW + 20).series) == 25
+
+
+def test_stale_shapes_expire_and_live_ones_stay():
+    """Contexts unseen for dogstatsd_context_expiry_seconds leave the cache (spec §6.5)."""
+    pipeline, aggregator, _ = make()
+    pipeline.context_expiry = 20
+    pipeline.process([b"live:1|c\nstale:1|c"], NOW)
+    for t in (15, 25, 35, 45):
+        pipeline.process([b"live:1|c"], NOW + t)
+    cached = set(pipeline._cache) | set(pipeline._previous)
+    assert cached == {b"live|c"}
+    assert aggregator.flush(NOW + 100, final=True).series  # and the samples were all aggregated

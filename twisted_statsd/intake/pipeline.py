@@ -6,6 +6,10 @@ keyed by the line's *shape*, the line with its value cut out, so a repeated
 context costs one slice-and-join, one dictionary probe and one float parse;
 only a new shape goes through the full parser and the enricher.  Lines with a
 client timestamp are never cached: their shape changes with every sample.
+Shapes not seen for ``context_expiry`` seconds are forgotten: the cache has a
+current and a previous generation, a miss in the current one promotes from the
+previous, and the generations rotate every ``context_expiry`` seconds, so a hit
+costs nothing extra and a stale context leaves within two periods.
 Pure: time comes in as ``now``, and nothing here touches the reactor.
 """
 
@@ -46,6 +50,7 @@ class Pipeline:
         timestamps: bool = True,
         origin_client: bool = False,
         cache_size: int = CACHE_SIZE,
+        context_expiry: float = 20.0,
     ):
         self.aggregator = aggregator
         self.enricher = enricher
@@ -54,10 +59,15 @@ class Pipeline:
         self.timestamps = timestamps
         self.origin_client = origin_client
         self.cache_size = cache_size
+        self.context_expiry = context_expiry
         self._cache: dict[bytes, Target | str] = {}
+        self._previous: dict[bytes, Target | str] = {}
+        self._rotate_at: float | None = None
 
     def process(self, packets: list[bytes], now: float, *, eol_required: bool = False) -> None:
         """Aggregate every line of ``packets`` as received at ``now``."""
+        if self._rotate_at is None or now >= self._rotate_at:
+            self._rotate(now)
         aggregator = self.aggregator
         bucket = aggregator.bucket(now)
         metrics = bucket.metrics
@@ -85,8 +95,11 @@ class Pipeline:
                 shape = line[:colon] + line[bar:]
                 target = cache.get(shape)
                 if target is None:
-                    samples += self._slow(line, shape, now)
-                    continue
+                    target = self._previous.pop(shape, None)
+                    if target is None:
+                        samples += self._slow(line, shape, now)
+                        continue
+                    self._remember(shape, target)
                 if target.__class__ is str:
                     self.reporter.report(target, _REFUSALS[target], line)
                     continue
@@ -122,6 +135,19 @@ class Pipeline:
                         aggregator.add_distribution(bucket, target.copy, value, target.rate)
                 samples += 1
         self.telemetry.incr("metrics", samples)
+
+    def _remember(self, shape: bytes, verdict) -> None:
+        if len(self._cache) >= self.cache_size:
+            self._cache.clear()
+            self._previous.clear()
+            self.telemetry.incr("shape_cache_resets")
+        self._cache[shape] = verdict
+
+    def _rotate(self, now: float) -> None:
+        """Start a new cache generation; shapes unseen since the last rotation are dropped."""
+        self._previous = self._cache
+        self._cache = {}
+        self._rotate_at = now + self.context_expiry
 
     def _values(self, target: Target, values, now: float) -> int:
         """Aggregate several on-time values of one line; returns how many were kept."""
@@ -162,10 +188,7 @@ class Pipeline:
         elif message.timestamp:
             return self._timestamped(target, message, line)
         if shape is not None and not message.timestamp:
-            if len(self._cache) >= self.cache_size:
-                self._cache.clear()
-                self.telemetry.incr("shape_cache_resets")
-            self._cache[shape] = verdict
+            self._remember(shape, verdict)
         if verdict.__class__ is str:
             return 0
         if target.type == SET:
