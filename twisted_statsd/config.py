@@ -49,8 +49,8 @@ class _Invalid(Exception):
         self.where = where
 
 
-# A converter takes the raw value, whether strings should be parsed (environment
-# and command line), and a callback for warnings; it returns the typed value.
+# A converter takes the raw value, whether strings should be parsed (true for every
+# top-level key; false inside sink entries), and a warnings callback; it returns the typed value.
 Warn = Callable[[str], None]
 Converter = Callable[[Any, bool, Warn], Any]
 
@@ -296,11 +296,10 @@ _KEYS: dict[str, Field] = {**_FIELDS, **{alias: _FIELDS[target] for alias, targe
 
 @dataclass(frozen=True)
 class _Layer:
-    """One source of values; ``textual`` sources may give any value as a string (as viper reads them)."""
+    """One source of values.  Any source may give a value as a string, as viper reads them."""
 
     source: str
     values: Mapping[Any, Any]
-    textual: bool
     env: bool = False
 
     def where(self, key: str) -> str:
@@ -341,15 +340,15 @@ def load_config(*, path: str | None = None, data: Mapping[str, Any] | None = Non
     """
     layers = []
     if data is not None:
-        layers.append(_Layer("configuration", _mapping("configuration", data), True))
+        layers.append(_Layer("configuration", _mapping("configuration", data)))
     if path is not None:
-        layers.append(_Layer(path, _read_yaml(path), True))
+        layers.append(_Layer(path, _read_yaml(path)))
     if env is not None:
         from_env = {key: env.get(_env_name(key)) for key, f in _KEYS.items() if f.metadata["env"]}
         # Empty variables count as unset, as in the agent (viper without AllowEmptyEnv).
-        layers.append(_Layer("environment", {k: v for k, v in from_env.items() if v}, True, env=True))
+        layers.append(_Layer("environment", {k: v for k, v in from_env.items() if v}, env=True))
     if overrides is not None:
-        layers.append(_Layer("command line", _mapping("command line", overrides), True))
+        layers.append(_Layer("command line", _mapping("command line", overrides)))
 
     warnings = [f"{layer.source}: unknown key {key!r} ignored"
                 for layer in layers for key in layer.values if key not in _KEYS]
@@ -363,7 +362,7 @@ def load_config(*, path: str | None = None, data: Mapping[str, Any] | None = Non
                 continue
             found: list[str] = []
             try:
-                resolved[key] = spec.metadata["convert"](layer.values[key], layer.textual, found.append)
+                resolved[key] = spec.metadata["convert"](layer.values[key], True, found.append)
             except _Invalid as error:
                 raise ConfigError(f"{layer.where(key)}{error.where}: {error}") from None
             kept = [f"{layer.where(key)}: {message}" for message in found]

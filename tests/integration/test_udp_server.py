@@ -169,3 +169,54 @@ def _received(service) -> bool:
     """True once the datagram sits in a packet buffer or has been aggregated."""
     intake = [s for s in service if isinstance(s, IntakeService)][0]
     return any(b.packets for b in intake.buffers) or service.telemetry.get("metrics") > 0
+
+
+def send_raw(service, payload: bytes) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(payload, ("127.0.0.1", service.udp.address.port))
+
+
+@pytest.mark.parametrize("eol, expected", [([], 2), (["udp"], 1)])
+@pytest_twisted.ensureDeferred
+async def test_eol_required_over_udp(reactor, tmp_path, eol, expected):
+    """spec §1.7: the unterminated last line counts only when EOL is not required."""
+    service, out = await start(reactor, tmp_path, dogstatsd_eol_required=eol)
+    try:
+        send_raw(service, b"daemon:666|g|#foo:bar\ndaemon:666|g|#foo:bar")
+        await wait_for(reactor, lambda: service.telemetry.get("packets", "transport:udp") == 1)
+        assert service.telemetry.get("metrics") == expected
+        assert service.telemetry.dropped("unterminated_line") == 2 - expected
+    finally:
+        await stop(reactor, service)
+
+
+@pytest_twisted.ensureDeferred
+async def test_non_local_traffic_binds_all_interfaces_and_receive_buffer_is_set(reactor, tmp_path):
+    service, out = await start(reactor, tmp_path, dogstatsd_non_local_traffic=True, dogstatsd_so_rcvbuf=1 << 20)
+    try:
+        import socket
+
+        assert service.udp.address.host == "0.0.0.0"
+        granted = service.udp.port.getHandle().getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        assert granted >= min(1 << 20, 212992)  # the kernel may clamp to net.core.rmem_max (and doubles it)
+    finally:
+        await stop(reactor, service)
+
+
+@pytest_twisted.ensureDeferred
+async def test_timestamped_metrics_pass_through_unaggregated(reactor, tmp_path):
+    """spec §6.7: |T gauges and counters keep the client's timestamp; counters become value/10."""
+    service, out = await start(reactor, tmp_path)
+    try:
+        send_raw(service, b"ts.gauge:5|g|T1657100430\nts.count:20|c|T1657100440\nts.hist:1|h|T1657100440")
+        await wait_for(reactor, lambda: service.telemetry.get("metrics") == 2)
+        assert service.telemetry.dropped("timestamped_unsupported_type") == 1
+    finally:
+        await stop(reactor, service)
+    points = {o["metric"]: (o["type"], o["points"]) for o in user_objects(out)}
+    assert points == {
+        "ts.gauge": (3, [{"timestamp": 1657100430, "value": 5.0}]),
+        "ts.count": (2, [{"timestamp": 1657100440, "value": 2.0}]),
+    }
