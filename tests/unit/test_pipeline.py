@@ -242,3 +242,40 @@ def test_stale_shapes_expire_and_live_ones_stay():
     cached = set(pipeline._cache) | set(pipeline._previous)
     assert cached == {b"live|c"}
     assert aggregator.flush(NOW + 100, final=True).series  # and the samples were all aggregated
+
+
+@pytest.mark.parametrize(
+    "local_data, expected",
+    [
+        (b"abc123", b"abc123"),
+        (b"ci-abc123", b"abc123"),
+        (b"cid-abc123", b"abc123"),
+        (b"in-12345", None),
+        (b"in-12345,ci-abc123", b"abc123"),
+        (b"", None),
+    ],
+)
+def test_container_id_forms_of_the_c_field(local_data, expected):
+    """spec §2.6: c: is ci-<id>, cid-<id>, a bare id, or a list of ci-/in- items."""
+    from twisted_statsd.core.enrich import container_id
+
+    assert container_id(local_data) == expected
+
+
+def test_origin_tags_metrics_and_c_field_wins():
+    """A detected origin tags the sender's metrics; a c: field in the message wins (spec §2.3)."""
+    telemetry = Telemetry()
+    aggregator = Aggregator()
+    pipeline = Pipeline(
+        aggregator, Enricher(hostname="h"), telemetry, RateLimitedReporter(telemetry), origin_client=True
+    )
+    pipeline.process([b"m:1|g\nn:1|g|c:ci-own"], NOW, origin=b"detected")
+    pipeline.process([b"m:2|g"], NOW)  # same shape, no origin: another context
+    pipeline.process([b"_sc|chk|0"], NOW, origin=b"detected")
+    batch = aggregator.flush(NOW + 20)
+    assert sorted((s.name, s.tags, s.points[0][1]) for s in batch.series) == [
+        ("m", (), 2.0),
+        ("m", ("container_id:detected",), 1.0),
+        ("n", ("container_id:own",), 1.0),
+    ]
+    assert batch.service_checks[0].tags == ("container_id:detected",)

@@ -24,6 +24,7 @@ from twisted_statsd.core.model import (
 )
 
 _HOST = b"host:"
+_CONTAINER_TAG = b"container_id:"
 # Tags consumed by the agent's origin enrichment and never emitted (spec §1.3).
 _INTERNAL_PREFIXES = (b"dd.internal.entity_id:", b"dd.internal.card:", b"dd.internal.jmx_check_name:")
 
@@ -66,6 +67,31 @@ def _split_special_tags(tags):
     return host, kept
 
 
+def container_id(local_data: bytes | None) -> bytes | None:
+    """The container ID in a ``c:`` field: ``ci-<id>``, ``cid-<id>`` or a bare ID (spec §2.6).
+
+    A cgroup inode (``in-<n>``) needs the host's cgroup tree to resolve, so it
+    gives no ID here.
+    """
+    if not local_data:
+        return None
+    for item in local_data.split(b","):
+        if item.startswith(b"ci-"):
+            return item[3:] or None
+        if item.startswith(b"cid-"):
+            return item[4:] or None
+        if b"," not in local_data and not item.startswith(b"in-"):
+            return item
+    return None
+
+
+def _add_origin(tags: list, local_data: bytes | None, origin: bytes | None) -> None:
+    """Tag with the sender's container: the ``c:`` field wins over the detected origin."""
+    cid = container_id(local_data) or origin
+    if cid:
+        tags.append(_CONTAINER_TAG + cid)
+
+
 def _sorted_unique(tags) -> tuple[str, ...]:
     return tuple(sorted({t.decode("utf-8", "replace") for t in tags}))
 
@@ -94,9 +120,10 @@ class Enricher:
         self.blocklist = blocklist or Blocklist(())
         self.histogram_copy_prefix = None if histogram_copy_prefix is None else histogram_copy_prefix.encode()
 
-    def metric_target(self, message: MetricMessage) -> Target | None:
+    def metric_target(self, message: MetricMessage, origin: bytes | None = None) -> Target | None:
         """The target of a metric line, or None when the block list drops it."""
         host, tags = _split_special_tags(message.tags)
+        _add_origin(tags, message.container_id, origin)
         if host is None:
             host = self.hostname
         name = message.name
@@ -110,8 +137,9 @@ class Enricher:
             copy = Context(self.histogram_copy_prefix + name, host, tags)
         return Target(message.type, Context(name, host, tags), message.rate, copy)
 
-    def event(self, message: EventMessage, now: float) -> Event:
+    def event(self, message: EventMessage, now: float, origin: bytes | None = None) -> Event:
         host, tags = _split_special_tags(message.tags)
+        _add_origin(tags, message.container_id, origin)
         tags.extend(self.extra_tags)
         return Event(
             title=_text(message.title),
@@ -125,8 +153,9 @@ class Enricher:
             tags=_sorted_unique(tags),
         )
 
-    def service_check(self, message: ServiceCheckMessage, now: float) -> ServiceCheck:
+    def service_check(self, message: ServiceCheckMessage, now: float, origin: bytes | None = None) -> ServiceCheck:
         host, tags = _split_special_tags(message.tags)
+        _add_origin(tags, message.container_id, origin)
         tags.extend(self.extra_tags)
         return ServiceCheck(
             name=_text(message.name),

@@ -60,12 +60,19 @@ class Pipeline:
         self.origin_client = origin_client
         self.cache_size = cache_size
         self.context_expiry = context_expiry
-        self._cache: dict[bytes, Target | str] = {}
-        self._previous: dict[bytes, Target | str] = {}
+        # Keys are line shapes, or (origin, shape) for packets with a detected origin.
+        self._cache: dict = {}
+        self._previous: dict = {}
         self._rotate_at: float | None = None
 
-    def process(self, packets: list[bytes], now: float, *, eol_required: bool = False) -> None:
-        """Aggregate every line of ``packets`` as received at ``now``."""
+    def process(
+        self, packets: list[bytes], now: float, *, eol_required: bool = False, origin: bytes | None = None
+    ) -> None:
+        """Aggregate every line of ``packets`` as received at ``now``.
+
+        ``origin`` is the sender's container ID when the listener detected it;
+        the shapes of such packets are cached apart, keyed with the origin.
+        """
         if self._rotate_at is None or now >= self._rotate_at:
             self._rotate(now)
         aggregator = self.aggregator
@@ -90,14 +97,16 @@ class Pipeline:
                 bar = line.find(b"|")
                 colon = line.find(b":", 0, bar)
                 if colon <= 0:
-                    samples += self._slow(line, None, now)
+                    samples += self._slow(line, None, now, origin)
                     continue
                 shape = line[:colon] + line[bar:]
+                if origin is not None:
+                    shape = (origin, shape)
                 target = cache.get(shape)
                 if target is None:
                     target = self._previous.pop(shape, None)
                     if target is None:
-                        samples += self._slow(line, shape, now)
+                        samples += self._slow(line, shape, now, origin)
                         continue
                     self._remember(shape, target)
                 if target.__class__ is str:
@@ -105,7 +114,7 @@ class Pipeline:
                     continue
                 raw = line[colon + 1 : bar]
                 if not raw:
-                    samples += self._slow(line, None, now)  # the parser names the error
+                    samples += self._slow(line, None, now, origin)  # the parser names the error
                     continue
                 try:
                     if target.type == SET:
@@ -136,7 +145,7 @@ class Pipeline:
                 samples += 1
         self.telemetry.incr("metrics", samples)
 
-    def _remember(self, shape: bytes, verdict) -> None:
+    def _remember(self, shape, verdict) -> None:
         if len(self._cache) >= self.cache_size:
             self._cache.clear()
             self._previous.clear()
@@ -162,21 +171,21 @@ class Pipeline:
             kept += 1
         return kept
 
-    def _slow(self, line: bytes, shape: bytes | None, now: float) -> int:
+    def _slow(self, line: bytes, shape, now: float, origin: bytes | None) -> int:
         """Parse a line in full; remember the target of a new metric shape."""
         try:
             kind = parser.message_kind(line)
             if kind == parser.EVENT:
-                self._event(line, now)
+                self._event(line, now, origin)
                 return 0
             if kind == parser.SERVICE_CHECK:
-                self._service_check(line, now)
+                self._service_check(line, now, origin)
                 return 0
             message = parser.parse_metric(line, timestamps=self.timestamps, origin_client=self.origin_client)
         except ParseError as e:
             self.reporter.report(e.reason, e.message, line)
             return 0
-        target = self.enricher.metric_target(message)
+        target = self.enricher.metric_target(message, origin)
         if target is None:
             verdict = "blocked"
         elif target.type == COUNTER and target.rate == 0.0:
@@ -211,16 +220,16 @@ class Pipeline:
                 self.reporter.report("pending_overflow", "too many timestamped samples waiting for the flush", line)
         return kept
 
-    def _event(self, line: bytes, now: float) -> None:
+    def _event(self, line: bytes, now: float, origin: bytes | None) -> None:
         message = parser.parse_event(line, origin_client=self.origin_client)
-        if self.aggregator.add_event(self.enricher.event(message, now)):
+        if self.aggregator.add_event(self.enricher.event(message, now, origin)):
             self.telemetry.incr("events")
         else:
             self.reporter.report("pending_overflow", "too many events waiting for the flush", line)
 
-    def _service_check(self, line: bytes, now: float) -> None:
+    def _service_check(self, line: bytes, now: float, origin: bytes | None) -> None:
         message = parser.parse_service_check(line, origin_client=self.origin_client)
-        if self.aggregator.add_service_check(self.enricher.service_check(message, now)):
+        if self.aggregator.add_service_check(self.enricher.service_check(message, now, origin)):
             self.telemetry.incr("service_checks")
         else:
             self.reporter.report("pending_overflow", "too many service checks waiting for the flush", line)

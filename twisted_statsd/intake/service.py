@@ -29,17 +29,27 @@ class IntakeService(Service):
         self._loop = LoopingCall(self.drain)
         self._loop.clock = clock
 
-    def buffer_for(self, transport: str) -> PacketBuffer:
-        """A new buffer for one listener; ``transport`` selects ``dogstatsd_eol_required``."""
+    def buffer_for(self, transport: str, origin: bytes | None = None) -> PacketBuffer:
+        """A new buffer for one listener, connection or sender.
+
+        ``transport`` (``udp``, ``uds``) selects ``dogstatsd_eol_required`` and
+        tags the packet counters; ``origin`` is the sender's container ID, when
+        a Unix listener detected one, and tags every metric of the buffer.
+        """
         eol = transport in self.eol_required
         pipeline, clock = self.pipeline, self.clock
 
         def process(packets: list[bytes]) -> None:
-            pipeline.process(packets, clock.seconds(), eol_required=eol)
+            pipeline.process(packets, clock.seconds(), eol_required=eol, origin=origin)
 
         buffer = PacketBuffer(process, self.buffer_size, pipeline.telemetry, transport)
         self.buffers.append(buffer)
         return buffer
+
+    def release(self, buffer: PacketBuffer) -> None:
+        """Drain a buffer whose connection has closed and stop draining it on the timer."""
+        buffer.flush()
+        self.buffers.remove(buffer)
 
     def drain(self) -> None:
         for buffer in self.buffers:
