@@ -40,7 +40,7 @@ class FlushService(Service):
         interval: float,
         hostname: str,
         blocklist: Blocklist | None = None,
-        before_flush=lambda: None,
+        before_flush=(),
     ):
         self.clock = clock
         self.aggregator = aggregator
@@ -50,7 +50,8 @@ class FlushService(Service):
         self.interval = interval
         self.hostname = hostname.encode()
         self.blocklist = blocklist or Blocklist(())
-        self.before_flush = before_flush
+        # Called before every flush: drain packet buffers, refresh telemetry.
+        self.before_flush = list(before_flush)
         self._loop = LoopingCall(self.flush)
         self._loop.clock = clock
         self._writes: set[defer.Deferred] = set()
@@ -62,7 +63,8 @@ class FlushService(Service):
     def flush(self, final: bool = False) -> FlushBatch | None:
         """Flush now; returns the batch handed to the sinks (None if the flush failed)."""
         try:
-            self.before_flush()
+            for prepare in self.before_flush:
+                prepare()
             now = self.clock.seconds()
             self._record_self_metrics(now)
             batch = self.aggregator.flush(now, final=final)

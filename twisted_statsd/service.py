@@ -104,7 +104,7 @@ def build_service(config: Config, reactor=None) -> StatsdService:
         interval=config.flush_interval,
         hostname=config.hostname,
         blocklist=blocklist,
-        before_flush=intake.drain,
+        before_flush=[intake.drain],
     )
     root.flusher.setServiceParent(root)
     intake.setServiceParent(root)
@@ -114,4 +114,5 @@ def build_service(config: Config, reactor=None) -> StatsdService:
         port = 0 if config.dogstatsd_port == EPHEMERAL_PORT else config.dogstatsd_port
         root.udp = UDPListenerService(reactor, receiver, port, config.udp_interface, config.dogstatsd_so_rcvbuf)
         root.udp.setServiceParent(root)
+        root.flusher.before_flush.append(root.udp.record_kernel_drops)
     return root

@@ -220,3 +220,19 @@ async def test_timestamped_metrics_pass_through_unaggregated(reactor, tmp_path):
         "ts.gauge": (3, [{"timestamp": 1657100430, "value": 5.0}]),
         "ts.count": (2, [{"timestamp": 1657100440, "value": 2.0}]),
     }
+
+
+@pytest_twisted.ensureDeferred
+async def test_kernel_drops_reach_telemetry(reactor, tmp_path):
+    """Overflow a tiny receive buffer while the reactor is not reading; the kernel's count shows up."""
+    import socket
+
+    service, out = await start(reactor, tmp_path, dogstatsd_so_rcvbuf=4096)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for _ in range(200):  # the reactor cannot read: this coroutine holds it
+                sock.sendto(b"x:1|c" * 100, ("127.0.0.1", service.udp.address.port))
+        service.udp.record_kernel_drops()
+        assert service.telemetry.dropped("udp_kernel") > 0
+    finally:
+        await stop(reactor, service)

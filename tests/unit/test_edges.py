@@ -202,3 +202,16 @@ def test_console_table_is_readable():
         "flush: 1 series, 0 distributions, 0 events, 0 service checks",
         "  page.views{a:b}  rate  0.5  @1000 x1",
     ]
+
+
+def test_kernel_drops_are_read_from_proc_net_udp():
+    from twisted_statsd.listeners.udp import kernel_drops
+
+    table = (
+        "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n"
+        "  123: 0100007F:1FBD 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4242 2 0000000000000000 17\n"
+        "  124: 0100007F:1FBE 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4343 2 0000000000000000 0\n"
+    )
+    assert kernel_drops(table, 4242) == 17
+    assert kernel_drops(table, 4343) == 0
+    assert kernel_drops(table, 1) is None

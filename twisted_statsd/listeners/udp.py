@@ -3,11 +3,14 @@
 UDP has no back-pressure: whatever the server does not read in time the kernel
 drops.  So the protocol does as little as possible per datagram, the socket gets
 the receive buffer asked for (``dogstatsd_so_rcvbuf``, read back because the
-kernel clamps it), and oversized datagrams are counted rather than parsed.
+kernel clamps it), oversized datagrams are counted rather than parsed, and the
+kernel's own drop counter for the socket (``/proc/net/udp``) is copied into
+telemetry at every flush, so loss the server never saw is visible too.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 
 from twisted.application.service import Service
@@ -45,6 +48,15 @@ class DatagramReceiver(DatagramProtocol):
         self.consumer.append(data)
 
 
+def kernel_drops(table: str, inode: int) -> int | None:
+    """The ``drops`` column of the socket with ``inode`` in a ``/proc/net/udp`` table."""
+    for line in table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 13 and fields[9] == str(inode):
+            return int(fields[12])
+    return None
+
+
 class UDPListenerService(Service):
     """Binds the UDP port in ``privilegedStartService`` and closes it on stop."""
 
@@ -57,6 +69,7 @@ class UDPListenerService(Service):
         self.interface = interface
         self.so_rcvbuf = so_rcvbuf
         self.port = None
+        self._kernel_drops_seen = 0
 
     def privilegedStartService(self):
         """Bind synchronously, so a port in use stops twistd at start."""
@@ -86,6 +99,23 @@ class UDPListenerService(Service):
             port=host.port,
             granted=handle.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
         )
+
+    def record_kernel_drops(self, proc_tables=("/proc/net/udp", "/proc/net/udp6")) -> None:
+        """Count datagrams the kernel dropped for our socket since the last call."""
+        if self.port is None:
+            return
+        inode = os.fstat(self.port.fileno()).st_ino
+        for path in proc_tables:
+            try:
+                with open(path) as f:
+                    drops = kernel_drops(f.read(), inode)
+            except OSError:
+                continue
+            if drops is not None:
+                if drops > self._kernel_drops_seen:
+                    self.protocol.reporter.telemetry.drop("udp_kernel", drops - self._kernel_drops_seen)
+                    self._kernel_drops_seen = drops
+                return
 
     @property
     def address(self):
