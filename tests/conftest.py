@@ -13,7 +13,7 @@ import shutil
 import tempfile
 
 import pytest
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, globalLogPublisher
 
 
 @pytest.fixture(scope="session")
@@ -62,11 +62,12 @@ class LoggedErrors(list):
 
 @pytest.fixture(autouse=True)
 def logged_errors():
-    """Fail a test that logs a failure or an error it did not claim with ``expect``."""
+    """Fail a test that logs a failure or an error-level event it did not claim with ``expect``."""
     errors = LoggedErrors()
 
     def observer(event):
-        if event.get("log_failure") is not None or event.get("isError"):
+        level = event.get("log_level")
+        if event.get("log_failure") is not None or event.get("isError") or level in (LogLevel.error, LogLevel.critical):
             errors.append(event)
 
     globalLogPublisher.addObserver(observer)

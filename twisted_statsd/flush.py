@@ -23,6 +23,9 @@ from twisted_statsd.telemetry import Telemetry
 
 SELF_METRIC_PREFIX = b"twisted_statsd."
 
+# How long stopping waits for the sinks to take the final flush before giving up on them.
+SINK_STOP_TIMEOUT = 30.0
+
 
 class FlushService(Service):
     """Runs the periodic flush, reports the server's own telemetry, and runs the final flush."""
@@ -112,8 +115,22 @@ class FlushService(Service):
 
     async def _stop(self) -> None:
         self.flush(final=True)
-        while self._writes:
-            await defer.DeferredList(list(self._writes))
+        if not self._writes:
+            return
+        # Wait for the writes or the deadline, whichever comes first; the writes
+        # are not cancelled, a sink may still finish while the process exits.
+        outcome = defer.Deferred()
+        deadline = self.clock.callLater(SINK_STOP_TIMEOUT, lambda: outcome.called or outcome.callback(False))
+        defer.DeferredList(list(self._writes)).addBoth(lambda _: outcome.called or outcome.callback(True))
+        if await outcome:
+            deadline.cancel()
+        else:
+            self.telemetry.incr("sink_stop_timeouts")
+            self.log.error(
+                "Gave up waiting for {count} sink writes after {timeout} s at shutdown",
+                count=len(self._writes),
+                timeout=SINK_STOP_TIMEOUT,
+            )
 
     def stopService(self):
         super().stopService()

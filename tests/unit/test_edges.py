@@ -215,3 +215,18 @@ def test_kernel_drops_are_read_from_proc_net_udp():
     assert kernel_drops(table, 4242) == 17
     assert kernel_drops(table, 4343) == 0
     assert kernel_drops(table, 1) is None
+
+
+def test_stop_gives_up_on_a_dead_sink_after_a_timeout(logged_errors):
+    from twisted_statsd.flush import SINK_STOP_TIMEOUT
+
+    sink = RecordingSink(defer.Deferred())
+    clock, aggregator, telemetry, flusher = make_flusher([sink])
+    flusher.startService()
+    d = flusher.stopService()
+    clock.advance(SINK_STOP_TIMEOUT - 1)
+    assert not d.called
+    clock.advance(1)
+    assert d.called
+    assert telemetry.get("sink_stop_timeouts") == 1
+    assert logged_errors.expect("Gave up waiting")
