@@ -276,6 +276,8 @@ class Config:
     histogram_copy_to_distribution: bool = _key(_boolean, False)
     histogram_copy_to_distribution_prefix: str = _key(_string, "")
     flush_interval: float = _key(_bounded(_parse_float, above=0), 15.0)
+    statsd_forward_host: str = _key(_string, "")
+    statsd_forward_port: int = _key(_port, 0)
     sinks: tuple[SinkConfig, ...] = _key(_sinks, (), env=False)
     warnings: tuple[str, ...] = ()
 

@@ -16,6 +16,7 @@ from twisted_statsd.config import EPHEMERAL_PORT, Config
 from twisted_statsd.core.aggregator import Aggregator
 from twisted_statsd.core.enrich import Blocklist, Enricher
 from twisted_statsd.flush import FlushService
+from twisted_statsd.forwarder import ForwarderService
 from twisted_statsd.intake.pipeline import Pipeline
 from twisted_statsd.intake.service import IntakeService
 from twisted_statsd.listeners.udp import DatagramReceiver, UDPListenerService
@@ -26,7 +27,7 @@ from twisted_statsd.telemetry import Telemetry
 class StatsdService(MultiService):
     """The server's root service; its children stop one after another, in reverse order.
 
-    Children are added as sinks, flush, intake, listeners, so stopping closes
+    Children are added as sinks, forwarder, flush, intake, listeners, so stopping closes
     the listeners, drains the buffers, runs the final flush, and then closes
     the sinks: everything accepted reaches the sinks before the process exits.
     """
@@ -38,6 +39,7 @@ class StatsdService(MultiService):
         self.aggregator = aggregator
         self.telemetry = telemetry
         self.flusher: FlushService | None = None
+        self.forwarder: ForwarderService | None = None
         self.udp: UDPListenerService | None = None
 
     def stopService(self):
@@ -88,12 +90,17 @@ def build_service(config: Config, reactor=None) -> StatsdService:
     for sink in sinks:
         sink.setServiceParent(root)
 
+    if config.statsd_forward_host and config.statsd_forward_port:
+        root.forwarder = ForwarderService(reactor, reporter, config.statsd_forward_host, config.statsd_forward_port)
+        root.forwarder.setServiceParent(root)
+
     intake = IntakeService(
         reactor,
         pipeline,
         buffer_size=config.dogstatsd_packet_buffer_size,
         flush_timeout=config.dogstatsd_packet_buffer_flush_timeout,
         eol_required=config.dogstatsd_eol_required,
+        forward=root.forwarder.forward if root.forwarder else None,
     )
     root.flusher = FlushService(
         reactor,

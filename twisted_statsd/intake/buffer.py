@@ -3,7 +3,8 @@
 A listener appends each packet it reads; the buffer hands the batch to the
 pipeline when it holds ``size`` packets, and the intake service's timer drains
 it every ``dogstatsd_packet_buffer_flush_timeout`` so a quiet listener's
-packets are not held back (spec §3.2).
+packets are not held back (spec §3.2).  With forwarding on, each packet is
+also handed to the forwarder as it arrives, before any parsing (spec §4).
 """
 
 from __future__ import annotations
@@ -23,14 +24,24 @@ class PacketBuffer:
 
     log = Logger()
 
-    def __init__(self, process: Callable[[list[bytes]], None], size: int, telemetry: Telemetry, transport: str):
+    def __init__(
+        self,
+        process: Callable[[list[bytes]], None],
+        size: int,
+        telemetry: Telemetry,
+        transport: str,
+        forward: Callable[[bytes], None] | None = None,
+    ):
         self._process = process
+        self._forward = forward
         self.size = size
         self.telemetry = telemetry
         self._tags = ("transport:" + transport,)
         self.packets: list[bytes] = []
 
     def append(self, packet: bytes) -> None:
+        if self._forward is not None:
+            self._forward(packet)
         packets = self.packets
         packets.append(packet)
         if len(packets) >= self.size:

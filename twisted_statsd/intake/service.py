@@ -19,12 +19,15 @@ class IntakeService(Service):
 
     log = Logger()
 
-    def __init__(self, clock, pipeline: Pipeline, *, buffer_size: int, flush_timeout: float, eol_required=()):
+    def __init__(
+        self, clock, pipeline: Pipeline, *, buffer_size: int, flush_timeout: float, eol_required=(), forward=None
+    ):
         self.clock = clock
         self.pipeline = pipeline
         self.buffer_size = buffer_size
         self.flush_timeout = flush_timeout
         self.eol_required = frozenset(eol_required)
+        self.forward = forward  # called with every packet as it arrives, when forwarding is on
         self.buffers: list[PacketBuffer] = []
         self._loop = LoopingCall(self.drain)
         self._loop.clock = clock
@@ -42,7 +45,7 @@ class IntakeService(Service):
         def process(packets: list[bytes]) -> None:
             pipeline.process(packets, clock.seconds(), eol_required=eol, origin=origin)
 
-        buffer = PacketBuffer(process, self.buffer_size, pipeline.telemetry, transport)
+        buffer = PacketBuffer(process, self.buffer_size, pipeline.telemetry, transport, self.forward)
         self.buffers.append(buffer)
         return buffer
 

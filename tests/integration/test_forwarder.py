@@ -1,0 +1,79 @@
+"""Forwarding (spec §4): a second server fed by the first sees every line exactly once."""
+
+from __future__ import annotations
+
+import json
+
+import pytest_twisted
+from datadog.dogstatsd import DogStatsd
+from helpers import wait_for, with_deadline
+
+from twisted_statsd import build_service, load_config
+
+
+def series_of(path):
+    with open(path) as f:
+        objects = [json.loads(line) for line in f]
+    return sorted(
+        (o["metric"], o["type"], [p["value"] for p in o["points"]], o["tags"])
+        for o in objects
+        if "points" in o and not o["metric"].startswith("twisted_statsd.")
+    )
+
+
+def server(reactor, tmp_path, name, **settings):
+    out = tmp_path / f"{name}.jsonl"
+    data = {
+        "dogstatsd_port": "__random__",
+        "hostname": "fwd",
+        "flush_interval": 3600,
+        "sinks": [{"type": "jsonl", "path": str(out)}],
+        **settings,
+    }
+    service = build_service(load_config(data=data), reactor)
+    service.startService()
+    return service, out
+
+
+@pytest_twisted.ensureDeferred
+async def test_second_server_sees_every_line_once(reactor, tmp_path):
+    second, second_out = server(reactor, tmp_path, "second")
+    first, first_out = server(
+        reactor, tmp_path, "first", statsd_forward_host="127.0.0.1", statsd_forward_port=second.udp.address.port
+    )
+    try:
+        await wait_for(reactor, lambda: first.forwarder._address is not None)
+        statsd = DogStatsd(host="127.0.0.1", port=first.udp.address.port, disable_telemetry=True)
+        for i in range(50):
+            statsd.increment("fwd.count", tags=[f"i:{i % 5}"])
+            statsd.gauge("fwd.gauge", i)
+            statsd.histogram("fwd.hist", i)
+        statsd.close_socket()
+        await wait_for(reactor, lambda: second.telemetry.get("metrics") >= 150)
+        assert first.telemetry.get("metrics") == 150
+        assert first.telemetry.get("forwarded_packets") == first.telemetry.get("packets", "transport:udp")
+    finally:
+        await with_deadline(reactor, first.stopService())
+        await with_deadline(reactor, second.stopService())
+    assert second.telemetry.get("metrics") == 150
+    assert series_of(first_out) == series_of(second_out) != []
+
+
+@pytest_twisted.ensureDeferred
+async def test_unresolvable_target_is_counted_and_intake_goes_on(reactor, tmp_path, monkeypatch):
+    from twisted.internet import defer
+    from twisted.internet.error import DNSLookupError
+
+    # No name lookups leave this machine: the resolver fails as it would for an unknown name.
+    monkeypatch.setattr(reactor, "resolve", lambda name, timeouts=(): defer.fail(DNSLookupError(name)))
+    first, out = server(reactor, tmp_path, "first", statsd_forward_host="statsd.example", statsd_forward_port=9)
+    try:
+        await wait_for(reactor, lambda: first.telemetry.get("forward_resolve_errors") == 1)
+        statsd = DogStatsd(host="127.0.0.1", port=first.udp.address.port, disable_telemetry=True)
+        statsd.gauge("still.works", 1)
+        statsd.close_socket()
+        await wait_for(reactor, lambda: first.telemetry.get("metrics") == 1)
+        assert first.telemetry.dropped("forward_unresolved") == 1
+    finally:
+        await with_deadline(reactor, first.stopService())
+    assert [s[0] for s in series_of(out)] == ["still.works"]
