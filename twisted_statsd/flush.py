@@ -65,6 +65,23 @@ class FlushService(Service):
 
     def flush(self, final: bool = False) -> FlushBatch | None:
         """Flush now; returns the batch handed to the sinks (None if the flush failed)."""
+        batch = self._close_batch(final)
+        if batch is not None:
+            self._deliver(batch)
+        return batch
+
+    def flush_and_wait(self, final: bool = False) -> defer.Deferred:
+        """Flush now; the Deferred fires with the batch once every sink has taken it.
+
+        ``final`` closes open buckets too.  This is the on-demand flush for
+        embedders and tests; a failing sink is counted and logged as usual.
+        """
+        batch = self._close_batch(final)
+        if batch is None:
+            return defer.fail(RuntimeError("the flush failed; see the log"))
+        return defer.DeferredList(self._deliver(batch)).addCallback(lambda _: batch)
+
+    def _close_batch(self, final: bool) -> FlushBatch | None:
         try:
             for prepare in self.before_flush:
                 prepare()
@@ -79,11 +96,13 @@ class FlushService(Service):
             self.log.failure("Flush failed")
             return None
         self.telemetry.incr("flushes")
-        for sink in self.sinks:
-            self._write(sink, batch)
         return batch
 
-    def _write(self, sink, batch: FlushBatch) -> None:
+    def _deliver(self, batch: FlushBatch) -> list[defer.Deferred]:
+        return [self._write(sink, batch) for sink in self.sinks]
+
+    def _write(self, sink, batch: FlushBatch) -> defer.Deferred:
+        """Hand the batch to one sink; the Deferred never fails (failures are counted)."""
         tags = ("sink:" + sink.name,)
         d = defer.maybeDeferred(sink.write, batch)
         self._writes.add(d)
@@ -97,6 +116,7 @@ class FlushService(Service):
 
         d.addCallbacks(written, failed)
         d.addBoth(lambda _: self._writes.discard(d))
+        return d
 
     def _record_self_metrics(self, now: float) -> None:
         """Feed the telemetry that changed since the last flush back in as metrics."""

@@ -42,6 +42,22 @@ class StatsdService(MultiService):
         self.forwarder: ForwarderService | None = None
         self.udp: UDPListenerService | None = None
 
+    @property
+    def listeners(self) -> list:
+        """The listener services (UDP, Unix), each able to ``read_pending()``."""
+        return [s for s in self if hasattr(s, "read_pending")]
+
+    def flush(self, final: bool = False) -> defer.Deferred:
+        """Flush now: read what the sockets hold, aggregate it, and hand it to the sinks.
+
+        Fires with the FlushBatch once every sink has taken it; ``final`` closes
+        open buckets too.  Datagrams a client in this process has already sent
+        are therefore in the batch, with no waiting on timers.
+        """
+        for listener in self.listeners:
+            listener.read_pending()
+        return self.flusher.flush_and_wait(final)
+
     def stopService(self):
         # Service.stopService, not MultiService's: the children are stopped here, in order.
         super(MultiService, self).stopService()

@@ -122,10 +122,15 @@ class UDPListenerService(Service):
         """The bound address (an IPv4Address), e.g. to learn an ephemeral port."""
         return self.port.getHost()
 
+    def read_pending(self) -> None:
+        """Read what the kernel already holds for us (at most the port's per-call budget)."""
+        if self.port is not None:
+            self.port.doRead()
+
     def stopService(self):
         """Read what the kernel already holds for us, then close the port."""
         super().stopService()
+        self.read_pending()
         port, self.port = self.port, None
         if port is not None:
-            port.doRead()
             return port.stopListening()
