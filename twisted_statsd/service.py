@@ -8,7 +8,7 @@ buffered.
 
 from __future__ import annotations
 
-from twisted.application.service import MultiService
+from twisted.application.service import IService, MultiService
 from twisted.internet import defer
 
 from twisted_statsd._ratelimit import RateLimitedReporter
@@ -69,8 +69,13 @@ class StatsdService(MultiService):
                 await defer.maybeDeferred(service.stopService)
 
 
-def build_service(config: Config, reactor=None) -> StatsdService:
-    """Build the service tree for ``config``; attach it with ``setServiceParent``."""
+def build_service(config: Config, reactor=None, *, sinks=None) -> StatsdService:
+    """Build the service tree for ``config``; attach it with ``setServiceParent``.
+
+    ``sinks``, a list of IMetricSink providers, replaces the configured sinks:
+    an embedding application's own sink.  Sinks that are also services are
+    started before, and stopped after, everything else.
+    """
     if reactor is None:
         from twisted.internet import reactor
     telemetry = Telemetry()
@@ -102,9 +107,11 @@ def build_service(config: Config, reactor=None) -> StatsdService:
     )
     root = StatsdService(config, aggregator, telemetry)
 
-    sinks = [build_sink(s, reactor) for s in config.sinks] or [ConsoleSink()]
+    if sinks is None:
+        sinks = [build_sink(s, reactor) for s in config.sinks] or [ConsoleSink()]
     for sink in sinks:
-        sink.setServiceParent(root)
+        if IService.providedBy(sink):
+            sink.setServiceParent(root)
 
     if config.statsd_forward_host and config.statsd_forward_port:
         root.forwarder = ForwarderService(reactor, reporter, config.statsd_forward_host, config.statsd_forward_port)
