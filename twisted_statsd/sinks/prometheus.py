@@ -1,0 +1,462 @@
+"""The ``prometheus`` sink: the flushed aggregates as a ``/metrics`` page for Prometheus to scrape.
+
+Flushes are DogStatsD-shaped, so they are translated.  Counters arrive as
+rates (count / interval): each point adds ``value * interval`` to a cumulative
+counter ``<name>_total``; negative increments would read as resets and are
+dropped.  Gauges and sets are gauges, the newest point winning.  Histograms and
+timers arrive reduced to ``.max``/``.median``/``.avg``/``.95percentile``
+(gauges) and ``.count`` (a counter, ``x_count_total``), since their samples are
+gone.  Distributions keep theirs in a sketch and become a summary (quantiles of
+the latest flush that had samples; ``_sum``/``_count`` cumulative) or a
+histogram (cumulative bucket counts from the sketch bins, each bin at its value
+clamped to [min, max], so a sample within 1/128 of a bound may fall on either
+side; scaled so that ``+Inf`` equals ``_count``).
+
+Names: characters outside ``[a-zA-Z0-9_]`` become ``_``; a leading digit gets a
+``_`` prefix.  Tags become labels: ``k:v`` gives ``k="v"``; a bare tag gives
+``k="<bare_tag_value>"`` (``true``: Prometheus takes an empty value as no
+label, and ``""`` leaves bare tags out); repeated keys join their sorted values
+with ``,``; ``__x`` becomes ``tag__x``; ``le``/``quantile`` on a histogram or
+summary become ``exported_le``/``exported_quantile``; the host becomes the
+``host_label`` label.  Contexts that end up with one name and label set merge.
+A name wanted by two families (a gauge and a counter ``x``, which OpenMetrics
+readers both call ``x``; a gauge ``x_count`` beside the summary ``x``) stays
+with the first until it expires; the other's points are dropped and counted,
+so the page always parses.  Series not updated (zero points included) for
+``ttl`` seconds are removed; ``0`` keeps them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from math import inf, isfinite
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from zope.interface import implementer
+
+from twisted_statsd.core.model import SERIES_COUNT, SERIES_RATE, FlushBatch
+from twisted_statsd.core.sketch import value_of
+from twisted_statsd.interfaces import IMetricSink
+
+__all__ = ["DEFAULT_BUCKETS", "DEFAULT_QUANTILES", "PrometheusSink", "PrometheusState", "Outcome"]
+
+# The Prometheus client libraries' default buckets, and the usual quantiles.
+DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+DEFAULT_QUANTILES = (0.5, 0.9, 0.99)
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+# The name and label caches are cleared when they grow past this.
+_CACHE_LIMIT = 65536
+# Names whose conflicts are logged once each; later ones are only counted.
+_LOGGED_CONFLICTS_LIMIT = 1000
+_INVALID = re.compile(r"[^a-zA-Z0-9_]")
+_RESERVED = frozenset(("le", "quantile"))
+_SUFFIXES = {"counter": ("",), "gauge": ("",), "summary": ("", "_sum", "_count"),
+             "histogram": ("", "_bucket", "_sum", "_count")}
+
+
+def sanitise_name(name: str) -> str:
+    """A valid metric or label name: invalid characters become ``_``, a leading digit is prefixed."""
+    name = _INVALID.sub("_", name)
+    return "_" + name if not name or name[0].isdigit() else name
+
+
+def escape_label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def format_value(value: float) -> str:
+    """A float as Go's ParseFloat reads it: shortest round-trip repr, ``+Inf``, ``-Inf``, ``NaN``."""
+    if isfinite(value):
+        return repr(float(value))
+    return "NaN" if value != value else ("+Inf" if value > 0 else "-Inf")
+
+
+def histogram_counts(sketch, bounds) -> list[float]:
+    """Cumulative counts of the sketch's samples at or below each bound, scaled to ``sketch.count``."""
+    keys, counts = sketch.bins()
+    total = sum(counts)
+    lo, hi = sketch.min, sketch.max
+    result, seen, i = [], 0, 0
+    for bound in bounds:
+        while i < len(keys) and min(max(value_of(keys[i]), lo), hi) <= bound:
+            seen += counts[i]
+            i += 1
+        result.append(sketch.count * seen / total if total else 0.0)
+    return result
+
+
+def _line(name: str, labels: str, extra: str, value: float) -> str:
+    """One sample line; ``extra`` is a label pair added after the series' own."""
+    inner = f"{labels},{extra}" if labels and extra else labels or extra
+    return f"{name}{{{inner}}} {format_value(value)}\n" if inner else f"{name} {format_value(value)}\n"
+
+
+@dataclass
+class Outcome:
+    """What one :meth:`PrometheusState.update` did: points taken, dropped by reason, new conflicts."""
+
+    accepted: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    conflicts: list[tuple[str, str, str]] = field(default_factory=list)  # (name, kind, holder's kind)
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+
+class _Series:
+    """One labelled series: ``value`` for counters and gauges (``ts`` orders gauge points),
+    ``count``/``sum``/``values`` (quantiles or bucket counts) for summaries and histograms."""
+
+    __slots__ = ("labels", "value", "ts", "count", "sum", "values", "seen")
+
+    def __init__(self, labels: str, size: int):
+        self.labels, self.values, self.ts = labels, [0.0] * size, -inf
+        self.value = self.count = self.sum = self.seen = 0.0
+
+
+class _Family:
+    __slots__ = ("name", "kind", "help", "series")
+
+    def __init__(self, name: str, kind: str, help: str):
+        self.name, self.kind, self.help = name, kind, help
+        self.series: dict[tuple, _Series] = {}
+
+
+class PrometheusState:
+    """The metric families built from flushes, and their text exposition.  Pure: time is passed in.
+
+    Invariants: ``_claims`` maps every sample name a family renders (and the
+    family's own name) to that family's name, so no two families share one;
+    ``_recent`` holds every series once, keyed (family name, labels), in order
+    of last update, so expiry stops at the first live one; ``_page`` caches the
+    rendering and is reset by every change.
+    """
+
+    def __init__(self, *, ttl: float = 300.0, buckets=DEFAULT_BUCKETS, quantiles=DEFAULT_QUANTILES,
+                 distribution_as: str = "summary", bare_tag_value: str = "true", host_label: str = "host",
+                 counter_suffix: str = "_total"):
+        if distribution_as not in ("summary", "histogram"):
+            raise ValueError(f"distribution_as must be 'summary' or 'histogram', not {distribution_as!r}")
+        buckets = tuple(sorted({float(b) for b in buckets if b != inf}))
+        quantiles = tuple(sorted({float(q) for q in quantiles}))
+        if any(b != b for b in buckets) or not all(0.0 <= q <= 1.0 for q in quantiles):
+            raise ValueError("buckets must be numbers and quantiles must be in [0, 1]")
+        if host_label and sanitise_name(host_label) != host_label or _INVALID.search(counter_suffix):
+            raise ValueError("host_label must be a valid label name and counter_suffix valid in a name")
+        if not ttl >= 0:
+            raise ValueError("ttl must be a number of seconds >= 0")
+        self.ttl = float(ttl)
+        self.buckets, self.quantiles = buckets, quantiles
+        self.distribution_as = distribution_as
+        self.bare_tag_value, self.host_label, self.counter_suffix = bare_tag_value, host_label, counter_suffix
+        self._families: dict[str, _Family] = {}
+        self._claims: dict[str, str] = {}
+        self._recent: dict[tuple[str, tuple], _Series] = {}
+        self._names: dict[tuple[str, str], str] = {}
+        self._labels: dict[tuple, tuple] = {}
+        self._logged_conflicts: set[str] = set()
+        self._page: bytes | None = None
+
+    def __len__(self) -> int:
+        return len(self._recent)
+
+    # -- update -----------------------------------------------------------------
+
+    def update(self, batch: FlushBatch, now: float) -> Outcome:
+        """Fold one flush into the families."""
+        out = Outcome()
+        for s in batch.series:
+            values = [(ts, v) for ts, v in s.points if isfinite(v)]
+            if len(values) < len(s.points):
+                out.drop("non_finite", len(s.points) - len(values))
+            if s.type in (SERIES_RATE, SERIES_COUNT):
+                scale = s.interval if s.type == SERIES_RATE else 1
+                # Undo the division by the interval: 15 digits recover the decimal count.
+                increments = [float(f"{v * scale:.15g}") for _, v in values]
+                good = [v for v in increments if v >= 0.0]
+                if len(good) < len(increments):
+                    out.drop("negative_counter", len(increments) - len(good))
+                series = good and self._series("counter", s.name, s.tags, s.host, now, out, len(good))
+                if series:
+                    series.value += sum(good)
+            elif values:
+                series = self._series("gauge", s.name, s.tags, s.host, now, out, len(values))
+                if series:
+                    ts, value = max(reversed(values), key=lambda p: p[0])  # the last of equals
+                    if ts >= series.ts:
+                        series.ts, series.value = ts, value
+        merged: dict[int, tuple[_Series, object]] = {}
+        for s in batch.sketches:
+            series = s.points and self._series(self.distribution_as, s.name, s.tags, s.host, now, out, len(s.points))
+            if not series:
+                continue
+            for _, sketch in s.points:
+                entry = merged.get(id(series))
+                if entry is None:
+                    merged[id(series)] = (series, sketch.copy())
+                else:
+                    entry[1].merge(sketch)
+        for series, sketch in merged.values():
+            series.count += sketch.count
+            series.sum += sketch.sum
+            if self.distribution_as == "summary":
+                series.values = [sketch.quantile(q) for q in self.quantiles]
+            else:
+                series.values = [a + b for a, b in zip(series.values, histogram_counts(sketch, self.buckets))]
+        return out
+
+    def _series(self, kind: str, name: str, tags, host: str, now: float, out: Outcome, points: int):
+        """The series a context's points go to, created if new and marked as updated at ``now``;
+        None (the points counted as dropped) when its name belongs to another family."""
+        family_name = self._family_name(kind, name)
+        family = self._families.get(family_name)
+        if family is None or family.kind != kind:
+            holder = self._claim(family_name, kind)
+            if holder is not None:
+                out.drop("name_conflict", points)
+                if family_name not in self._logged_conflicts and len(self._logged_conflicts) < _LOGGED_CONFLICTS_LIMIT:
+                    self._logged_conflicts.add(family_name)
+                    out.conflicts.append((family_name, kind, holder))
+                return None
+            family = self._families[family_name] = _Family(family_name, kind, f"DogStatsD {name}")
+        labels = self._label_pairs(tags, host, kind in ("summary", "histogram"))
+        key = (family_name, labels)
+        series = self._recent.pop(key, None)
+        if series is None:
+            size = len(self.quantiles) if kind == "summary" else len(self.buckets)
+            text = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in labels)
+            series = family.series[labels] = _Series(text, size)
+        self._recent[key] = series
+        series.seen = now
+        out.accepted += points
+        self._page = None
+        return series
+
+    def _family_name(self, kind: str, name: str) -> str:
+        found = self._names.get((kind, name))
+        if found is None:
+            if len(self._names) >= _CACHE_LIMIT:
+                self._names.clear()
+            found = sanitise_name(name)
+            if kind == "counter" and not found.endswith(self.counter_suffix):
+                found += self.counter_suffix
+            self._names[(kind, name)] = found
+        return found
+
+    def _claim(self, family_name: str, kind: str) -> str | None:
+        """Claim every sample name of a new family; return the kind of the family in the way, if any."""
+        names = self._sample_names(family_name, kind)
+        for n in names:
+            holder = self._claims.get(n)
+            if holder is not None:
+                return self._families[holder].kind
+        for n in names:
+            self._claims[n] = family_name
+        return None
+
+    def _sample_names(self, family_name: str, kind: str) -> list[str]:
+        """The names a family holds: its samples', and a counter's name without the suffix too,
+        since OpenMetrics readers take that as the family name."""
+        names = [family_name + suffix for suffix in _SUFFIXES[kind]]
+        suffix = self.counter_suffix
+        if kind == "counter" and suffix and family_name.endswith(suffix) and family_name != suffix:
+            names.append(family_name[: -len(suffix)])
+        return names
+
+    def _label_pairs(self, tags, host: str, reserved: bool) -> tuple:
+        key = (tags, host, reserved)
+        found = self._labels.get(key)
+        if found is not None:
+            return found
+        if len(self._labels) >= _CACHE_LIMIT:
+            self._labels.clear()
+        values: dict[str, set[str]] = {}
+        pairs = [tag.partition(":")[::2] if ":" in tag else (tag, self.bare_tag_value) for tag in tags]
+        if host and self.host_label:
+            pairs.append((self.host_label, host))
+        for name, value in pairs:
+            if not value:
+                continue
+            name = sanitise_name(name)
+            if name.startswith("__"):
+                name = "tag" + name
+            elif reserved and name in _RESERVED:
+                name = "exported_" + name
+            values.setdefault(name, set()).add(value)
+        found = self._labels[key] = tuple((k, ",".join(sorted(values[k]))) for k in sorted(values))
+        return found
+
+    # -- expiry and rendering -----------------------------------------------------
+
+    def expire(self, now: float) -> int:
+        """Remove the series not updated for ``ttl`` seconds (none when ``ttl`` is 0); return how many."""
+        if self.ttl <= 0.0:
+            return 0
+        stale = []
+        for key, series in self._recent.items():
+            if now - series.seen < self.ttl:
+                break
+            stale.append(key)
+        for key in stale:
+            del self._recent[key]
+            family = self._families[key[0]]
+            del family.series[key[1]]
+            if not family.series:
+                del self._families[family.name]
+                for name in self._sample_names(family.name, family.kind):
+                    del self._claims[name]
+        if stale:
+            self._page = None
+        return len(stale)
+
+    def render(self) -> bytes:
+        """The text exposition format (version 0.0.4), families and series in sorted order."""
+        if self._page is not None:
+            return self._page
+        lines = []
+        for family_name in sorted(self._families):
+            family = self._families[family_name]
+            name, kind = family.name, family.kind
+            lines += [f"# HELP {name} {escape_help(family.help)} ({kind})\n", f"# TYPE {name} {kind}\n"]
+            for labels in sorted(family.series):
+                s = family.series[labels]
+                if kind in ("counter", "gauge"):
+                    lines.append(_line(name, s.labels, "", s.value))
+                    continue
+                if kind == "summary":
+                    lines += [_line(name, s.labels, f'quantile="{format_value(q)}"', v)
+                              for q, v in zip(self.quantiles, s.values)]
+                else:
+                    lines += [_line(name + "_bucket", s.labels, f'le="{format_value(b)}"', v)
+                              for b, v in zip((*self.buckets, inf), (*s.values, s.count))]
+                lines += [_line(name + "_sum", s.labels, "", s.sum), _line(name + "_count", s.labels, "", s.count)]
+        self._page = "".join(lines).encode("utf-8")
+        return self._page
+
+
+class _MetricsResource(Resource):
+    """Serves the page at ``/metrics``, and 404 everywhere else."""
+
+    isLeaf = True
+
+    def __init__(self, scrape):
+        super().__init__()
+        self._scrape = scrape
+
+    def render_GET(self, request):
+        if request.path != b"/metrics":
+            request.setResponseCode(404)
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            return b"Not found: the metrics are at /metrics\n"
+        request.setHeader(b"Content-Type", CONTENT_TYPE)
+        return self._scrape()
+
+
+class _Channel(HTTPChannel):
+    """Tracks itself in the site's ``channels`` so that stopping can close open connections."""
+
+    def connectionMade(self):
+        super().connectionMade()
+        self.factory.channels[self] = defer.Deferred()
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        done = self.factory.channels.pop(self, None)
+        if done is not None:
+            done.callback(None)
+
+
+class _Site(Site):
+    protocol = _Channel
+    noisy = False
+
+    def __init__(self, resource, reactor):
+        super().__init__(resource, reactor=reactor)
+        self.channels: dict[_Channel, defer.Deferred] = {}
+
+    def log(self, request):
+        """Scrapes are counted in telemetry, not logged one line each."""
+
+
+@implementer(IMetricSink)
+class PrometheusSink(Service):
+    """Keeps a :class:`PrometheusState` from the flushes and serves it at ``/metrics`` over HTTP."""
+
+    name = "prometheus"
+    log = Logger()
+
+    def __init__(self, reactor, telemetry, *, port: int = 9102, bind_host: str = "127.0.0.1", **options):
+        """``options`` are :class:`PrometheusState`'s: ttl, buckets, quantiles, distribution_as,
+        bare_tag_value, host_label, counter_suffix."""
+        self.reactor, self.telemetry = reactor, telemetry
+        self.port, self.bind_host = port, bind_host
+        self.state = PrometheusState(**options)
+        self._tags = ("sink:" + self.name,)
+        self._listening = None
+        self._site = None
+
+    @property
+    def address(self):
+        """The bound address (``.port`` is the real port when 0 was asked for), or None."""
+        return self._listening.getHost() if self._listening else None
+
+    def privilegedStartService(self):
+        self._listen()
+        super().privilegedStartService()
+
+    def startService(self):
+        if self._listening is None:
+            self._listen()
+        super().startService()
+
+    def _listen(self) -> None:
+        self._site = _Site(_MetricsResource(self.scrape), self.reactor)
+        self._listening = self.reactor.listenTCP(self.port, self._site, interface=self.bind_host)
+        self.telemetry.set_gauge("sink_queue_size", 0, self._tags)
+
+    def write(self, batch: FlushBatch) -> None:
+        """Fold a flush into the state now; nothing is queued."""
+        now = self.reactor.seconds()
+        outcome = self.state.update(batch, now)
+        self.telemetry.incr("sink_sent", outcome.accepted, self._tags)
+        for reason, n in outcome.dropped.items():
+            self.telemetry.incr("sink_dropped", n, self._tags + ("reason:" + reason,))
+        for name, kind, holder in outcome.conflicts:
+            self.log.warn(
+                "Prometheus name {name} is already a {holder}; dropping its {kind} points while it lasts",
+                name=name, kind=kind, holder=holder, log_category="PROMETHEUS_NAME_CONFLICT",
+            )
+        self._expire(now)
+
+    def scrape(self) -> bytes:
+        """The page for one scrape, after expiring stale series."""
+        self._expire(self.reactor.seconds())
+        self.telemetry.incr("sink_scrapes", 1, self._tags)
+        return self.state.render()
+
+    def _expire(self, now: float) -> None:
+        expired = self.state.expire(now)
+        if expired:
+            self.telemetry.incr("sink_series_expired", expired, self._tags)
+        self.telemetry.set_gauge("sink_series", len(self.state), self._tags)
+
+    def stopService(self):
+        """Stop listening and close open scrape connections; fires when both are done."""
+        super().stopService()
+        listening, self._listening = self._listening, None
+        if listening is None:
+            return defer.succeed(None)
+        waits = [defer.maybeDeferred(listening.stopListening), *self._site.channels.values()]
+        for channel in list(self._site.channels):
+            channel.transport.abortConnection()
+        return defer.gatherResults(waits).addCallback(lambda _: None)
