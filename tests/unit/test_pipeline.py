@@ -279,3 +279,40 @@ def test_origin_tags_metrics_and_c_field_wins():
         ("n", ("container_id:own",), 1.0),
     ]
     assert batch.service_checks[0].tags == ("container_id:detected",)
+
+
+MAPPER_PROFILES = [
+    {
+        "name": "test",
+        "prefix": "test.",
+        "mappings": [
+            {"match": "test.job.duration.*.*", "name": "test.job.duration",
+             "tags": {"job_type": "$1", "job_name": "$2"}},
+            {"match": "test.host.*", "name": "test.by_host", "tags": {"host": "$1"}},
+        ],
+    }
+]
+
+
+def test_mapper_renames_and_adds_tags_server_level_vector():
+    """spec §5.5 server-level vector: mapped tags are appended to the client's own."""
+    from twisted_statsd.core.mapper import MetricMapper
+
+    pipeline, aggregator, _ = make(mapper=MetricMapper(MAPPER_PROFILES), namespace="ns.")
+    pipeline.process([b"test.job.duration.my_job_type.my_job_name:666|g|#some:tag,more:tags\nother:1|g"], NOW)
+    series = {s.name: s.tags for s in aggregator.flush(NOW + 20).series}
+    # mapping comes before the namespace (spec §5.4)
+    assert series == {
+        "ns.test.job.duration": ("job_name:my_job_name", "job_type:my_job_type", "more:tags", "some:tag"),
+        "ns.other": (),
+    }
+
+
+def test_mapped_host_tag_sets_the_host():
+    """Mapping happens before host: extraction (spec §5.4)."""
+    from twisted_statsd.core.mapper import MetricMapper
+
+    pipeline, aggregator, _ = make(mapper=MetricMapper(MAPPER_PROFILES))
+    pipeline.process([b"test.host.web7:1|g"], NOW)
+    (series,) = aggregator.flush(NOW + 20).series
+    assert (series.name, series.host, series.tags) == ("test.by_host", "web7", ())

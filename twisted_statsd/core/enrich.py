@@ -1,6 +1,7 @@
 """Enrichment: from a parsed message to what the aggregator keys on (spec §1.3, §6.2).
 
-The order is DogStatsD's: special tags are pulled out (``host:`` and the
+The order is DogStatsD's: the mapper renames the metric and adds its tags,
+special tags are pulled out (``host:`` and the
 ``dd.internal.*`` tags), the namespace is prefixed unless the name is on the
 exclusion list, the block list is checked against the namespaced name, and the
 ``dogstatsd_tags`` are appended.  For metrics the result depends only on the
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from twisted_statsd.core.mapper import MetricMapper
 from twisted_statsd.core.model import (
     HISTOGRAM,
     TIMING,
@@ -112,6 +114,7 @@ class Enricher:
         namespace_exclusions=(),
         blocklist: Blocklist | None = None,
         histogram_copy_prefix: str | None = None,
+        mapper: MetricMapper | None = None,
     ):
         self.hostname = hostname.encode()
         self.extra_tags = [t.encode() for t in extra_tags]
@@ -119,14 +122,21 @@ class Enricher:
         self.namespace_exclusions = tuple(p.encode() for p in namespace_exclusions)
         self.blocklist = blocklist or Blocklist(())
         self.histogram_copy_prefix = None if histogram_copy_prefix is None else histogram_copy_prefix.encode()
+        # Replaced as a whole on reload; a pipeline using this enricher must drop its cache then.
+        self.mapper = mapper
 
     def metric_target(self, message: MetricMessage, origin: bytes | None = None) -> Target | None:
         """The target of a metric line, or None when the block list drops it."""
-        host, tags = _split_special_tags(message.tags)
+        name, tags = message.name, message.tags
+        if self.mapper is not None:
+            mapped = self.mapper.map(name)
+            if mapped is not None:
+                name, extra = mapped
+                tags = [*tags, *extra]
+        host, tags = _split_special_tags(tags)
         _add_origin(tags, message.container_id, origin)
         if host is None:
             host = self.hostname
-        name = message.name
         if self.namespace and not name.startswith(self.namespace_exclusions):
             name = self.namespace + name
         if self.blocklist and self.blocklist.blocks(_text(name)):
