@@ -20,7 +20,10 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-__all__ = ["EPHEMERAL_PORT", "STANDARD_STATSD_PREFIXES", "Config", "ConfigError", "SinkConfig", "load_config"]
+__all__ = [
+    "EPHEMERAL_PORT", "STANDARD_STATSD_PREFIXES", "Config", "ConfigError", "MemoryLimiterConfig", "SinkConfig",
+    "load_config",
+]
 
 #: ``dogstatsd_port`` value meaning "let the kernel pick a port" (``__random__``).
 EPHEMERAL_PORT = -1
@@ -234,6 +237,71 @@ def _sinks(value: Any, textual: bool, warn: Warn) -> tuple[SinkConfig, ...]:
     return _each(_list(value, False), _sink)
 
 
+def _file_mode(value: Any, textual: bool, warn: Warn) -> int:
+    """Permissions of a socket file: an octal string (``"0722"``, ``"0o722"``) or an integer."""
+    if isinstance(value, str) and re.fullmatch(r"(?:0o?)?[0-7]{1,4}", value):
+        mode = int(value, 8)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    else:
+        raise _Invalid(f"expected a permission mode in octal, such as '0722', got {value!r}")
+    if not 0 <= mode <= 0o777:
+        raise _Invalid(f"must be a permission mode between 0 and 0o777 (quote it in octal: '0722'), got {value!r}")
+    return mode
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryLimiterConfig:
+    """``dogstatsd_mem_based_rate_limiter``: slow the Unix listeners down when memory runs short.
+
+    The limits are fractions of ``memory_limit_bytes`` (0: the cgroup's limit,
+    else the host's memory); ``hard_limit`` and the last two options are ours.
+    """
+
+    enabled: bool = False
+    low_soft_limit: float = 0.7
+    high_soft_limit: float = 0.8
+    hard_limit: float = 0.9
+    memory_limit_bytes: int = 0
+    check_interval: float = 1.0
+
+
+_FRACTION = _bounded(_parse_float, above=0)
+_LIMITER_OPTIONS: dict[str, Converter] = {
+    "enabled": _boolean,
+    "low_soft_limit": _FRACTION,
+    "high_soft_limit": _FRACTION,
+    "hard_limit": _FRACTION,
+    "memory_limit_bytes": _bounded(_parse_int, at_least=0),
+    "check_interval": _bounded(_parse_float, above=0),
+}
+# The agent's options that tune Go's runtime or its check sampling: accepted, ignored.
+_AGENT_ONLY_LIMITER_OPTIONS = ("go_gc", "memory_ballast", "rate_check", "soft_limit_freeos_check")
+
+
+def _memory_limiter(value: Any, textual: bool, warn: Warn) -> MemoryLimiterConfig:
+    if not isinstance(value, Mapping):
+        raise _Invalid(f"expected a mapping of options, got {value!r}")
+    options = {}
+    for name, item in value.items():
+        if name in _AGENT_ONLY_LIMITER_OPTIONS:
+            warn(f"option {name!r} only tunes the Go agent; ignored")
+        elif name not in _LIMITER_OPTIONS:
+            warn(f"unknown option {name!r} ignored (known: {', '.join(_LIMITER_OPTIONS)})")
+        elif item is not None:
+            try:
+                options[name] = _LIMITER_OPTIONS[name](item, textual, warn)
+            except _Invalid as error:
+                raise _Invalid(str(error), f".{name}{error.where}") from None
+    limiter = MemoryLimiterConfig(**options)
+    if not limiter.low_soft_limit <= limiter.high_soft_limit <= limiter.hard_limit:
+        raise _Invalid(
+            "low_soft_limit <= high_soft_limit <= hard_limit is required, got "
+            f"{limiter.low_soft_limit}, {limiter.high_soft_limit}, {limiter.hard_limit}"
+        )
+    return limiter
+
+
 def _default_hostname() -> str:
     return socket.gethostname()
 
@@ -259,6 +327,13 @@ class Config:
     dogstatsd_packet_buffer_size: int = _key(_bounded(_parse_int, above=0), 32)
     dogstatsd_packet_buffer_flush_timeout: float = _key(_bounded(_parse_duration, above=0), 0.1)
     dogstatsd_so_rcvbuf: int = _key(_bounded(_parse_int, at_least=0), 0)
+    dogstatsd_socket: str = _key(_string, "")
+    dogstatsd_stream_socket: str = _key(_string, "")
+    dogstatsd_socket_mode: int = _key(_file_mode, 0o722)
+    dogstatsd_stream_max_connections: int = _key(_bounded(_parse_int, at_least=0), 1024)
+    dogstatsd_stream_log_too_big: bool = _key(_boolean, False)
+    dogstatsd_origin_detection: bool = _key(_boolean, False)
+    dogstatsd_mem_based_rate_limiter: MemoryLimiterConfig = _key(_memory_limiter, MemoryLimiterConfig(), env=False)
     dogstatsd_eol_required: tuple[str, ...] = _key(_lenient(_one_of(EOL_TRANSPORTS), "transport"), ())
     dogstatsd_tags: tuple[str, ...] = _key(_strings(lambda tags: tuple(sorted(set(tags)))), ())
     dogstatsd_expiry_seconds: float = _key(_bounded(_parse_float, at_least=0), 300.0)

@@ -19,7 +19,11 @@ from twisted_statsd.flush import FlushService
 from twisted_statsd.forwarder import ForwarderService
 from twisted_statsd.intake.pipeline import Pipeline
 from twisted_statsd.intake.service import IntakeService
+from twisted_statsd.listeners.memory import MemoryMonitorService, MemoryProbe, MemoryThresholds, ReadThrottle
+from twisted_statsd.listeners.origin import OriginResolver
 from twisted_statsd.listeners.udp import DatagramReceiver, UDPListenerService
+from twisted_statsd.listeners.unixgram import UnixDatagramListenerService, UnixDatagramReceiver
+from twisted_statsd.listeners.unixstream import FramedStreamFactory, UnixStreamListenerService
 from twisted_statsd.sinks import ConsoleSink, build_sink
 from twisted_statsd.telemetry import Telemetry
 
@@ -41,6 +45,9 @@ class StatsdService(MultiService):
         self.flusher: FlushService | None = None
         self.forwarder: ForwarderService | None = None
         self.udp: UDPListenerService | None = None
+        self.unixgram: UnixDatagramListenerService | None = None
+        self.unixstream: UnixStreamListenerService | None = None
+        self.memory: MemoryMonitorService | None = None
 
     @property
     def listeners(self) -> list:
@@ -69,12 +76,13 @@ class StatsdService(MultiService):
                 await defer.maybeDeferred(service.stopService)
 
 
-def build_service(config: Config, reactor=None, *, sinks=None) -> StatsdService:
+def build_service(config: Config, reactor=None, *, sinks=None, _proc_root: str = "/proc") -> StatsdService:
     """Build the service tree for ``config``; attach it with ``setServiceParent``.
 
     ``sinks``, a list of IMetricSink providers, replaces the configured sinks:
     an embedding application's own sink.  Sinks that are also services are
-    started before, and stopped after, everything else.
+    started before, and stopped after, everything else.  ``_proc_root`` (tests
+    only) is where origin detection and the memory probe read ``/proc``.
     """
     if reactor is None:
         from twisted.internet import reactor
@@ -145,4 +153,55 @@ def build_service(config: Config, reactor=None, *, sinks=None) -> StatsdService:
         root.udp = UDPListenerService(reactor, receiver, port, config.udp_interface, config.dogstatsd_so_rcvbuf)
         root.udp.setServiceParent(root)
         root.flusher.before_flush.append(root.udp.record_kernel_drops)
+    if config.dogstatsd_socket or config.dogstatsd_stream_socket:
+        _add_unix_listeners(root, config, reactor, intake, pipeline, reporter, _proc_root)
     return root
+
+
+def _add_unix_listeners(root, config, reactor, intake, pipeline, reporter, proc_root) -> None:
+    """The Unix listeners, after the memory monitor that slows them down (so they stop first)."""
+    throttle = None
+    limiter = config.dogstatsd_mem_based_rate_limiter
+    if limiter.enabled:
+        throttle = ReadThrottle(reactor, root.telemetry)
+
+        def on_change(state) -> None:
+            pipeline.refuse_new_contexts = state.refuse_new_contexts
+
+        root.memory = MemoryMonitorService(
+            reactor,
+            throttle,
+            root.telemetry,
+            thresholds=MemoryThresholds(limiter.low_soft_limit, limiter.high_soft_limit, limiter.hard_limit),
+            probe=MemoryProbe(limit_bytes=limiter.memory_limit_bytes, proc_root=proc_root),
+            interval=limiter.check_interval,
+            on_change=on_change,
+        )
+        root.memory.setServiceParent(root)
+    resolver = OriginResolver(reporter, proc_root=proc_root) if config.dogstatsd_origin_detection else None
+    if config.dogstatsd_socket:
+        receiver = UnixDatagramReceiver(intake, config.dogstatsd_buffer_size, reporter, resolver)
+        root.unixgram = UnixDatagramListenerService(
+            reactor,
+            receiver,
+            config.dogstatsd_socket,
+            mode=config.dogstatsd_socket_mode,
+            so_rcvbuf=config.dogstatsd_so_rcvbuf,
+            throttle=throttle,
+        )
+        root.unixgram.setServiceParent(root)
+    if config.dogstatsd_stream_socket:
+        factory = FramedStreamFactory(
+            intake,
+            reporter,
+            clock=reactor,
+            max_frame=config.dogstatsd_buffer_size,
+            max_connections=config.dogstatsd_stream_max_connections,
+            resolver=resolver,
+            log_too_big=config.dogstatsd_stream_log_too_big,
+            throttle=throttle,
+        )
+        root.unixstream = UnixStreamListenerService(
+            reactor, factory, config.dogstatsd_stream_socket, mode=config.dogstatsd_socket_mode
+        )
+        root.unixstream.setServiceParent(root)

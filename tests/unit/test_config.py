@@ -642,3 +642,79 @@ def test_every_config_field_is_a_known_key():
     names = [f.name for f in dataclasses.fields(Config) if f.name != "warnings"]
     config = load_config(data={name: None for name in names})
     assert config.warnings == ()
+
+
+# -- Unix sockets ---------------------------------------------------------------
+
+def test_unix_socket_defaults():
+    """Both Unix listeners are off by default (ours: the agent defaults to /var/run/datadog/dsd.socket)."""
+    config = load_config()
+    assert config.dogstatsd_socket == ""
+    assert config.dogstatsd_stream_socket == ""
+    assert config.dogstatsd_socket_mode == 0o722
+    assert config.dogstatsd_stream_max_connections == 1024
+    assert config.dogstatsd_stream_log_too_big is False
+    assert config.dogstatsd_origin_detection is False
+    limiter = config.dogstatsd_mem_based_rate_limiter
+    assert (limiter.enabled, limiter.low_soft_limit, limiter.high_soft_limit, limiter.hard_limit) == (False, 0.7, 0.8, 0.9)
+    assert (limiter.memory_limit_bytes, limiter.check_interval) == (0, 1.0)
+
+
+@pytest.mark.parametrize("given, expected", [("0722", 0o722), ("0o700", 0o700), ("660", 0o660), (0o720, 0o720), (0, 0)])
+def test_socket_mode_is_octal(given, expected):
+    assert load_config(data={"dogstatsd_socket_mode": given}).dogstatsd_socket_mode == expected
+
+
+def test_socket_mode_from_yaml_and_environment(write):
+    path = write("dogstatsd_socket_mode: 0720\n")  # YAML 1.1 reads a leading 0 as octal
+    assert load_config(path=path).dogstatsd_socket_mode == 0o720
+    assert load_config(env={"DD_DOGSTATSD_SOCKET_MODE": "0700"}).dogstatsd_socket_mode == 0o700
+    assert load_config(env={"DD_DOGSTATSD_SOCKET": "/run/dsd.socket"}).dogstatsd_socket == "/run/dsd.socket"
+
+
+@pytest.mark.parametrize("given", ["0789", "rw-r--r--", 722, -1, True])
+def test_bad_socket_modes_name_the_key(given):
+    assert "dogstatsd_socket_mode" in error_of(data={"dogstatsd_socket_mode": given})
+
+
+def test_memory_limiter_section_as_in_datadog_yaml(write):
+    path = write(
+        "dogstatsd_mem_based_rate_limiter:\n"
+        "  enabled: true\n"
+        "  low_soft_limit: 0.5\n"
+        "  high_soft_limit: '0.6'\n"
+        "  memory_limit_bytes: 1073741824\n"
+        "  go_gc: 1\n"
+        "  rate_check: {min: 0.01}\n"
+        "  colour: blue\n"
+    )
+    config = load_config(path=path)
+    limiter = config.dogstatsd_mem_based_rate_limiter
+    assert (limiter.enabled, limiter.low_soft_limit, limiter.high_soft_limit, limiter.hard_limit) == (True, 0.5, 0.6, 0.9)
+    assert limiter.memory_limit_bytes == 1 << 30
+    assert config.warnings == (
+        f"{path}: dogstatsd_mem_based_rate_limiter: option 'go_gc' only tunes the Go agent; ignored",
+        f"{path}: dogstatsd_mem_based_rate_limiter: option 'rate_check' only tunes the Go agent; ignored",
+        f"{path}: dogstatsd_mem_based_rate_limiter: unknown option 'colour' ignored "
+        "(known: enabled, low_soft_limit, high_soft_limit, hard_limit, memory_limit_bytes, check_interval)",
+    )
+
+
+@pytest.mark.parametrize(
+    "section, where",
+    [
+        ({"low_soft_limit": 0.9}, "low_soft_limit <= high_soft_limit <= hard_limit"),
+        ({"hard_limit": 0.75}, "low_soft_limit <= high_soft_limit <= hard_limit"),
+        ({"low_soft_limit": 0}, "dogstatsd_mem_based_rate_limiter.low_soft_limit: must be greater than 0"),
+        ({"enabled": "perhaps"}, "dogstatsd_mem_based_rate_limiter.enabled: expected a boolean"),
+        ({"memory_limit_bytes": -1}, "dogstatsd_mem_based_rate_limiter.memory_limit_bytes: must be at least 0"),
+        (True, "dogstatsd_mem_based_rate_limiter: expected a mapping of options"),
+    ],
+)
+def test_bad_memory_limiter_settings(section, where):
+    assert where in error_of(data={"dogstatsd_mem_based_rate_limiter": section})
+
+
+def test_stream_max_connections_is_a_count():
+    assert load_config(data={"dogstatsd_stream_max_connections": "0"}).dogstatsd_stream_max_connections == 0
+    assert "dogstatsd_stream_max_connections" in error_of(data={"dogstatsd_stream_max_connections": -5})

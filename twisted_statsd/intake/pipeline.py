@@ -64,6 +64,9 @@ class Pipeline:
         self._cache: dict = {}
         self._previous: dict = {}
         self._rotate_at: float | None = None
+        # Set by the memory monitor above its hard limit: lines of shapes not
+        # seen yet (new contexts) are refused; known shapes still aggregate.
+        self.refuse_new_contexts = False
 
     def process(
         self, packets: list[bytes], now: float, *, eol_required: bool = False, origin: bytes | None = None
@@ -184,6 +187,9 @@ class Pipeline:
             message = parser.parse_metric(line, timestamps=self.timestamps, origin_client=self.origin_client)
         except ParseError as e:
             self.reporter.report(e.reason, e.message, line)
+            return 0
+        if self.refuse_new_contexts and shape is not None and not message.timestamp:
+            self.reporter.report("memory_hard_limit", "memory use is above the hard limit; new contexts are refused", line)
             return 0
         target = self.enricher.metric_target(message, origin)
         if target is None:
