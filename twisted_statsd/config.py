@@ -195,6 +195,10 @@ class SinkConfig:
     type: str
     options: Mapping[str, Any]
 
+    def __repr__(self) -> str:
+        shown = {k: ("***" if k == "api_key" and v else v) for k, v in self.options.items()}
+        return f"SinkConfig(type={self.type!r}, options={shown!r})"
+
 
 def _path(value: Any) -> str:
     if not _string(value):
@@ -202,13 +206,71 @@ def _path(value: Any) -> str:
     return value
 
 
+def _option(convert: Converter) -> Callable[[Any], Any]:
+    """A top-level converter, used for one option inside a sink entry."""
+    return lambda value: convert(value, True, lambda message: None)
+
+
+def _numbers(value: Any) -> tuple:
+    return _each(_list(value, False), lambda item: _parse_float(item, True))
+
+
+_PERCENTILES = (lambda value: _each(_list(value, False), _percentile))
+_SECONDS = _option(_bounded(_parse_float, at_least=0))
+_POSITIVE_SECONDS = _option(_bounded(_parse_float, above=0))
+_POSITIVE_INT = _option(_bounded(_parse_int, above=0))
+
+
+def _tcp_port(value: Any) -> int:
+    port = _parse_int(value, True)
+    if not 0 <= port <= 65535:
+        raise _Invalid(f"must be between 0 and 65535, got {port}")
+    return port
+
+
 # Sink types and their options: name -> (converter, default).  A new sink type
-# is one entry here; its module then reads ``SinkConfig.options``.
+# is one entry here; its module then reads ``SinkConfig.options``.  The
+# datadog sink's None defaults are filled from the top-level keys
+# ``api_key``, ``site`` and ``dd_url`` (``DD_API_KEY``...), as in the agent.
 _SINK_TYPES: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
     "console": {},
     "jsonl": {
         "path": (_path, "-"),
-        "percentiles": (lambda value: _each(_list(value, False), _percentile), (0.5, 0.75, 0.9, 0.95, 0.99)),
+        "percentiles": (_PERCENTILES, (0.5, 0.75, 0.9, 0.95, 0.99)),
+    },
+    "prometheus": {
+        "port": (_tcp_port, 9102),
+        "bind_host": (_string, "127.0.0.1"),
+        "ttl": (_SECONDS, 300.0),
+        "buckets": (_numbers, (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)),
+        "quantiles": (_PERCENTILES, (0.5, 0.9, 0.99)),
+        "distribution_as": (_one_of(("summary", "histogram")), "summary"),
+        "bare_tag_value": (_string, "true"),
+        "host_label": (_string, "host"),
+        "counter_suffix": (_string, "_total"),
+    },
+    "graphite": {
+        "host": (_string, "127.0.0.1"),
+        "port": (_tcp_port, 2003),
+        "tags": (_one_of(("graphite", "name")), "graphite"),
+        "host_placement": (_one_of(("tag", "prefix", "none")), "tag"),
+        "prefix": (_string, ""),
+        "max_buffered_lines": (_POSITIVE_INT, 100_000),
+        "percentiles": (_PERCENTILES, (0.5, 0.95, 0.99)),
+        "reconnect_initial_delay": (_POSITIVE_SECONDS, 1.0),
+        "reconnect_max_delay": (_POSITIVE_SECONDS, 60.0),
+        "stop_timeout": (_POSITIVE_SECONDS, 10.0),
+    },
+    "datadog": {
+        "api_key": (_string, None),
+        "site": (_string, None),
+        "url": (_string, None),
+        "retry_queue_max_bytes": (_POSITIVE_INT, 15 * 1024 * 1024),
+        "timeout": (_POSITIVE_SECONDS, 20.0),
+        "backoff_base": (_POSITIVE_SECONDS, 2.0),
+        "backoff_max": (_POSITIVE_SECONDS, 64.0),
+        "max_concurrent_requests": (_POSITIVE_INT, 2),
+        "distribution_max_values": (_POSITIVE_INT, 100_000),
     },
 }
 
@@ -351,6 +413,9 @@ class Config:
     histogram_copy_to_distribution: bool = _key(_boolean, False)
     histogram_copy_to_distribution_prefix: str = _key(_string, "")
     flush_interval: float = _key(_bounded(_parse_float, above=0), 15.0)
+    api_key: str = field(default="", repr=False, metadata={"convert": _string, "env": True})
+    site: str = _key(_string, "datadoghq.com")
+    dd_url: str = _key(_string, "")
     statsd_forward_host: str = _key(_string, "")
     statsd_forward_port: int = _key(_port, 0)
     sinks: tuple[SinkConfig, ...] = _key(_sinks, (), env=False)
@@ -447,4 +512,22 @@ def load_config(*, path: str | None = None, data: Mapping[str, Any] | None = Non
     for alias, target in _ALIASES.items():
         if alias in resolved:
             resolved[target] = resolved.pop(alias)
+    if "sinks" in resolved:
+        resolved["sinks"] = tuple(_with_datadog_defaults(resolved, sink) for sink in resolved["sinks"])
     return Config(**resolved, warnings=tuple(warnings))
+
+
+def _with_datadog_defaults(resolved: Mapping[str, Any], sink: SinkConfig) -> SinkConfig:
+    """Fill a datadog sink's unset api_key, site and url from the top-level keys."""
+    if sink.type != "datadog":
+        return sink
+    options = dict(sink.options)
+    top = {"api_key": resolved.get("api_key", ""), "site": resolved.get("site", "datadoghq.com"),
+           "url": resolved.get("dd_url", "")}
+    for name, value in top.items():
+        if options[name] is None:
+            options[name] = value or None
+    if not options["api_key"]:
+        raise ConfigError("sinks: the datadog sink needs an api_key (in the sink entry, api_key, or DD_API_KEY)")
+    options["site"] = options["site"] or "datadoghq.com"
+    return SinkConfig(sink.type, types.MappingProxyType(options))

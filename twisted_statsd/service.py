@@ -116,8 +116,13 @@ def build_service(config: Config, reactor=None, *, sinks=None, _proc_root: str =
     root = StatsdService(config, aggregator, telemetry)
 
     if sinks is None:
-        sinks = [build_sink(s, reactor) for s in config.sinks] or [ConsoleSink()]
+        sinks = [build_sink(s, reactor, telemetry) for s in config.sinks] or [ConsoleSink()]
+    seen: dict[str, int] = {}
     for sink in sinks:
+        # Names tag telemetry and name the service: a second sink of a type gets "-2".
+        seen[sink.name] = seen.get(sink.name, 0) + 1
+        if seen[sink.name] > 1:
+            sink.name = f"{sink.name}-{seen[sink.name]}"
         if IService.providedBy(sink):
             sink.setServiceParent(root)
 

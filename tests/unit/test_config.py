@@ -307,9 +307,29 @@ def test_env_port_error_names_the_variable():
 
 def test_foreign_dd_variables_are_ignored_silently():
     """The agent reads hundreds of DD_* variables; those that are not ours are no concern here."""
-    config = load_config(env={"DD_API_KEY": "secret", "DD_SITE": "datadoghq.eu", "PATH": "/bin"})
+    config = load_config(env={"DD_APM_ENABLED": "true", "DD_LOGS_ENABLED": "true", "PATH": "/bin"})
     assert config == load_config()
     assert config.warnings == ()
+
+
+def test_datadog_sink_takes_api_key_site_and_url_from_the_top_level(write):
+    path = write({"sinks": [{"type": "datadog"}, {"type": "datadog", "api_key": "own", "url": "http://proxy"}]})
+    config = load_config(path=path, env={"DD_API_KEY": "secret", "DD_SITE": "datadoghq.eu"})
+    first, second = config.sinks
+    assert (first.options["api_key"], first.options["site"], first.options["url"]) == ("secret", "datadoghq.eu", None)
+    assert (second.options["api_key"], second.options["url"]) == ("own", "http://proxy")
+    assert "secret" not in repr(config)
+
+
+def test_datadog_sink_without_an_api_key_is_refused(write):
+    with pytest.raises(ConfigError, match="needs an api_key"):
+        load_config(path=write({"sinks": [{"type": "datadog"}]}))
+
+
+@pytest.mark.parametrize("kind", ["prometheus", "graphite"])
+def test_backend_sink_defaults_are_complete(write, kind):
+    (sink,) = load_config(path=write({"sinks": [{"type": kind}]})).sinks
+    assert sink.type == kind and "port" in sink.options
 
 
 def test_env_none_ignores_the_process_environment(monkeypatch):
@@ -391,12 +411,12 @@ def test_zero_expiry_is_allowed():
 # -- unknown keys and wrong types ---------------------------------------------
 
 def test_unknown_keys_are_warnings_naming_key_and_source(write):
-    path = write({"api_key": "xyz", "dogstatsd_prot": 1})
+    path = write({"apm_config": "xyz", "dogstatsd_prot": 1})
     config = load_config(path=path, data={"use_dogstatsd": True})
     assert config.dogstatsd_port == 8125
     assert len(config.warnings) == 3
     assert any("use_dogstatsd" in w and w.startswith("configuration:") for w in config.warnings)
-    assert any("api_key" in w and w.startswith(path) for w in config.warnings)
+    assert any("apm_config" in w and w.startswith(path) for w in config.warnings)
     assert any("dogstatsd_prot" in w and w.startswith(path) for w in config.warnings)
 
 
@@ -573,7 +593,9 @@ def test_jsonl_sink_options(write):
 
 def test_unknown_sink_type(write):
     path = write({"sinks": [{"type": "console"}, {"type": "foo"}]})
-    assert error_of(path=path) == f"{path}: sinks[1]: unknown sink type 'foo' (known: console, jsonl)"
+    assert error_of(path=path) == (
+        f"{path}: sinks[1]: unknown sink type 'foo' (known: console, jsonl, prometheus, graphite, datadog)"
+    )
 
 
 def test_unknown_sink_option_is_an_error(write):

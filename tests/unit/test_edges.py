@@ -230,3 +230,25 @@ def test_stop_gives_up_on_a_dead_sink_after_a_timeout(logged_errors):
     assert d.called
     assert telemetry.get("sink_stop_timeouts") == 1
     assert logged_errors.expect("Gave up waiting")
+
+
+def test_every_sink_type_builds_and_two_of_a_kind_get_distinct_names(tmp_path):
+    config = load_config(
+        data={
+            "dogstatsd_port": 0,
+            "api_key": "k",
+            "sinks": [
+                {"type": "jsonl", "path": str(tmp_path / "a")},
+                {"type": "jsonl", "path": str(tmp_path / "b")},
+                {"type": "prometheus", "port": 0},
+                {"type": "graphite"},
+                {"type": "datadog", "url": "http://127.0.0.1:9"},
+                {"type": "console"},
+            ],
+        }
+    )
+    root = build_service(config, MemoryReactorClock())
+    names = [s.name for s in root.flusher.sinks]
+    assert names == ["jsonl", "jsonl-2", "prometheus", "graphite", "datadog", "console"]
+    for sink in root.flusher.sinks:
+        verifyObject(IMetricSink, sink)

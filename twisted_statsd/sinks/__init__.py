@@ -6,11 +6,28 @@ from twisted_statsd.sinks.console import ConsoleSink
 from twisted_statsd.sinks.jsonl import JsonlSink
 
 
-def build_sink(sink_config, reactor):
-    """Build the sink one ``sinks`` entry describes (validated by the config loader)."""
+def build_sink(sink_config, reactor, telemetry):
+    """Build the sink one ``sinks`` entry describes (validated by the config loader).
+
+    Backends are imported only when configured, so a server that writes JSON
+    lines never loads the HTTP client or the Prometheus renderer.
+    """
     options = dict(sink_config.options)
-    if sink_config.type == "jsonl":
-        return JsonlSink(reactor, **options)
-    if sink_config.type == "console":
+    kind = sink_config.type
+    if kind == "console":
         return ConsoleSink()
-    raise ValueError(f"unknown sink type {sink_config.type!r}")
+    if kind == "jsonl":
+        return JsonlSink(reactor, **options)
+    if kind == "prometheus":
+        from twisted_statsd.sinks.prometheus import PrometheusSink
+
+        return PrometheusSink(reactor, telemetry, **options)
+    if kind == "graphite":
+        from twisted_statsd.sinks.graphite import GraphiteSink
+
+        return GraphiteSink(reactor, telemetry, **options)
+    if kind == "datadog":
+        from twisted_statsd.sinks.datadog import DatadogSink
+
+        return DatadogSink(reactor, telemetry, **options)
+    raise ValueError(f"unknown sink type {kind!r}")
