@@ -11,6 +11,7 @@ default and its converter.  This module imports nothing from Twisted.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import socket
@@ -19,6 +20,8 @@ from dataclasses import Field, dataclass, field, fields
 from typing import Any, Callable, Mapping
 
 import yaml
+
+from twisted_statsd.core.mapper import MapperConfigError, MetricMapper
 
 __all__ = [
     "EPHEMERAL_PORT", "STANDARD_STATSD_PREFIXES", "Config", "ConfigError", "MemoryLimiterConfig", "SinkConfig",
@@ -364,6 +367,33 @@ def _memory_limiter(value: Any, textual: bool, warn: Warn) -> MemoryLimiterConfi
     return limiter
 
 
+def _frozen(value: Any) -> Any:
+    """A read-only copy of nested YAML data, so a frozen Config stays frozen."""
+    if isinstance(value, Mapping):
+        return types.MappingProxyType({k: _frozen(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+def _mapper_profiles(value: Any, textual: bool, warn: Warn) -> tuple:
+    """Mapper profiles, validated by building the mapper once (spec §5.2).
+
+    A string is JSON, as ``DD_DOGSTATSD_MAPPER_PROFILES`` carries it.  Unlike
+    DogStatsD, which then runs without a mapper, a bad profile stops the start.
+    """
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as error:
+            raise _Invalid(f"cannot be parsed as a JSON list: {error}") from None
+    try:
+        MetricMapper(value, cache_size=0)
+    except MapperConfigError as error:
+        raise _Invalid(str(error)) from None
+    return _frozen(value)
+
+
 def _default_hostname() -> str:
     return socket.gethostname()
 
@@ -413,6 +443,8 @@ class Config:
     histogram_copy_to_distribution: bool = _key(_boolean, False)
     histogram_copy_to_distribution_prefix: str = _key(_string, "")
     flush_interval: float = _key(_bounded(_parse_float, above=0), 15.0)
+    dogstatsd_mapper_profiles: tuple = _key(_mapper_profiles, ())
+    dogstatsd_mapper_cache_size: int = _key(_bounded(_parse_int, at_least=0), 1000)
     api_key: str = field(default="", repr=False, metadata={"convert": _string, "env": True})
     site: str = _key(_string, "datadoghq.com")
     dd_url: str = _key(_string, "")

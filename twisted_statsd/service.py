@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from twisted.application.service import IService, MultiService
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd.config import EPHEMERAL_PORT, Config
 from twisted_statsd.core.aggregator import Aggregator
 from twisted_statsd.core.enrich import Blocklist, Enricher
+from twisted_statsd.core.mapper import MetricMapper
 from twisted_statsd.flush import FlushService
 from twisted_statsd.forwarder import ForwarderService
 from twisted_statsd.intake.pipeline import Pipeline
@@ -36,13 +38,18 @@ class StatsdService(MultiService):
     the sinks: everything accepted reaches the sinks before the process exits.
     """
 
-    def __init__(self, config: Config, aggregator: Aggregator, telemetry: Telemetry):
+    log = Logger()
+
+    def __init__(self, config: Config, aggregator: Aggregator, telemetry: Telemetry, pipeline: Pipeline):
         super().__init__()
         self.setName("statsd")
         self.config = config
         self.aggregator = aggregator
         self.telemetry = telemetry
+        self.pipeline = pipeline
+        self.enricher = pipeline.enricher
         self.flusher: FlushService | None = None
+        self.intake: IntakeService | None = None
         self.forwarder: ForwarderService | None = None
         self.udp: UDPListenerService | None = None
         self.unixgram: UnixDatagramListenerService | None = None
@@ -64,6 +71,23 @@ class StatsdService(MultiService):
         for listener in self.listeners:
             listener.read_pending()
         return self.flusher.flush_and_wait(final)
+
+    def reload_mapper(self, profiles, cache_size: int | None = None) -> None:
+        """Replace the metric mapper with one built from ``profiles`` (spec §5.1 shape).
+
+        The swap is atomic: an invalid configuration raises MapperConfigError
+        and the current mapper stays.  An empty list removes the mapper.
+        Packets already read are aggregated with the old mapper first.
+        """
+        if cache_size is None:
+            cache_size = self.config.dogstatsd_mapper_cache_size
+        mapper = MetricMapper(profiles, cache_size) if profiles else None
+        for listener in self.listeners:
+            listener.read_pending()
+        self.intake.drain()
+        self.enricher.mapper = mapper
+        self.pipeline.forget_shapes()
+        self.log.info("Metric mapper reloaded: {count} profiles", count=len(profiles))
 
     def stopService(self):
         # Service.stopService, not MultiService's: the children are stopped here, in order.
@@ -100,6 +124,11 @@ def build_service(config: Config, reactor=None, *, sinks=None, _proc_root: str =
         namespace=config.statsd_metric_namespace,
         namespace_exclusions=config.statsd_metric_namespace_blacklist,
         blocklist=blocklist,
+        mapper=(
+            MetricMapper(config.dogstatsd_mapper_profiles, config.dogstatsd_mapper_cache_size)
+            if config.dogstatsd_mapper_profiles
+            else None
+        ),
         histogram_copy_prefix=(
             config.histogram_copy_to_distribution_prefix if config.histogram_copy_to_distribution else None
         ),
@@ -113,7 +142,7 @@ def build_service(config: Config, reactor=None, *, sinks=None, _proc_root: str =
         origin_client=config.dogstatsd_origin_detection_client,
         context_expiry=config.dogstatsd_context_expiry_seconds,
     )
-    root = StatsdService(config, aggregator, telemetry)
+    root = StatsdService(config, aggregator, telemetry, pipeline)
 
     if sinks is None:
         sinks = [build_sink(s, reactor, telemetry) for s in config.sinks] or [ConsoleSink()]
@@ -151,6 +180,7 @@ def build_service(config: Config, reactor=None, *, sinks=None, _proc_root: str =
     )
     root.flusher.setServiceParent(root)
     intake.setServiceParent(root)
+    root.intake = intake
 
     if config.dogstatsd_port:
         receiver = DatagramReceiver(intake.buffer_for("udp"), config.dogstatsd_buffer_size, reporter)

@@ -113,3 +113,45 @@ def test_bad_configuration_stops_at_start_with_a_clear_message(tmp_path):
     )
     assert result.returncode != 0
     assert f"{config}: dogstatsd_port: expected an integer, got 'many'" in result.stdout + result.stderr
+
+
+MAPPING = """\
+dogstatsd_port: {port}
+hostname: e2e
+sinks:
+  - type: jsonl
+    path: {out}
+dogstatsd_mapper_profiles:
+  - name: jobs
+    prefix: "jobs."
+    mappings:
+      - match: "{match}"
+        name: "{name}"
+        tags:
+          job: "$1"
+"""
+
+
+def test_sighup_reloads_the_mapper_and_keeps_it_when_the_file_is_bad(tmp_path):
+    """Issue 4: SIGHUP swaps in valid mapper profiles; an invalid file leaves the running ones."""
+    port = free_udp_port()
+    out = tmp_path / "out.jsonl"
+    config = tmp_path / "statsd.yaml"
+    config.write_text(MAPPING.format(port=port, out=out, match="jobs.*.duration", name="first.duration"))
+    proc, log = start(tmp_path, "--config", str(config))
+    try:
+        wait_for_text(log, "Listening for DogStatsD")
+        send(port, b"jobs.a.duration:1|g")
+        config.write_text(MAPPING.format(port=port, out=out, match="jobs.*.duration", name="second.duration"))
+        proc.send_signal(signal.SIGHUP)
+        wait_for_text(log, "Metric mapper reloaded: 1 profiles")
+        send(port, b"jobs.b.duration:1|g")
+        config.write_text(MAPPING.format(port=port, out=out, match="jobs.**", name="third.duration"))
+        proc.send_signal(signal.SIGHUP)
+        wait_for_text(log, "configuration not reloaded")
+        send(port, b"jobs.c.duration:1|g")
+    finally:
+        stop(proc, log)
+    objects = [json.loads(line) for line in out.read_text().splitlines()]
+    mapped = sorted((o["metric"], o["tags"][0]) for o in objects if not o["metric"].startswith("twisted_statsd."))
+    assert mapped == [("first.duration", "job:a"), ("second.duration", "job:b"), ("second.duration", "job:c")]

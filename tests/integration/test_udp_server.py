@@ -236,3 +236,23 @@ async def test_kernel_drops_reach_telemetry(reactor, tmp_path):
         assert service.telemetry.dropped("udp_kernel") > 0
     finally:
         await stop(reactor, service)
+
+
+@pytest_twisted.ensureDeferred
+async def test_mapped_metric_arrives_under_its_new_name_and_tags(reactor, tmp_path):
+    """Issue 4: a dotted name sent over UDP is renamed and tagged by the mapper."""
+    profiles = [{
+        "name": "airflow", "prefix": "airflow.",
+        "mappings": [{"match": "airflow.job.duration.*.*", "name": "airflow.job.duration",
+                      "tags": {"job_type": "$1", "job_name": "$2"}}],
+    }]
+    service, out = await start(reactor, tmp_path, dogstatsd_mapper_profiles=profiles)
+    try:
+        statsd = client(service)
+        statsd.timing("airflow.job.duration.my_job.my_dag", 120)
+        statsd.close_socket()
+        await service.flush(final=True)
+    finally:
+        await stop(reactor, service)
+    names = {(o["metric"], tuple(o["tags"])) for o in user_objects(out)}
+    assert ("airflow.job.duration.max", ("env:test", "job_name:my_dag", "job_type:my_job")) in names

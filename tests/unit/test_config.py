@@ -740,3 +740,26 @@ def test_bad_memory_limiter_settings(section, where):
 def test_stream_max_connections_is_a_count():
     assert load_config(data={"dogstatsd_stream_max_connections": "0"}).dogstatsd_stream_max_connections == 0
     assert "dogstatsd_stream_max_connections" in error_of(data={"dogstatsd_stream_max_connections": -5})
+
+
+MAPPER = [{"name": "p", "prefix": "a.", "mappings": [{"match": "a.*", "name": "a", "tags": {"x": "$1"}}]}]
+
+
+def test_mapper_profiles_are_validated_at_load_naming_key_and_file(write):
+    """A bad mapper config stops the start (on purpose unlike DogStatsD, which runs without one)."""
+    bad = [{"name": "p", "prefix": "a.", "mappings": [{"match": "a.**", "name": "a"}]}]
+    path = write({"dogstatsd_mapper_profiles": bad})
+    message = error_of(path=path)
+    assert message.startswith(f"{path}: dogstatsd_mapper_profiles: ")
+    assert "it should not contain consecutive `*`" in message
+
+
+def test_mapper_profiles_from_yaml_and_from_json_in_the_environment(write):
+    import json
+
+    config = load_config(path=write({"dogstatsd_mapper_profiles": MAPPER}))
+    assert config.dogstatsd_mapper_profiles[0]["mappings"][0]["name"] == "a"
+    from_env = load_config(env={"DD_DOGSTATSD_MAPPER_PROFILES": json.dumps(MAPPER)})
+    assert from_env.dogstatsd_mapper_profiles == config.dogstatsd_mapper_profiles
+    with pytest.raises(ConfigError, match="DD_DOGSTATSD_MAPPER_PROFILES.*JSON"):
+        load_config(env={"DD_DOGSTATSD_MAPPER_PROFILES": "[not json"})

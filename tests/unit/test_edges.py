@@ -252,3 +252,21 @@ def test_every_sink_type_builds_and_two_of_a_kind_get_distinct_names(tmp_path):
     assert names == ["jsonl", "jsonl-2", "prometheus", "graphite", "datadog", "console"]
     for sink in root.flusher.sinks:
         verifyObject(IMetricSink, sink)
+
+
+def test_reload_mapper_swaps_atomically_and_keeps_the_old_one_when_invalid():
+    from twisted_statsd.core.mapper import MapperConfigError
+
+    profiles = [{"name": "p", "prefix": "a.", "mappings": [{"match": "a.*", "name": "first"}]}]
+    root = build_service(load_config(data={"dogstatsd_port": 0, "dogstatsd_mapper_profiles": profiles}),
+                         MemoryReactorClock())
+    root.pipeline.process([b"a.x:1|g"], 1000.0)
+    root.reload_mapper([{"name": "p", "prefix": "a.", "mappings": [{"match": "a.*", "name": "second"}]}])
+    root.pipeline.process([b"a.x:1|g"], 1000.0)
+    with pytest.raises(MapperConfigError):
+        root.reload_mapper([{"name": "", "prefix": "a."}])
+    root.pipeline.process([b"a.y:1|g"], 1000.0)
+    root.reload_mapper([])
+    root.pipeline.process([b"a.z:1|g"], 1000.0)
+    names = sorted(s.name for s in root.aggregator.flush(1020).series)
+    assert names == ["a.z", "first", "second"]

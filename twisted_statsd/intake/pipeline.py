@@ -155,6 +155,11 @@ class Pipeline:
             self.telemetry.incr("shape_cache_resets")
         self._cache[shape] = verdict
 
+    def forget_shapes(self) -> None:
+        """Drop every cached line shape, e.g. after the enricher's mapper was replaced."""
+        self._cache.clear()
+        self._previous.clear()
+
     def _rotate(self, now: float) -> None:
         """Start a new cache generation; shapes unseen since the last rotation are dropped."""
         self._previous = self._cache
