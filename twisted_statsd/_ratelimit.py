@@ -1,6 +1,7 @@
 """Counted, rate-limited reporting of bad input.
 
-Every rejection is counted in telemetry; only the first few of each reason per
+Every rejection is counted in telemetry (``dropped``, or ``errors`` for problems
+that lose no input, such as a failed origin lookup); only the first few of each reason per
 flush interval are logged, with the offending input truncated, and the rest are
 summed up in one line when the interval ends.  Logging per bad line would let a
 misbehaving client flood the log and stall the reactor.
@@ -13,6 +14,7 @@ from twisted.logger import Logger, LogLevel
 from twisted_statsd.telemetry import Telemetry
 
 SAMPLE_LIMIT = 400
+ERRORS = "errors"
 
 
 class RateLimitedReporter:
@@ -26,8 +28,12 @@ class RateLimitedReporter:
         self.level = LogLevel.warn if verbose else LogLevel.debug
         self._counts: dict[str, int] = {}
 
-    def report(self, reason: str, message: str, sample: bytes = b"") -> None:
-        self.telemetry.drop(reason)
+    def report(self, reason: str, message: str, sample: bytes = b"", *, dropped: bool = True) -> None:
+        """Count and maybe log one problem; ``dropped=False`` for those that lose no input."""
+        if dropped:
+            self.telemetry.drop(reason)
+        else:
+            self.telemetry.incr(ERRORS, 1, ("reason:" + reason,))
         seen = self._counts.get(reason, 0) + 1
         self._counts[reason] = seen
         if seen <= self.per_interval:

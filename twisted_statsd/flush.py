@@ -153,7 +153,10 @@ class FlushService(Service):
             )
 
     def stopService(self):
+        """Stop the loop and run the final flush; a service that never started flushes nothing."""
+        started = self.running
         super().stopService()
         if self._loop.running:
             self._loop.stop()
-        return defer.ensureDeferred(self._stop())
+        if started:
+            return defer.ensureDeferred(self._stop())

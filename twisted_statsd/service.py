@@ -56,6 +56,30 @@ class StatsdService(MultiService):
         self.unixstream: UnixStreamListenerService | None = None
         self.memory: MemoryMonitorService | None = None
 
+    def privilegedStartService(self):
+        try:
+            super().privilegedStartService()
+        except Exception:
+            self._abandon()
+            raise
+
+    def startService(self):
+        """Start every child; if one fails, close what was opened before raising."""
+        try:
+            super().startService()
+        except Exception:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        """Stop every child after a failed start, so an embedder is left no open sockets.
+
+        ``self.abandoned`` fires when that cleanup is done.
+        """
+        self.running = 0
+        self.abandoned = defer.ensureDeferred(self._stop_children(everything=True))
+        self.abandoned.addErrback(lambda f: self.log.failure("Cleanup after a failed start", f))
+
     @property
     def listeners(self) -> list:
         """The listener services (UDP, Unix), each able to ``read_pending()``."""
@@ -94,9 +118,9 @@ class StatsdService(MultiService):
         super(MultiService, self).stopService()
         return defer.ensureDeferred(self._stop_children())
 
-    async def _stop_children(self) -> None:
+    async def _stop_children(self, everything: bool = False) -> None:
         for service in reversed(list(self)):
-            if service.running:
+            if everything or service.running:
                 await defer.maybeDeferred(service.stopService)
 
 

@@ -256,3 +256,18 @@ async def test_mapped_metric_arrives_under_its_new_name_and_tags(reactor, tmp_pa
         await stop(reactor, service)
     names = {(o["metric"], tuple(o["tags"])) for o in user_objects(out)}
     assert ("airflow.job.duration.max", ("env:test", "job_name:my_dag", "job_type:my_job")) in names
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_start_leaves_nothing_open(reactor, tmp_path):
+    """An embedder whose start fails (port in use) is not left with sockets or timers."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        service = build_service(load_config(data={"dogstatsd_port": port, "sinks": [{"type": "jsonl", "path": str(tmp_path / "o")}]}), reactor)
+        with pytest.raises(Exception, match="Address already in use"):
+            service.startService()
+    await with_deadline(reactor, service.abandoned)
+    assert not any(s.running for s in service)

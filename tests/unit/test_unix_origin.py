@@ -91,12 +91,12 @@ def test_no_container_is_cached_too(telemetry, proc):
 def test_failures_are_counted_not_cached_and_the_caller_gets_no_origin(telemetry, proc):
     r = resolver(telemetry, proc)
     assert r.origin(99, 0.0) is None  # no such process
-    assert telemetry.dropped("origin_detection_failed") == 1
+    assert telemetry.get("errors", "reason:origin_detection_failed") == 1
     proc(99, V1_DOCKER)
     assert r.origin(99, 1.0) == CID.encode()  # not cached: found at once
     assert r.origin(0, 1.0) is None  # another PID namespace
     assert r.origin(None, 1.0) is None  # no credentials
-    assert telemetry.dropped("origin_detection_failed") == 3
+    assert telemetry.get("errors", "reason:origin_detection_failed") == 3
 
 
 def test_lookups_are_budgeted_per_second(telemetry, proc):
@@ -104,7 +104,7 @@ def test_lookups_are_budgeted_per_second(telemetry, proc):
         proc(pid, V1_DOCKER)
     r = resolver(telemetry, proc, max_lookups_per_second=3)
     assert [r.origin(pid, 10.0) for pid in range(1, 6)] == [CID.encode()] * 3 + [None, None]
-    assert telemetry.dropped("origin_detection_throttled") == 2
+    assert telemetry.get("errors", "reason:origin_detection_throttled") == 2
     assert r.origin(1, 10.5) == CID.encode()  # cached entries cost no budget
     assert r.origin(4, 11.0) == CID.encode()  # a new second, a new budget
 

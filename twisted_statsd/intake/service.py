@@ -52,7 +52,8 @@ class IntakeService(Service):
     def release(self, buffer: PacketBuffer) -> None:
         """Drain a buffer whose connection has closed and stop draining it on the timer."""
         buffer.flush()
-        self.buffers.remove(buffer)
+        if buffer in self.buffers:
+            self.buffers.remove(buffer)
 
     def drain(self) -> None:
         for buffer in self.buffers:

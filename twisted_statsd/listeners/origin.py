@@ -111,6 +111,7 @@ class OriginResolver:
                 "origin_detection_throttled",
                 f"more than {self.max_lookups_per_second} new senders per second; packet left untagged",
                 b"pid=%d" % pid,
+                dropped=False,
             )
             return None
         self._lookups += 1
@@ -127,7 +128,7 @@ class OriginResolver:
         return origin
 
     def _fail(self, message: str, sample: bytes) -> None:
-        self.reporter.report("origin_detection_failed", message, sample)
+        self.reporter.report("origin_detection_failed", message, sample, dropped=False)
 
     def expire(self, now: float) -> set[bytes]:
         """Forget PIDs past their TTL; return the origins still cached (live senders)."""

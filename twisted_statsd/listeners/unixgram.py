@@ -162,7 +162,7 @@ class DatagramSocketReader:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as e:
-                self.reporter.report("uds_read_error", f"reading the socket failed: {e.strerror or e}")
+                self.reporter.report("uds_read_error", f"reading the socket failed: {e.strerror or e}", dropped=False)
                 break
             done += len(data) or 1
             try:

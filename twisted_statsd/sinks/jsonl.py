@@ -25,13 +25,18 @@ from twisted_statsd.interfaces import IMetricSink
 LINES_PER_STEP = 500
 
 
+def _resources(host: str) -> list[dict]:
+    """The v2 series resources: the host, when there is one."""
+    return [{"type": "host", "name": host}] if host else []
+
+
 def series_object(series) -> dict:
     return {
         "metric": series.name,
         "type": series.type,
         "points": [{"timestamp": ts, "value": value} for ts, value in series.points],
         "tags": list(series.tags),
-        "resources": [{"type": "host", "name": series.host}],
+        "resources": _resources(series.host),
         "interval": series.interval,
     }
 
@@ -54,7 +59,7 @@ def sketch_objects(sketch_series, percentiles) -> list[dict]:
             "avg": sketch.avg,
             "percentiles": {percentile_label(q): sketch.quantile(q) for q in percentiles},
             "tags": list(sketch_series.tags),
-            "resources": [{"type": "host", "name": sketch_series.host}],
+            "resources": _resources(sketch_series.host),
         }
         for ts, sketch in sketch_series.points
     ]
