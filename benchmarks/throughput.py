@@ -1,0 +1,368 @@
+"""Side-by-side socket throughput: twisted-statsd, Etsy statsd and a ceiling receiver, one run.
+
+    python -m benchmarks.throughput [--quick] [--json PATH] [--rates 100k,200k,...]
+
+(from the repository root; ``--quick`` is for development: 1.5 s steps, no
+retries, one bisection step; a full run takes tens of minutes.)
+
+Every receiver is a separate process, loaded over loopback by a separate load
+generator process (:mod:`benchmarks.loadgen`) with the same pre-built
+DogStatsD datagrams (:mod:`benchmarks.workload`: 1,000 and 100,000 contexts).
+For each receiver the offered rate steps up; each step is a fresh receiver
+process:
+
+1. start it (twisted-statsd: ``twistd -n --pidfile= statsd --config <yaml>``,
+   jsonl sink, ``dogstatsd_so_rcvbuf`` 8 MiB, ``flush_interval`` 1 s);
+2. warm up: send every context once at a low rate, and wait until it is idle
+   (a new context is slow the first time in every receiver; steps measure the
+   steady state); these metrics are counted as sent, so a warm-up loss counts
+   against the step;
+3. wait so that the step's window holds the receiver's periodic flush (for
+   twisted-statsd, the flush that closes a 10 s bucket; for Etsy statsd, its
+   10 s flush), then send at the step's rate for ``--step-seconds``;
+4. wait until its socket queue is empty and it is idle, read its CPU time
+   (``/proc/<pid>/stat``), and stop it with SIGTERM; twisted-statsd's final
+   flush writes everything, and its accepted-metric count is read back from its
+   own telemetry (sum of value x 10 over ``twisted_statsd.metrics``), with the
+   drop reasons from ``twisted_statsd.dropped``; Etsy statsd's from its own
+   ``statsd.metrics_received`` counter (:mod:`benchmarks.etsy`), the ceiling's
+   from the lines it counted.  The kernel's drop count for every UDP receiver
+   comes from ``/proc/net/udp``.
+
+A step passes when at most 0.1 % of the metrics offered were not accepted.
+The ladder stops at the first failing step (after ``--retries``), or when the
+offered rate was not reached (generator limit, or Unix socket back-pressure);
+if even the first step failed, it halves the rate down to ``--floor``; then
+``--refine`` bisection steps narrow the gap between the last passing and the
+first failing rate.  The Unix datagram and stream ladders (1,000 contexts;
+twisted-statsd when its checkout has ``dogstatsd_socket`` /
+``dogstatsd_stream_socket``, and the ceiling) work the same way.  CPU per
+metric is read at 200,000/s; RSS per live context and the flush stall are
+measured separately (:meth:`Bench.measure_memory`, :mod:`benchmarks.stall`).
+See :mod:`benchmarks.report` for how bounds and verdicts are worked out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from benchmarks import procfs
+from benchmarks.etsy import VERSION as ETSY_VERSION
+from benchmarks.etsy import EtsyStatsd, install
+from benchmarks.loadgen import LoadGenerator
+from benchmarks.receivers import REPO, Ceiling, ReceiverFailed, TwistedStatsd, twisted_transports
+from benchmarks.report import build_rows, format_table, summarize
+from benchmarks.workload import mixed_spec
+
+RATES = [100_000, 200_000, 400_000, 600_000, 800_000, 1_000_000, 1_200_000, 1_600_000, 2_000_000]
+QUICK_RATES = [200_000, 400_000, 800_000, 1_200_000, 2_000_000]
+CPU_RATE = 200_000
+LOSS_THRESHOLD = 0.001
+SHORT_OF_OFFERED = 0.97  # a step that achieved less than this share of its rate fell short
+RECEIVERS = ("twisted-statsd", "etsy-statsd", "ceiling")
+
+
+class Bench:
+    """Runs steps and ladders with one load generator and one scratch directory."""
+
+    def __init__(self, args, generator: LoadGenerator, root: str, stats_js: str | None):
+        self.args = args
+        self.generator = generator
+        self.root = root
+        self.stats_js = stats_js
+
+    def receiver(self, name: str, transport: str):
+        workdir = tempfile.mkdtemp(dir=self.root, prefix="s")
+        if name == "twisted-statsd":
+            return TwistedStatsd(workdir, transport, self.args.rcvbuf, self.args.flush_interval)
+        if name == "etsy-statsd":
+            return EtsyStatsd(self.stats_js, workdir, self.args.rcvbuf)
+        return Ceiling(workdir, transport, self.args.rcvbuf)
+
+    def _warm_up(self, r, spec: dict, contexts: int) -> dict:
+        rate = self.args.warmup_rate
+        warm = self.generator.send(r.target, spec, rate, contexts / rate * 3 + 5, limit=contexts)
+        r.settle()
+        return warm
+
+    def step(self, name: str, transport: str, contexts: int, rate: float) -> dict:
+        spec, seconds = mixed_spec(contexts), self.args.step_seconds
+        receiver = self.receiver(name, transport)
+        try:
+            with receiver as r:
+                warm = self._warm_up(r, spec, contexts)
+                flush_at = r.next_flush_after(time.time() + 0.1 + seconds / 2) if self.args.align else None
+                if flush_at is not None:
+                    time.sleep(max(0.0, flush_at - seconds / 2 - time.time()))
+                drops_before, cpu_before = r.kernel_drops(), procfs.cpu_seconds(r.pid)
+                sent = self.generator.send(r.target, spec, rate, seconds)
+                quiet = r.settle()
+                cpu = procfs.cpu_seconds(r.pid) - cpu_before
+                drops_after, rss = r.kernel_drops(), procfs.status_bytes(r.pid, "VmRSS")
+                r.before_stop()
+                counted = r.stop()
+        except ReceiverFailed as error:
+            print(f"    {error}", file=sys.stderr)
+            return {"rate": rate, "achieved_rate": 0.0, "loss": 1.0, "dropped": {}, "kernel_drops": None,
+                    "passed": False, "short": False, "peak_rss": 0, "cpu_us_per_metric": None,
+                    "error": str(error)}
+        finally:
+            shutil.rmtree(receiver.workdir, ignore_errors=True)
+        accepted = counted["accepted"] - warm["sent_metrics"]
+        offered = sent["offered_metrics"]
+        loss = (offered - accepted) / offered
+        return {
+            "rate": rate,
+            "achieved_rate": sent["achieved_rate"],
+            "offered": offered,
+            "accepted": accepted,
+            "loss": loss,
+            "passed": quiet and loss <= LOSS_THRESHOLD,
+            "short": sent["achieved_rate"] < SHORT_OF_OFFERED * rate,
+            "settled": quiet,
+            "dropped": counted["dropped"],
+            "kernel_drops": None if drops_after is None else drops_after - drops_before,
+            "warmup_kernel_drops": drops_before,
+            "lost_at_sender": sent["lost_at_sender"],
+            "sender_cpu_share": sent["sender_cpu_share"],
+            "cpu_seconds": cpu,
+            "cpu_us_per_metric": cpu * 1e6 / accepted if accepted > 0 else None,
+            "rss": rss,
+            "peak_rss": counted["peak_rss"],
+            "rcvbuf": r.rcvbuf,
+            "flush_in_window": flush_at is not None,
+        }
+
+    def ladder(self, name: str, transport: str, contexts: int, rates: list[float]) -> list[dict]:
+        """Step the rate up until a step fails; then down if the first failed; then bisect."""
+        steps: list[dict] = []
+
+        def run(rate: float) -> dict:
+            step = self.step(name, transport, contexts, rate)
+            steps.append(step)
+            _progress(name, transport, contexts, step)
+            return step
+
+        for rate in rates:
+            for _ in range(1 + self.args.retries):
+                if (step := run(rate))["passed"]:
+                    break
+            if not step["passed"] or step["short"]:
+                break
+        rate = rates[0] / 2
+        while not any(s["passed"] for s in steps) and rate >= self.args.floor:
+            run(rate)
+            rate /= 2
+        low = max((s["rate"] for s in steps if s["passed"] and not s["short"]), default=None)
+        high = min((s["rate"] for s in steps if not s["passed"] and (low is None or s["rate"] > low)), default=None)
+        for _ in range(self.args.refine if low and high else 0):
+            rate = round((low + high) / 2, -3)
+            step = run(rate)
+            low, high = (rate, high) if step["passed"] and not step["short"] else (low, rate)
+        return steps
+
+    def measure_memory(self, contexts: int) -> dict:
+        """RSS growth of twisted-statsd from loading ``contexts`` new counter contexts, per context."""
+        warm_spec, load_spec = mixed_spec(1000), {"kind": "counters", "contexts": contexts}
+        receiver = self.receiver("twisted-statsd", "udp")
+        try:
+            with receiver as r:
+                warm = self._warm_up(r, warm_spec, 20_000)
+                # Load (new contexts take the slow path: at the warm-up rate) and read RSS within
+                # one 10 s bucket, as a bucket flush would change what is live.
+                load_seconds = contexts / self.args.warmup_rate + 1.5
+                if load_seconds < 9 and 10 - time.time() % 10 < load_seconds:
+                    time.sleep(10 - time.time() % 10 + self.args.flush_interval + 0.5)
+                    r.settle()
+                before = procfs.status_bytes(r.pid, "VmRSS")
+                sent = self.generator.send(r.target, load_spec, self.args.warmup_rate, 60, limit=contexts)
+                r.settle()
+                after = procfs.status_bytes(r.pid, "VmRSS")
+                r.before_stop()
+                counted = r.stop()
+        finally:
+            shutil.rmtree(receiver.workdir, ignore_errors=True)
+        loaded = counted["accepted"] - warm["sent_metrics"]
+        return {"contexts": contexts, "loaded": loaded, "rss_before": before, "rss_after": after,
+                "sent": sent["sent_metrics"], "bytes_per_context": (after - before) / contexts,
+                "note": f"{loaded:,} of {contexts:,} loaded; RSS {before / 2**20:.1f} -> {after / 2**20:.1f} MiB"}
+
+
+def _progress(name: str, transport: str, contexts: int, step: dict) -> None:
+    verdict = "pass" if step["passed"] else "FAIL"
+    extra = f" short (sender cpu {step['sender_cpu_share']:.0%})" if step.get("short") else ""
+    cpu = f", receiver cpu {step['cpu_us_per_metric']:.2f} us/metric" if step.get("cpu_us_per_metric") else ""
+    print(f"  {name:<15} {transport:<10} {contexts:>7,} ctx @ {step['rate']:>9,.0f}/s: "
+          f"achieved {step['achieved_rate']:>9,.0f}/s, loss {step['loss']:7.3%} {verdict}{extra}{cpu} "
+          f"{step['dropped'] or ''}", file=sys.stderr, flush=True)
+
+
+def measure_stall(contexts: int) -> dict:
+    """Run :mod:`benchmarks.stall` in a process of its own."""
+    done = subprocess.run([sys.executable, "-m", "benchmarks.stall", "--contexts", str(contexts), "--json"],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmarks.stall failed: {done.stderr[-2000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if "error" in result:
+        raise RuntimeError(f"benchmarks.stall failed: {result['error']}")
+    return result
+
+
+def _cpu_step(bench: Bench, name: str, steps: list[dict]) -> dict:
+    """The 200,000/s step of a ladder (its first passing attempt), or a step run now."""
+    at_rate = [s for s in steps if s["rate"] == CPU_RATE]
+    passing = [s for s in at_rate if s["passed"]]
+    if passing or at_rate:
+        return (passing or at_rate)[0]
+    step = bench.step(name, "udp", 1000, CPU_RATE)
+    _progress(name, "udp", 1000, step)
+    return step
+
+
+def _environment(args) -> dict:
+    def run(*command):
+        try:
+            return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=30).stdout.strip()
+        except OSError:
+            return None
+
+    import twisted
+
+    read = _read
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "commit": run("git", "rev-parse", "HEAD"),
+        "dirty": bool(run("git", "status", "--porcelain", "--untracked-files=no")),
+        "python": platform.python_version(),
+        "twisted": twisted.__version__,
+        "node": run("node", "--version"),
+        "etsy_statsd": ETSY_VERSION,
+        "cpus": os.cpu_count(),
+        "loadavg_start": read("/proc/loadavg"),
+        "rmem_max": int(read("/proc/sys/net/core/rmem_max")),
+        "unix_max_dgram_qlen": int(read("/proc/sys/net/unix/max_dgram_qlen")),
+        "settings": {k: v for k, v in vars(args).items() if k != "json"},
+    }
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def _rate_list(text: str) -> list[float]:
+    scale = {"k": 1e3, "m": 1e6}
+    return [float(v[:-1]) * scale[v[-1].lower()] if v[-1].lower() in scale else float(v) for v in text.split(",")]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short steps, fewer rates, no retries (development)")
+    parser.add_argument("--rates", type=_rate_list, help="offered metrics/s per step, e.g. 100k,200k,1.2M")
+    parser.add_argument("--step-seconds", type=float, help="seconds of load per step (default 5, quick 1.5)")
+    parser.add_argument("--retries", type=int, help="re-runs of a failing step (default 1, quick 0)")
+    parser.add_argument("--refine", type=int, help="bisection steps between the last pass and the first failure "
+                        "(default 2, quick 1)")
+    parser.add_argument("--floor", type=lambda text: _rate_list(text)[0], default=25_000.0,
+                        help="when the first step fails, halve the rate down to this (default 25k)")
+    parser.add_argument("--contexts", default="1000,100000", help="workload sizes (contexts), comma-separated")
+    parser.add_argument("--receivers", default=",".join(RECEIVERS), help="comma-separated subset of " +
+                        ", ".join(RECEIVERS))
+    parser.add_argument("--no-unix", dest="unix", action="store_false", help="skip the Unix socket ladders")
+    parser.add_argument("--no-align", dest="align", action="store_false",
+                        help="do not put the receiver's periodic flush inside each step")
+    parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip RSS per context")
+    parser.add_argument("--no-stall", dest="stall", action="store_false", help="skip the flush stall")
+    parser.add_argument("--warmup-rate", type=float, default=25_000.0, help="metrics/s of the warm-up pass")
+    parser.add_argument("--rcvbuf", type=int, default=8 << 20, help="SO_RCVBUF asked for by every receiver")
+    parser.add_argument("--flush-interval", type=float, default=1.0, help="twisted-statsd flush_interval")
+    parser.add_argument("--etsy-dir", help=f"reuse this directory for `npm install statsd@{ETSY_VERSION}`")
+    parser.add_argument("--json", help="where to write the results (default benchmarks/results/throughput-<date>.json)")
+    args = parser.parse_args(argv)
+    args.rates = args.rates or (QUICK_RATES if args.quick else RATES)
+    args.step_seconds = args.step_seconds or (1.5 if args.quick else 5.0)
+    args.retries = args.retries if args.retries is not None else (0 if args.quick else 1)
+    args.refine = args.refine if args.refine is not None else (1 if args.quick else 2)
+    args.contexts = [int(c) for c in args.contexts.split(",")]
+    args.receivers = args.receivers.split(",")
+    if CPU_RATE not in args.rates:
+        args.rates = sorted(args.rates + [CPU_RATE])
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    environment = _environment(args)
+    root = tempfile.mkdtemp(prefix="tsb")
+    try:
+        stats_js = None
+        if "etsy-statsd" in args.receivers:
+            etsy_dir = args.etsy_dir or os.path.join(root, "etsy")
+            os.makedirs(etsy_dir, exist_ok=True)
+            print(f"installing statsd@{ETSY_VERSION} into {etsy_dir}", file=sys.stderr)
+            stats_js = install(etsy_dir)
+        with LoadGenerator() as generator:
+            results = run_all(Bench(args, generator, root, stats_js), args)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    environment["loadavg_end"] = _read("/proc/loadavg")
+    rows = build_rows(results["runs"], results["cpu"], results["memory"], results["stall"])
+    print(f"\ntwisted-statsd throughput, {environment['date']}, commit {(environment['commit'] or '?')[:12]}"
+          f"{' (dirty)' if environment['dirty'] else ''}; {args.step_seconds:g} s steps"
+          f"{', QUICK' if args.quick else ''}; load {environment['loadavg_start'].split()[0]} -> "
+          f"{environment['loadavg_end'].split()[0]} on {environment['cpus']} CPUs")
+    print(format_table(rows))
+    path = args.json or os.path.join(REPO, "benchmarks", "results",
+                                     f"throughput-{datetime.datetime.now():%Y-%m-%d-%H%M%S}.json")
+    _make_results_directory(os.path.dirname(os.path.abspath(path)))
+    runs = [{"receiver": k[0], "transport": k[1], "contexts": k[2], **(v or {"available": False})}
+            for k, v in results["runs"].items()]
+    with open(path, "w") as f:
+        json.dump({"environment": environment, "rows": rows, "runs": runs, "cpu": results["cpu"],
+                   "memory": results["memory"], "stall": results["stall"]}, f, indent=1)
+    print(f"\nwrote {path}")
+
+
+def _make_results_directory(directory: str) -> None:
+    """Create it; the default one ignores its own contents, so results are never committed by accident."""
+    os.makedirs(directory, exist_ok=True)
+    if directory == os.path.join(REPO, "benchmarks", "results"):
+        ignore = os.path.join(directory, ".gitignore")
+        if not os.path.exists(ignore):
+            with open(ignore, "w") as f:
+                f.write("*\n")
+
+
+def run_all(bench: Bench, args) -> dict:
+    plan = [(name, "udp", contexts) for contexts in args.contexts for name in args.receivers]
+    if args.unix and 1000 in args.contexts:
+        plan += [(name, transport, 1000) for transport in ("unixgram", "unixstream")
+                 for name in ("twisted-statsd", "ceiling") if name in args.receivers]
+    available = twisted_transports()
+    runs: dict = {}
+    for name, transport, contexts in plan:
+        if name == "twisted-statsd" and not available[transport]:
+            runs[(name, transport, contexts)] = None
+            continue
+        bench.generator.describe(mixed_spec(contexts), transport)
+        steps = bench.ladder(name, transport, contexts, args.rates)
+        runs[(name, transport, contexts)] = {"steps": steps, "summary": summarize(steps, args.rates, transport)}
+    cpu = {name: _cpu_step(bench, name, runs[(name, "udp", 1000)]["steps"])
+           for name in args.receivers if (name, "udp", 1000) in runs}
+    memory = bench.measure_memory(100_000) if args.memory else None
+    stall = measure_stall(100_000) if args.stall else None
+    return {"runs": runs, "cpu": cpu, "memory": memory, "stall": stall}
+
+
+if __name__ == "__main__":
+    main()
