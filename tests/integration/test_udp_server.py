@@ -271,3 +271,23 @@ async def test_a_failed_start_leaves_nothing_open(reactor, tmp_path):
             service.startService()
     await with_deadline(reactor, service.abandoned)
     assert not any(s.running for s in service)
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_reads_everything_queued_not_just_one_read_budget(reactor, tmp_path):
+    """More than doRead's 256 KiB budget waits in the socket at stop: all of it is aggregated."""
+    import socket
+
+    service, out = await start(reactor, tmp_path, dogstatsd_so_rcvbuf=4 << 20)
+    granted = service.udp.port.getHandle().getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    line = b"q:1|c\n" * 200  # 1,200 bytes, 200 metrics per datagram
+    count = min(1500, granted // 4096)  # stay well inside the receive buffer (kernel overhead per datagram)
+    if count * len(line) <= 256 * 1024:
+        await stop(reactor, service)
+        pytest.skip(f"net.core.rmem_max too small here ({granted} bytes granted) to queue more than 256 KiB")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _ in range(count):  # the reactor cannot read meanwhile: this coroutine holds it
+            sock.sendto(line, ("127.0.0.1", service.udp.address.port))
+    await stop(reactor, service)
+    assert service.telemetry.get("metrics") == count * 200
+    assert service.telemetry.dropped("udp_kernel") == 0

@@ -10,8 +10,11 @@ telemetry at every flush, so loss the server never saw is visible too.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
+import struct
+import termios
 
 from twisted.application.service import Service
 from twisted.internet.protocol import DatagramProtocol
@@ -19,6 +22,10 @@ from twisted.logger import Logger
 
 from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd.interfaces import IPacketConsumer
+
+
+# doRead calls (256 KiB each) when draining the socket on demand: more than any receive buffer.
+MAX_DRAIN_READS = 1024
 
 
 class DatagramReceiver(DatagramProtocol):
@@ -123,14 +130,25 @@ class UDPListenerService(Service):
         return self.port.getHost()
 
     def read_pending(self) -> None:
-        """Read what the kernel already holds for us (at most the port's per-call budget)."""
-        if self.port is not None:
+        """Read everything the kernel holds for us now, not just one read's budget.
+
+        ``doRead`` stops after ``maxThroughput`` bytes; FIONREAD tells whether
+        a datagram is still queued.  Bounded, so a sender faster than us
+        cannot keep this loop going.
+        """
+        if self.port is None:
+            return
+        handle = self.port.getHandle()
+        for _ in range(MAX_DRAIN_READS):
             self.port.doRead()
+            if not struct.unpack("i", fcntl.ioctl(handle, termios.FIONREAD, b"\0\0\0\0"))[0]:
+                break
 
     def stopService(self):
-        """Read what the kernel already holds for us, then close the port."""
+        """Read what the kernel holds for us and count its drops, then close the port."""
         super().stopService()
         self.read_pending()
+        self.record_kernel_drops()
         port, self.port = self.port, None
         if port is not None:
             return port.stopListening()
