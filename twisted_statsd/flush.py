@@ -1,7 +1,8 @@
 """FlushService: every ``flush_interval`` closes finished buckets and hands them to the sinks.
 
 The loop cannot die: a failing flush is counted and logged, and the next tick
-runs as usual.  Sinks are written to independently, and the loop does not wait
+runs as usual.  A large flush is computed a slice at a time through a
+Cooperator, so intake keeps reading while 100,000 contexts are closed.  Sinks are written to independently, and the loop does not wait
 for them, so a slow sink never holds back the others or the next flush.  On
 stop the final flush closes every bucket, open ones included, and the service
 reports stopped only when every sink has taken it: nothing accepted is lost.
@@ -9,9 +10,11 @@ reports stopped only when every sink has taken it: nothing accepted is lost.
 
 from __future__ import annotations
 
+from functools import partial
+
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import Cooperator, LoopingCall
 from twisted.logger import Logger
 
 from twisted_statsd._ratelimit import RateLimitedReporter
@@ -22,6 +25,10 @@ from twisted_statsd.interfaces import IMetricSink
 from twisted_statsd.telemetry import Telemetry
 
 SELF_METRIC_PREFIX = b"twisted_statsd."
+
+# Slices of a flush (of FLUSH_STEP contexts each) run at once before the rest is
+# handed to a Cooperator: small flushes finish synchronously, big ones in turns.
+INLINE_STEPS = 5
 
 # How long stopping waits for the sinks to take the final flush before giving up on them.
 SINK_STOP_TIMEOUT = 30.0
@@ -57,18 +64,20 @@ class FlushService(Service):
         self.before_flush = list(before_flush)
         self._loop = LoopingCall(self.flush)
         self._loop.clock = clock
+        self._lock = defer.DeferredLock()
+        self._cooperator = Cooperator(scheduler=partial(clock.callLater, 0))
         self._writes: set[defer.Deferred] = set()
 
     def startService(self):
         super().startService()
         self._loop.start(self.interval, now=False).addErrback(lambda f: self.log.failure("Flush loop died", f))
 
-    def flush(self, final: bool = False) -> FlushBatch | None:
-        """Flush now; returns the batch handed to the sinks (None if the flush failed)."""
-        batch = self._close_batch(final)
-        if batch is not None:
-            self._deliver(batch)
-        return batch
+    def flush(self, final: bool = False) -> defer.Deferred:
+        """Flush now; fires with the batch handed to the sinks (None if the flush failed).
+
+        Flushes never overlap: one asked for while another runs waits its turn.
+        """
+        return self._lock.run(self._flush, final)
 
     def flush_and_wait(self, final: bool = False) -> defer.Deferred:
         """Flush now; the Deferred fires with the batch once every sink has taken it.
@@ -76,27 +85,40 @@ class FlushService(Service):
         ``final`` closes open buckets too.  This is the on-demand flush for
         embedders and tests; a failing sink is counted and logged as usual.
         """
-        batch = self._close_batch(final)
-        if batch is None:
-            return defer.fail(RuntimeError("the flush failed; see the log"))
-        return defer.DeferredList(self._deliver(batch)).addCallback(lambda _: batch)
+        return self._lock.run(self._flush, final, wait_for_sinks=True)
 
-    def _close_batch(self, final: bool) -> FlushBatch | None:
+    async def _flush(self, final: bool, wait_for_sinks: bool = False) -> FlushBatch | None:
         try:
             for prepare in self.before_flush:
                 prepare()
             now = self.clock.seconds()
             self._record_self_metrics(now)
-            batch = self.aggregator.flush(now, final=final)
+            batch = FlushBatch(timestamp=now)
+            await self._run(self.aggregator.flush_steps(now, batch, final=final))
             if self.blocklist:
                 batch.series = [s for s in batch.series if not self.blocklist.blocks(s.name)]
             self.reporter.end_interval()
         except Exception:
             self.telemetry.incr("flush_errors")
             self.log.failure("Flush failed")
+            if wait_for_sinks:
+                raise
             return None
         self.telemetry.incr("flushes")
+        self.telemetry.set_gauge("flushed_contexts", self.aggregator.flushed_contexts)
+        writes = self._deliver(batch)
+        if wait_for_sinks:
+            await defer.DeferredList(writes)
         return batch
+
+    def _run(self, steps) -> defer.Deferred:
+        """Drive a flush generator: small flushes at once, large ones a slice per reactor turn."""
+        for _ in range(INLINE_STEPS):
+            try:
+                next(steps)
+            except StopIteration:
+                return defer.succeed(None)
+        return self._cooperator.coiterate(steps)
 
     def _deliver(self, batch: FlushBatch) -> list[defer.Deferred]:
         return [self._write(sink, batch) for sink in self.sinks]
@@ -125,7 +147,6 @@ class FlushService(Service):
         if dropped:
             aggregator.non_finite_points = 0
             self.telemetry.drop("non_finite_point", dropped)
-        self.telemetry.set_gauge("contexts", aggregator.context_count())
         for name, tags, delta in self.telemetry.deltas():
             context = Context(SELF_METRIC_PREFIX + name.encode(), self.hostname, [t.encode() for t in tags])
             aggregator.add(context, COUNTER, float(delta), 1.0, now)
@@ -134,7 +155,7 @@ class FlushService(Service):
             aggregator.add(context, GAUGE, float(value), 1.0, now)
 
     async def _stop(self) -> None:
-        self.flush(final=True)
+        await self.flush(final=True)
         if not self._writes:
             return
         # Wait for the writes or the deadline, whichever comes first; the writes

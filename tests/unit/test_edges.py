@@ -12,7 +12,7 @@ from zope.interface.verify import verifyObject
 from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd.config import load_config
 from twisted_statsd.core.aggregator import Aggregator
-from twisted_statsd.core.model import COUNTER, Context, FlushBatch
+from twisted_statsd.core.model import COUNTER, GAUGE, Context, FlushBatch
 from twisted_statsd.flush import FlushService
 from twisted_statsd.intake.buffer import PacketBuffer
 from twisted_statsd.interfaces import IMetricSink, IPacketConsumer
@@ -119,12 +119,12 @@ def test_self_metrics_are_flushed():
     sink = RecordingSink()
     clock, aggregator, telemetry, flusher = make_flusher([sink])
     telemetry.drop("metric_bad_value", 3)
-    flusher.flush()
-    clock.advance(20)
-    flusher.flush()
-    names = {(s.name, s.tags) for s in sink.batches[-1].series}
+    for _ in range(3):  # recorded at one flush, reported when its bucket closes at a later one
+        flusher.flush()
+        clock.advance(20)
+    names = {(s.name, s.tags) for batch in sink.batches for s in batch.series}
     assert ("twisted_statsd.dropped", ("reason:metric_bad_value",)) in names
-    assert ("twisted_statsd.contexts", ()) in names
+    assert ("twisted_statsd.flushed_contexts", ()) in names
 
 
 def test_a_failing_sink_is_counted_and_does_not_stop_the_others(logged_errors):
@@ -146,13 +146,15 @@ def test_a_failing_flush_is_counted_and_the_loop_goes_on(logged_errors):
     clock, aggregator, telemetry, flusher = make_flusher([sink])
     calls = []
 
-    def broken_flush(now, final=False):
+    real = aggregator.flush_steps
+
+    def broken_flush(now, batch, final=False):
         calls.append(now)
         if len(calls) == 1:
             raise RuntimeError("bug")
-        return FlushBatch(now)
+        return real(now, batch, final=final)
 
-    aggregator.flush = broken_flush
+    aggregator.flush_steps = broken_flush
     flusher.startService()
     clock.pump([15, 15])
     assert len(calls) == 2 and len(sink.batches) == 1
@@ -270,3 +272,29 @@ def test_reload_mapper_swaps_atomically_and_keeps_the_old_one_when_invalid():
     root.pipeline.process([b"a.z:1|g"], 1000.0)
     names = sorted(s.name for s in root.aggregator.flush(1020).series)
     assert names == ["a.z", "first", "second"]
+
+
+def test_a_large_flush_runs_in_slices_and_intake_goes_on_between_them():
+    from twisted_statsd.core.aggregator import FLUSH_STEP
+    from twisted_statsd.flush import INLINE_STEPS
+
+    sink = RecordingSink()
+    clock, aggregator, telemetry, flusher = make_flusher([sink])
+    contexts = FLUSH_STEP * (INLINE_STEPS + 5)
+    for i in range(contexts):
+        aggregator.add(Context(b"g%d" % i, b"h", []), COUNTER, 1, 1.0, 1001)
+    clock.advance(20)
+    done = []
+    flusher.flush().addCallback(done.append)
+    assert not done  # the rest waits for reactor turns
+    aggregator.add(Context(b"meanwhile", b"h", []), GAUGE, 1, 1.0, clock.seconds())
+    while not done:  # the Cooperator runs about 10 ms of slices per turn
+        clock.advance(0)
+    (batch,) = sink.batches
+    assert len([s for s in batch.series if s.name.startswith("g")]) == contexts
+    assert "meanwhile" not in {s.name for s in batch.series}
+    clock.advance(20)
+    flusher.flush()
+    while len(sink.batches) < 2:
+        clock.advance(0)
+    assert "meanwhile" in {s.name for s in sink.batches[1].series}

@@ -30,6 +30,9 @@ from twisted_statsd.core.sketch import Sketch
 
 BUCKET_SECONDS = 10
 
+# Contexts handled between two yields of an incremental flush.
+FLUSH_STEP = 1000
+
 # Holds for at most this many timestamped samples, events and service checks
 # between two flushes; anything beyond is refused and counted by the caller.
 MAX_PENDING = 100_000
@@ -184,6 +187,8 @@ class Aggregator:
         self._service_checks: list = []
         # Points left out of flushes because they were not finite (reported in telemetry).
         self.non_finite_points = 0
+        # Contexts (per bucket) in the last flush, for telemetry.
+        self.flushed_contexts = 0
 
     # -- intake ---------------------------------------------------------------
 
@@ -262,7 +267,19 @@ class Aggregator:
     # -- flush ----------------------------------------------------------------
 
     def flush(self, now: float, *, final: bool = False) -> FlushBatch:
-        """Close the finished buckets (all of them when ``final``) into one batch.
+        """Close the finished buckets (all of them when ``final``) into one batch, at once."""
+        batch = FlushBatch(timestamp=now)
+        for _ in self.flush_steps(now, batch, final=final):
+            pass
+        return batch
+
+    def flush_steps(self, now: float, batch: FlushBatch, *, final: bool = False, step: int = FLUSH_STEP):
+        """Fill ``batch`` with the finished buckets, yielding after every ``step`` contexts.
+
+        A caller drives this generator a slice at a time (a Cooperator), so a
+        flush of many contexts never holds the reactor for long.  Samples that
+        arrive meanwhile land in open buckets, which this flush does not touch;
+        the counter registry is iterated through snapshots for the same reason.
 
         Counters seen within ``expiry_seconds`` before a flushed bucket get a
         zero point in it; when no bucket is due but a whole interval has passed
@@ -270,48 +287,51 @@ class Aggregator:
         ``cutoff - 10`` (spec §6.5).
         """
         cutoff = int(now) - int(now) % BUCKET_SECONDS
-        self._note_counter_activity()
-        due = sorted(start for start in self._buckets if final or start + BUCKET_SECONDS <= cutoff)
-        batch = FlushBatch(timestamp=now)
+        due = [self._buckets.pop(start) for start in sorted(self._buckets) if final or start + BUCKET_SECONDS <= cutoff]
+        if not due and cutoff - self._last_cutoff >= BUCKET_SECONDS and self._last_cutoff:
+            due = [Bucket(cutoff - BUCKET_SECONDS)]
+        self._last_cutoff = max(cutoff, self._last_cutoff)
+        timestamped, self._timestamped = self._timestamped, []
+        batch.events, self._events = self._events, []
+        batch.service_checks, self._service_checks = self._service_checks, []
+        for bucket in due:
+            yield from self._note_counter_activity(bucket, step)
         series: dict[tuple[bytes, str], Series] = {}
         sketches: dict[bytes, SketchSeries] = {}
-        for start in due:
-            bucket = self._buckets.pop(start)
-            self._zero_fill(bucket)
-            self._emit_bucket(bucket, series, sketches)
-        if not due and cutoff - self._last_cutoff >= BUCKET_SECONDS and self._last_cutoff:
-            bucket = Bucket(cutoff - BUCKET_SECONDS)
-            self._zero_fill(bucket)
-            self._emit_bucket(bucket, series, sketches)
-        self._last_cutoff = max(cutoff, self._last_cutoff)
-        self._expire_counters(now)
-        batch.series = list(series.values()) + self._timestamped
+        for bucket in due:
+            yield from self._zero_fill(bucket, step)
+            yield from self._emit_bucket(bucket, series, sketches, step)
+        yield from self._expire_counters(now, step)
+        batch.series = [*series.values(), *timestamped]
         batch.sketches = list(sketches.values())
-        batch.events, batch.service_checks = self._events, self._service_checks
-        self._timestamped, self._events, self._service_checks = [], [], []
-        return batch
+        self.flushed_contexts = sum(len(b.metrics) + len(b.sketches) for b in due)
 
-    def _note_counter_activity(self) -> None:
-        """Fold the latest sample time of every bucketed counter into ``_counters``."""
+    def _note_counter_activity(self, bucket: Bucket, step: int):
+        """Fold the latest sample time of the bucket's counters into ``_counters``."""
         counters = self._counters
-        for bucket in self._buckets.values():
-            for key, metric in bucket.metrics.items():
-                if type(metric) is Counter:
-                    seen = counters.get(key)
-                    if seen is None:
-                        counters[key] = [metric.context, metric.last]
-                    elif metric.last > seen[1]:
-                        seen[1] = metric.last
+        for done, (key, metric) in enumerate(list(bucket.metrics.items()), 1):
+            if type(metric) is Counter:
+                seen = counters.get(key)
+                if seen is None:
+                    counters[key] = [metric.context, metric.last]
+                elif metric.last > seen[1]:
+                    seen[1] = metric.last
+            if not done % step:
+                yield
 
-    def _zero_fill(self, bucket: Bucket) -> None:
-        metrics = bucket.metrics
-        for key, (context, last_seen) in self._counters.items():
-            if last_seen + self.expiry_seconds > bucket.start and key not in metrics:
+    def _zero_fill(self, bucket: Bucket, step: int):
+        metrics, expiry = bucket.metrics, self.expiry_seconds
+        for done, (key, (context, last_seen)) in enumerate(list(self._counters.items()), 1):
+            if last_seen + expiry > bucket.start and key not in metrics:
                 metrics[key] = Counter(context)
+            if not done % step:
+                yield
 
-    def _emit_bucket(self, bucket: Bucket, series: dict, sketches: dict) -> None:
+    def _emit_bucket(self, bucket: Bucket, series: dict, sketches: dict, step: int):
         ts = bucket.start
-        for key, metric in bucket.metrics.items():
+        for done, (key, metric) in enumerate(bucket.metrics.items(), 1):
+            if not done % step:
+                yield
             context = metric.context
             for suffix, kind, value in metric.series(ts, self):
                 if value - value:  # NaN or infinite, e.g. a counter that overflowed
@@ -331,15 +351,18 @@ class Aggregator:
             else:
                 found.points.append((ts, sketch))
 
-    def _expire_counters(self, now: float) -> None:
-        expired = [k for k, (_, last) in self._counters.items() if last + self.expiry_seconds < now]
-        for key in expired:
-            del self._counters[key]
+    def _expire_counters(self, now: float, step: int):
+        counters, expiry = self._counters, self.expiry_seconds
+        for done, (key, seen) in enumerate(list(counters.items()), 1):
+            if seen[1] + expiry < now:
+                del counters[key]
+            if not done % step:
+                yield
 
     # -- introspection ----------------------------------------------------------
 
     def context_count(self) -> int:
-        """Contexts with samples in open buckets, plus live counters (for telemetry)."""
+        """Contexts with samples in open buckets, plus live counters (walks them all: for inspection)."""
         keys = set(self._counters)
         for bucket in self._buckets.values():
             keys.update(bucket.metrics)

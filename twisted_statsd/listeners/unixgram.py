@@ -291,9 +291,9 @@ class UnixDatagramListenerService(Service):
         )
 
     def read_pending(self) -> None:
-        """Read what the kernel already holds for us (at most one round's budget)."""
+        """Read everything the kernel holds for us now (up to ``DRAIN_LIMIT`` bytes)."""
         if self.reader is not None:
-            self.reader.read(READ_BUDGET)
+            self.reader.read(DRAIN_LIMIT)
 
     def stopService(self):
         """Remove the file (no new senders), read what is queued, close, flush the buffers."""
