@@ -70,7 +70,7 @@ async def _measure(reactor, contexts: int, out_path: str) -> dict:
         "flush_interval": 3600,
         "sinks": [{"type": "jsonl", "path": out_path}],
     })
-    service = build_service(config, reactor)
+    service = build_service(config, reactor, freeze_gc=True)  # as twistd runs it
     service.privilegedStartService()
     service.startService()
     workload = mixed(contexts, lines_per_context=1)

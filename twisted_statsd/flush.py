@@ -2,7 +2,15 @@
 
 The loop cannot die: a failing flush is counted and logged, and the next tick
 runs as usual.  A large flush is computed a slice at a time through a
-Cooperator, so intake keeps reading while 100,000 contexts are closed.  Sinks are written to independently, and the loop does not wait
+Cooperator, so intake keeps reading while 100,000 contexts are closed.
+
+With ``freeze_gc`` (the twistd server sets it), the cyclic garbage collector
+is paused during a flush and everything alive afterwards is moved out of its
+reach with ``gc.freeze()``: a full collection over 100,000 live contexts
+stalls the reactor for about 400 ms, which is what used to dominate flush
+stalls.  The cost is that cyclic garbage alive at that moment is never
+collected; the server's own state is acyclic and freed by reference counting.
+Embedding applications opt in, since it affects their whole process.  Sinks are written to independently, and the loop does not wait
 for them, so a slow sink never holds back the others or the next flush.  On
 stop the final flush closes every bucket, open ones included, and the service
 reports stopped only when every sink has taken it: nothing accepted is lost.
@@ -10,13 +18,14 @@ reports stopped only when every sink has taken it: nothing accepted is lost.
 
 from __future__ import annotations
 
-from functools import partial
+import gc
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.task import Cooperator, LoopingCall
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from twisted_statsd._cooperate import cooperator
 from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd.core.aggregator import Aggregator
 from twisted_statsd.core.enrich import Blocklist
@@ -28,7 +37,7 @@ SELF_METRIC_PREFIX = b"twisted_statsd."
 
 # Slices of a flush (of FLUSH_STEP contexts each) run at once before the rest is
 # handed to a Cooperator: small flushes finish synchronously, big ones in turns.
-INLINE_STEPS = 5
+INLINE_STEPS = 50
 
 # How long stopping waits for the sinks to take the final flush before giving up on them.
 SINK_STOP_TIMEOUT = 30.0
@@ -51,6 +60,7 @@ class FlushService(Service):
         hostname: str,
         blocklist: Blocklist | None = None,
         before_flush=(),
+        freeze_gc: bool = False,
     ):
         self.clock = clock
         self.aggregator = aggregator
@@ -62,10 +72,11 @@ class FlushService(Service):
         self.blocklist = blocklist or Blocklist(())
         # Called before every flush: drain packet buffers, refresh telemetry.
         self.before_flush = list(before_flush)
+        self.freeze_gc = freeze_gc
         self._loop = LoopingCall(self.flush)
         self._loop.clock = clock
         self._lock = defer.DeferredLock()
-        self._cooperator = Cooperator(scheduler=partial(clock.callLater, 0))
+        self._cooperator = cooperator(clock)
         self._writes: set[defer.Deferred] = set()
 
     def startService(self):
@@ -88,6 +99,19 @@ class FlushService(Service):
         return self._lock.run(self._flush, final, wait_for_sinks=True)
 
     async def _flush(self, final: bool, wait_for_sinks: bool = False) -> FlushBatch | None:
+        collecting = self.freeze_gc and gc.isenabled()
+        if collecting:
+            gc.disable()
+        try:
+            return await self._flush_batch(final, wait_for_sinks)
+        finally:
+            if collecting:
+                # What lives now (contexts, caches, this batch) leaves the collector's
+                # scans for good; it is still freed by reference counting.
+                gc.freeze()
+                gc.enable()
+
+    async def _flush_batch(self, final: bool, wait_for_sinks: bool) -> FlushBatch | None:
         try:
             for prepare in self.before_flush:
                 prepare()

@@ -124,8 +124,14 @@ class StatsdService(MultiService):
                 await defer.maybeDeferred(service.stopService)
 
 
-def build_service(config: Config, reactor=None, *, sinks=None, _proc_root: str = "/proc") -> StatsdService:
+def build_service(
+    config: Config, reactor=None, *, sinks=None, freeze_gc: bool = False, _proc_root: str = "/proc"
+) -> StatsdService:
     """Build the service tree for ``config``; attach it with ``setServiceParent``.
+
+    ``freeze_gc`` keeps the garbage collector from stalling large flushes
+    (see :mod:`twisted_statsd.flush`); it affects the whole process, so only
+    the twistd server turns it on by default.
 
     ``sinks``, a list of IMetricSink providers, replaces the configured sinks:
     an embedding application's own sink.  Sinks that are also services are
@@ -201,6 +207,7 @@ def build_service(config: Config, reactor=None, *, sinks=None, _proc_root: str =
         hostname=config.hostname,
         blocklist=blocklist,
         before_flush=[intake.drain],
+        freeze_gc=freeze_gc,
     )
     root.flusher.setServiceParent(root)
     intake.setServiceParent(root)

@@ -96,6 +96,6 @@ def makeService(options):
     log = Logger(namespace="twisted_statsd")
     for warning in options.config.warnings:
         log.warn("Configuration: {warning}", warning=warning)
-    root = build_service(options.config, reactor)
+    root = build_service(options.config, reactor, freeze_gc=True)
     ReloadOnHangup(reactor, root, options.load).setServiceParent(root)
     return root

@@ -298,3 +298,20 @@ def test_a_large_flush_runs_in_slices_and_intake_goes_on_between_them():
     while len(sink.batches) < 2:
         clock.advance(0)
     assert "meanwhile" in {s.name for s in sink.batches[1].series}
+
+
+def test_freeze_gc_pauses_the_collector_during_a_flush_and_freezes_what_lives():
+    import gc
+
+    seen = []
+    sink = RecordingSink()
+    clock, aggregator, telemetry, flusher = make_flusher([sink])
+    flusher.freeze_gc = True
+    flusher.before_flush.append(lambda: seen.append(gc.isenabled()))
+    try:
+        flusher.flush()
+        assert seen == [False]
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

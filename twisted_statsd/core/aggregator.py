@@ -31,7 +31,7 @@ from twisted_statsd.core.sketch import Sketch
 BUCKET_SECONDS = 10
 
 # Contexts handled between two yields of an incremental flush.
-FLUSH_STEP = 1000
+FLUSH_STEP = 100
 
 # Holds for at most this many timestamped samples, events and service checks
 # between two flushes; anything beyond is refused and counted by the caller.

@@ -12,17 +12,16 @@ from __future__ import annotations
 import json
 import os
 import sys
-from functools import partial
 
 from twisted.application.service import Service
-from twisted.internet.task import Cooperator
 from zope.interface import implementer
 
+from twisted_statsd._cooperate import cooperator
 from twisted_statsd.core.model import FlushBatch
 from twisted_statsd.interfaces import IMetricSink
 
 # Objects serialised per cooperative step.
-LINES_PER_STEP = 500
+LINES_PER_STEP = 100
 
 
 def _resources(host: str) -> list[dict]:
@@ -113,7 +112,7 @@ class JsonlSink(Service):
     def __init__(self, reactor, path: str = "-", percentiles=(0.5, 0.75, 0.9, 0.95, 0.99)):
         self.path = path
         self.percentiles = tuple(percentiles)
-        self._cooperator = Cooperator(scheduler=partial(reactor.callLater, 0))
+        self._cooperator = cooperator(reactor)
         self._file = None
 
     def startService(self):
