@@ -180,7 +180,8 @@ class Aggregator:
         self.percent_ranks = tuple(int(p * 100 + 0.5) for p in histogram_percentiles)
         self.expiry_seconds = expiry_seconds
         self._buckets: dict[int, Bucket] = {}
-        self._counters: dict[bytes, list] = {}
+        # key -> (context, time of its last sample); tuples, so the collector skips them
+        self._counters: dict[bytes, tuple[Context, float]] = {}
         self._last_cutoff = 0
         self._timestamped: list[Series] = []
         self._events: list = []
@@ -205,10 +206,8 @@ class Aggregator:
         metric = bucket.metrics[context.key] = METRIC_CLASSES[mtype](context)
         if mtype == COUNTER:
             seen = self._counters.get(context.key)
-            if seen is None:
-                self._counters[context.key] = [context, now]
-            elif now > seen[1]:
-                seen[1] = now
+            if seen is None or now > seen[1]:
+                self._counters[context.key] = (context, now)
         return metric
 
     def add(self, context: Context, mtype: bytes, value, rate: float, now: float) -> None:
@@ -312,10 +311,8 @@ class Aggregator:
         for done, (key, metric) in enumerate(list(bucket.metrics.items()), 1):
             if type(metric) is Counter:
                 seen = counters.get(key)
-                if seen is None:
-                    counters[key] = [metric.context, metric.last]
-                elif metric.last > seen[1]:
-                    seen[1] = metric.last
+                if seen is None or metric.last > seen[1]:
+                    counters[key] = (metric.context, metric.last)
             if not done % step:
                 yield
 
@@ -353,8 +350,9 @@ class Aggregator:
 
     def _expire_counters(self, now: float, step: int):
         counters, expiry = self._counters, self.expiry_seconds
-        for done, (key, seen) in enumerate(list(counters.items()), 1):
-            if seen[1] + expiry < now:
+        for done, key in enumerate(list(counters), 1):
+            seen = counters.get(key)  # read now: intake may have renewed it since the snapshot
+            if seen is not None and seen[1] + expiry < now:
                 del counters[key]
             if not done % step:
                 yield

@@ -7,6 +7,7 @@ context.  Flush output is plain data that every sink can serialise.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 # Metric types, named by their wire letters (spec §1.2).
@@ -86,22 +87,43 @@ class ServiceCheckMessage:
     warnings: list[str] = field(default_factory=list)
 
 
+# Decoded tag sets shared between contexts: most contexts repeat a few hosts and
+# tag combinations, so each is stored once.  Bounded; past the bound, new sets
+# are simply not shared.
+_SHARED_TAG_SETS: dict[tuple[bytes, ...], tuple[str, ...]] = {}
+SHARED_TAG_SETS_LIMIT = 100_000
+
+
+def _text(raw: bytes) -> str:
+    return sys.intern(raw.decode("utf-8", "replace"))
+
+
+def _tag_set(unique: tuple[bytes, ...]) -> tuple[str, ...]:
+    decoded = _SHARED_TAG_SETS.get(unique)
+    if decoded is None:
+        decoded = tuple(_text(t) for t in unique)
+        if len(_SHARED_TAG_SETS) < SHARED_TAG_SETS_LIMIT:
+            _SHARED_TAG_SETS[unique] = decoded
+    return decoded
+
+
 class Context:
     """What identifies an aggregated series: name, host and a set of tags (spec §6.4).
 
     ``key`` is a canonical bytes rendering of the three; bytes cache their hash, so
     a context costs one cheap dictionary probe on the hot path.  ``name``, ``host``
-    and ``tags`` are decoded once, here, because only emitted data is decoded.
+    and ``tags`` are decoded once, here, because only emitted data is decoded;
+    hosts, tags and whole tag sets are shared between contexts to save memory.
     """
 
     __slots__ = ("key", "name", "host", "tags")
 
     def __init__(self, name: bytes, host: bytes, tags):
-        unique = sorted(set(tags))
+        unique = tuple(sorted(set(tags)))
         self.key: bytes = b"\0".join([name, host, *unique])
         self.name: str = name.decode("utf-8", "replace")
-        self.host: str = host.decode("utf-8", "replace")
-        self.tags: tuple[str, ...] = tuple(t.decode("utf-8", "replace") for t in unique)
+        self.host: str = _text(host)
+        self.tags: tuple[str, ...] = _tag_set(unique)
 
     def __repr__(self):
         return f"Context({self.name!r}, host={self.host!r}, tags={self.tags!r})"
