@@ -100,6 +100,15 @@ CORPUS_SHAPES = [
     b"no.value:|g",
     b"nan:NaN|g",
     b"inf:{v}:+Inf|c",
+    b"ws: {v}|g",
+    b"under:1_0{v}|g",
+    b"hex:0x1p-2|g",
+    b"huge:1e400|g",
+    b"empty:|c",
+    b"dot:.5|g",
+    b"exp:1e|g",
+    b"sign:+{v}|g",
+    b"gauge.rate.zero:{v}|g|@0",
     b"_e{{5,4}}:title|text|#t",
     b"_sc|check.{v}|1|m:msg",
     b"_scanner.hits:{v}|c",
@@ -316,3 +325,12 @@ def test_mapped_host_tag_sets_the_host():
     pipeline.process([b"test.host.web7:1|g"], NOW)
     (series,) = aggregator.flush(NOW + 20).series
     assert (series.name, series.host, series.tags) == ("test.by_host", "web7", ())
+
+
+def test_a_gauge_with_rate_zero_given_to_a_counter_does_not_break_the_batch():
+    """First type in a bucket decides (spec §6.4); a rate-0 sample of another type adds as it is."""
+    pipeline, aggregator, telemetry = make()
+    pipeline.process([b"x:1|c\nx:2|g|@0\nx:3|g|@0\ny:1|g"], NOW)
+    series = {s.name: s.points[0][1] for s in aggregator.flush(NOW + 20).series}
+    assert series == {"x": pytest.approx(0.6), "y": 1.0}
+    assert telemetry.get("metrics") == 4

@@ -67,7 +67,9 @@ class Counter:
         self.last = 0.0
 
     def add(self, value: float, rate: float, now: float) -> None:
-        self.value += value / rate
+        # Rate 0 reaches here only from another type's sample (counters with rate 0
+        # are refused earlier): it adds its value as it is.
+        self.value += value / rate if rate else value
         self.last = now
 
     def series(self, ts, aggregator):

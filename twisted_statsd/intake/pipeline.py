@@ -17,11 +17,14 @@ from __future__ import annotations
 
 from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd.core import parser
-from twisted_statsd.core.aggregator import Aggregator, Set
+from twisted_statsd.core.aggregator import Aggregator, Counter, Set
 from twisted_statsd.core.enrich import Enricher, Target
 from twisted_statsd.core.model import COUNTER, DISTRIBUTION, GAUGE, SET
 from twisted_statsd.core.parser import ParseError, parse_float, parse_values
 from twisted_statsd.telemetry import Telemetry
+
+# What a plain decimal value is made of; anything else takes parse_float's careful path.
+_DECIMAL = b"0123456789.eE+-"
 
 # Shapes remembered before the cache starts over (each entry is one context).
 CACHE_SIZE = 200_000
@@ -82,21 +85,20 @@ class Pipeline:
         bucket = aggregator.bucket(now)
         metrics = bucket.metrics
         cache = self._cache
+        report = self.reporter.report
         samples = 0
         for packet in packets:
             if eol_required:
                 lines, unterminated = parser.split_lines(packet, True)
                 if unterminated:
-                    self.reporter.report("unterminated_line", "packet does not end with a newline", packet)
+                    report("unterminated_line", "packet does not end with a newline", packet)
             else:
                 lines = packet.split(b"\n")
+                if b"\r" in packet:
+                    lines = [line[:-1] if line[-1:] == b"\r" else line for line in lines]
             for line in lines:
                 if not line:
                     continue
-                if line[-1] == 13:  # b"\r"
-                    line = line[:-1]
-                    if not line:
-                        continue
                 bar = line.find(b"|")
                 colon = line.find(b":", 0, bar)
                 if colon <= 0:
@@ -113,38 +115,57 @@ class Pipeline:
                         continue
                     self._remember(shape, target)
                 if target.__class__ is str:
-                    self.reporter.report(target, _REFUSALS[target], line)
+                    report(target, _REFUSALS[target], line)
                     continue
+                mtype, context, rate, copy = target
                 raw = line[colon + 1 : bar]
-                if not raw:
-                    samples += self._slow(line, None, now, origin)  # the parser names the error
-                    continue
-                try:
-                    if target.type == SET:
-                        value = raw
-                    elif b":" in raw:
-                        samples += self._values(target, parse_values(raw), now)
+                if mtype == SET:
+                    if not raw:
+                        samples += self._slow(line, None, now, origin)  # the parser names the error
                         continue
-                    else:
-                        value = parse_float(raw)
-                        if value - value:
-                            self.reporter.report("non_finite_value", "NaN and infinite values are dropped", line)
+                    value = raw
+                elif raw.strip(_DECIMAL):  # not plain decimal: packed values, inf, hex, or an error
+                    try:
+                        if b":" in raw:
+                            samples += self._values(target, parse_values(raw), now)
                             continue
-                except ParseError as e:
-                    self.reporter.report(e.reason, e.message, line)
-                    continue
-                mtype = target.type
-                if mtype == DISTRIBUTION:
-                    aggregator.add_distribution(bucket, target.context, value, target.rate)
+                        value = parse_float(raw)
+                    except ParseError as e:
+                        report(e.reason, e.message, line)
+                        continue
+                    if value - value:
+                        report("non_finite_value", "NaN and infinite values are dropped", line)
+                        continue
                 else:
-                    metric = metrics.get(target.context.key)
+                    # Plain decimal: Python's float() and Go's ParseFloat agree, but
+                    # for the empty string and overflow, which parse_float reports.
+                    try:
+                        value = float(raw)
+                    except ValueError:
+                        value = None
+                    if value is None or value - value:
+                        try:
+                            parse_float(raw) if raw else self._slow(line, None, now, origin)
+                        except ParseError as e:
+                            report(e.reason, e.message, line)
+                        continue
+                if mtype == DISTRIBUTION:
+                    aggregator.add_distribution(bucket, context, value, rate)
+                else:
+                    metric = metrics.get(context.key)
                     if metric is None:
-                        metric = aggregator.new_metric(bucket, target.context, mtype, now)
-                    elif mtype == SET and metric.__class__ is not Set:
-                        value = 0.0
-                    metric.add(value, target.rate, now)
-                    if target.copy is not None:
-                        aggregator.add_distribution(bucket, target.copy, value, target.rate)
+                        metric = aggregator.new_metric(bucket, context, mtype, now)
+                    if metric.__class__ is Counter:  # Counter.add, inlined: the commonest case
+                        if value.__class__ is not float:
+                            value = 0.0  # a set member carries no number
+                        metric.value += value / rate if rate else value
+                        metric.last = now
+                    else:
+                        if mtype == SET and metric.__class__ is not Set:
+                            value = 0.0
+                        metric.add(value, rate, now)
+                    if copy is not None:
+                        aggregator.add_distribution(bucket, copy, value, rate)
                 samples += 1
         self.telemetry.incr("metrics", samples)
 
