@@ -22,6 +22,8 @@ class Options(usage.Options):
         ["hostname", None, None, "Host name reported with metrics (hostname)."],
         ["flush-interval", None, None, "Seconds between flushes to the sinks (flush_interval)."],
         ["jsonl", None, None, "Write flushes as JSON lines to this path ('-' for stdout) instead of the console."],
+        ["socket", None, None, "Unix datagram socket to listen on (dogstatsd_socket)."],
+        ["stream-socket", None, None, "Unix stream socket to listen on (dogstatsd_stream_socket)."],
     ]
     optFlags = [
         ["non-local-traffic", None, "Listen on all interfaces (dogstatsd_non_local_traffic)."],
@@ -34,6 +36,8 @@ class Options(usage.Options):
             ("bind-host", "bind_host"),
             ("hostname", "hostname"),
             ("flush-interval", "flush_interval"),
+            ("socket", "dogstatsd_socket"),
+            ("stream-socket", "dogstatsd_stream_socket"),
         ):
             if self[option] is not None:
                 overrides[key] = self[option]

@@ -13,6 +13,9 @@ trial.
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import tempfile
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -22,7 +25,7 @@ from zope.interface import implementer
 from twisted_statsd.config import load_config
 from twisted_statsd.core import parser
 from twisted_statsd.core.model import SERIES_COUNT, SERIES_GAUGE, SERIES_RATE, FlushBatch
-from twisted_statsd.interfaces import IMetricSink, IPacketConsumer
+from twisted_statsd.interfaces import IMetricSink
 from twisted_statsd.service import build_service
 
 __all__ = ["CapturingServer", "MemorySink", "StatsdServerMixin"]
@@ -44,37 +47,38 @@ class MemorySink(Service):
         self.batches.append(batch)
 
 
-@implementer(IPacketConsumer)
-class _Recorder:
-    """Sits in front of a listener's packet buffer and keeps a copy of every packet."""
-
-    def __init__(self, consumer, packets: list[bytes]):
-        self.consumer = consumer
-        self.packets = packets
-
-    def append(self, packet: bytes) -> None:
-        self.packets.append(packet)
-        self.consumer.append(packet)
-
-
 class CapturingServer:
     """An in-process twisted-statsd on an ephemeral UDP port, capturing everything.
 
-    ``settings`` are configuration keys (as in the YAML file).  Counters are not
-    zero-filled here (``dogstatsd_expiry_seconds`` 0), so each flush shows only
-    what was sent since the previous one, and the server's own
-    ``twisted_statsd.*`` metrics are left out of :attr:`series`.
+    With ``unix_socket=True`` it also listens on a Unix datagram socket in a
+    new temporary directory (:attr:`socket_path`, removed on stop), for
+    clients configured with ``socket_path``.  ``settings`` are configuration
+    keys (as in the YAML file).  Counters are not zero-filled here
+    (``dogstatsd_expiry_seconds`` 0), so each flush shows only what was sent
+    since the previous one, and the server's own ``twisted_statsd.*`` metrics
+    are left out of :attr:`series`.
     """
 
-    def __init__(self, reactor=None, **settings):
+    def __init__(self, reactor=None, *, unix_socket: bool = False, **settings):
         if reactor is None:
             from twisted.internet import reactor
         data = {"dogstatsd_port": "__random__", "dogstatsd_expiry_seconds": 0, "hostname": "test", **settings}
+        self._directory = None
+        if unix_socket:
+            # A short path: AF_UNIX addresses hold about 108 bytes.
+            self._directory = tempfile.mkdtemp(prefix="statsd")
+            data["dogstatsd_socket"] = os.path.join(self._directory, "dsd.socket")
         self.sink = MemorySink()
         self.service = build_service(load_config(data=data), reactor, sinks=[self.sink])
         self.packets: list[bytes] = []
-        udp = self.service.udp
-        udp.protocol.consumer = _Recorder(udp.protocol.consumer, self.packets)
+        pipeline = self.service.pipeline
+        process = pipeline.process
+
+        def recording(packets, now, **options):
+            self.packets.extend(packets)
+            return process(packets, now, **options)
+
+        pipeline.process = recording
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -84,8 +88,16 @@ class CapturingServer:
         return self
 
     def stop(self) -> defer.Deferred:
-        """Stop, closing the port; fires when everything is closed."""
-        return self.service.stopService()
+        """Stop, closing the sockets; fires when everything is closed."""
+        d = self.service.stopService()
+        if self._directory is not None:
+            d.addBoth(lambda result: (shutil.rmtree(self._directory, ignore_errors=True), result)[1])
+        return d
+
+    @property
+    def socket_path(self) -> str | None:
+        """The Unix datagram socket, with ``unix_socket=True``."""
+        return self.service.config.dogstatsd_socket or None
 
     @property
     def host(self) -> str:

@@ -79,3 +79,26 @@ async def test_unresolvable_target_is_counted_and_intake_goes_on(reactor, tmp_pa
     finally:
         await with_deadline(reactor, first.stopService())
     assert [s[0] for s in series_of(out)] == ["still.works"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_forward_target_receives_every_line_exactly_as_sent(reactor, tmp_path):
+    """The forward copy is the packet as received: a capturing server sees the client's lines, once each."""
+    from twisted_statsd.testing import CapturingServer
+
+    target = CapturingServer(reactor).start()
+    first, _ = server(reactor, tmp_path, "first", statsd_forward_host="127.0.0.1", statsd_forward_port=target.port)
+    sent = [b"exact.%d:%d|c|#i:%d" % (i, i, i % 3) for i in range(40)] + [b"_e{2,2}:hi|yo", b"bad line"]
+    try:
+        await wait_for(reactor, lambda: first.forwarder._address is not None)
+        import socket
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for line in sent:
+                sock.sendto(line, ("127.0.0.1", first.udp.address.port))
+        await wait_for(reactor, lambda: first.telemetry.get("forwarded_packets") == len(sent))
+        await target.flush()
+        assert target.lines == sent
+    finally:
+        await with_deadline(reactor, first.stopService())
+        await with_deadline(reactor, target.stop())

@@ -90,3 +90,21 @@ def test_trial_mixin_example_passes_without_a_dirty_reactor(tmp_path):
     )
     assert "PASSED (successes=1)" in result.stdout, result.stdout + result.stderr
     assert "DirtyReactor" not in result.stdout
+
+
+@pytest_twisted.ensureDeferred
+async def test_capturing_server_on_a_unix_socket(reactor):
+    server = CapturingServer(reactor, unix_socket=True).start()
+    path = server.socket_path
+    try:
+        statsd = DogStatsd(socket_path=path, disable_telemetry=True)
+        statsd.gauge("over.uds", 5, tags=["via:unix"])
+        statsd.close_socket()
+        await server.flush()
+        server.assert_metric("over.uds", value=5, tags=["via:unix"], type="gauge")
+        assert server.lines == [b"over.uds:5|g|#via:unix"]
+    finally:
+        await server.stop()
+    import os
+
+    assert not os.path.exists(os.path.dirname(path))

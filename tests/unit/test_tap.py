@@ -50,3 +50,9 @@ def test_non_local_traffic_flag_binds_all_interfaces():
     options = Options()
     options.parseOptions(["--non-local-traffic"])
     assert options.config.udp_interface == ""
+
+
+def test_socket_options_set_the_unix_listeners():
+    options = Options()
+    options.parseOptions(["--socket", "/tmp/a.sock", "--stream-socket", "/tmp/b.sock"])
+    assert (options.config.dogstatsd_socket, options.config.dogstatsd_stream_socket) == ("/tmp/a.sock", "/tmp/b.sock")
