@@ -16,10 +16,10 @@ import socket
 import struct
 import termios
 
-from twisted.application.service import Service
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from twisted_statsd._binding import BindingService
 from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd.interfaces import IPacketConsumer
 
@@ -64,7 +64,7 @@ def kernel_drops(table: str, inode: int) -> int | None:
     return None
 
 
-class UDPListenerService(Service):
+class UDPListenerService(BindingService):
     """Binds the UDP port in ``privilegedStartService`` and closes it on stop."""
 
     log = Logger()
@@ -78,18 +78,11 @@ class UDPListenerService(Service):
         self.port = None
         self._kernel_drops_seen = 0
 
-    def privilegedStartService(self):
-        """Bind synchronously, so a port in use stops twistd at start."""
-        super().privilegedStartService()
-        if self.port is None:
-            self._bind()
+    @property
+    def bound(self) -> bool:
+        return self.port is not None
 
-    def startService(self):
-        super().startService()
-        if self.port is None:
-            self._bind()
-
-    def _bind(self) -> None:
+    def bind(self) -> None:
         self.port = self.reactor.listenUDP(
             self.port_number,
             self.protocol,

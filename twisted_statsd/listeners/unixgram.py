@@ -20,13 +20,13 @@ from __future__ import annotations
 import socket
 from typing import Callable
 
-from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from twisted_statsd._binding import BindingService
 from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd.listeners import sockets
 from twisted_statsd.listeners.memory import ReadThrottle
@@ -203,7 +203,7 @@ class DatagramSocketReader:
         return "UnixDatagram"
 
 
-class UnixDatagramListenerService(Service):
+class UnixDatagramListenerService(BindingService):
     """Binds the datagram socket in ``privilegedStartService``; on stop reads what is queued and removes the file.
 
     ``stopService`` returns a Deferred that has fired once the socket file is
@@ -237,22 +237,18 @@ class UnixDatagramListenerService(Service):
         self._sweep.clock = reactor
         self._sweep_interval = origin_sweep_interval
 
-    def privilegedStartService(self):
-        """Bind synchronously, so a path in use stops twistd at start."""
-        super().privilegedStartService()
-        if self.reader is None:
-            self._bind()
+    @property
+    def bound(self) -> bool:
+        return self.reader is not None
 
     def startService(self):
         super().startService()
-        if self.reader is None:
-            self._bind()
         if self.receiver.resolver is not None and not self._sweep.running:
             self._sweep.start(self._sweep_interval, now=False).addErrback(
                 lambda f: self.log.failure("Origin expiry loop died", f)
             )
 
-    def _bind(self) -> None:
+    def bind(self) -> None:
         sockets.prepare_path(self.path)
         origin = self.receiver.resolver is not None
         sock = sockets.bind_datagram_socket(self.path, self.mode)

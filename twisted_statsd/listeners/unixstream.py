@@ -23,11 +23,11 @@ from __future__ import annotations
 import socket
 import struct
 
-from twisted.application.service import Service
 from twisted.internet import defer, tcp, unix
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
+from twisted_statsd._binding import BindingService
 from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd.listeners import sockets
 from twisted_statsd.listeners.memory import ReadThrottle
@@ -317,7 +317,7 @@ class _StreamPort(unix.Port):
         tcp.Port.connectionLost(self, reason)
 
 
-class UnixStreamListenerService(Service):
+class UnixStreamListenerService(BindingService):
     """Binds the stream socket in ``privilegedStartService``; on stop closes every connection.
 
     ``stopService`` returns a Deferred that fires only after accepting has
@@ -350,18 +350,11 @@ class UnixStreamListenerService(Service):
     def tracker(self) -> ConnectionTracker:
         return self.factory.tracker
 
-    def privilegedStartService(self):
-        """Bind synchronously, so a path in use stops twistd at start."""
-        super().privilegedStartService()
-        if self.port is None:
-            self._bind()
+    @property
+    def bound(self) -> bool:
+        return self.port is not None
 
-    def startService(self):
-        super().startService()
-        if self.port is None:
-            self._bind()
-
-    def _bind(self) -> None:
+    def bind(self) -> None:
         sockets.prepare_path(self.path)
         port = _StreamPort(self.path, self.factory, self.backlog, self.mode, self.reactor)
         port.startListening()

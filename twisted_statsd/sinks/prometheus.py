@@ -32,7 +32,6 @@ import re
 from dataclasses import dataclass, field
 from math import inf, isfinite
 
-from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
@@ -40,6 +39,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
+from twisted_statsd._binding import BindingService
 from twisted_statsd.core.model import SERIES_COUNT, SERIES_RATE, FlushBatch
 from twisted_statsd.core.sketch import value_of
 from twisted_statsd.interfaces import IMetricSink
@@ -389,7 +389,7 @@ class _Site(Site):
 
 
 @implementer(IMetricSink)
-class PrometheusSink(Service):
+class PrometheusSink(BindingService):
     """Keeps a :class:`PrometheusState` from the flushes and serves it at ``/metrics`` over HTTP."""
 
     name = "prometheus"
@@ -410,16 +410,11 @@ class PrometheusSink(Service):
         """The bound address (``.port`` is the real port when 0 was asked for), or None."""
         return self._listening.getHost() if self._listening else None
 
-    def privilegedStartService(self):
-        self._listen()
-        super().privilegedStartService()
+    @property
+    def bound(self) -> bool:
+        return self._listening is not None
 
-    def startService(self):
-        if self._listening is None:
-            self._listen()
-        super().startService()
-
-    def _listen(self) -> None:
+    def bind(self) -> None:
         self._site = _Site(_MetricsResource(self.scrape), self.reactor)
         self._listening = self.reactor.listenTCP(self.port, self._site, interface=self.bind_host)
         self.telemetry.set_gauge("sink_queue_size", 0, self._tags)
