@@ -334,3 +334,71 @@ def test_a_gauge_with_rate_zero_given_to_a_counter_does_not_break_the_batch():
     series = {s.name: s.points[0][1] for s in aggregator.flush(NOW + 20).series}
     assert series == {"x": pytest.approx(0.6), "y": 1.0}
     assert telemetry.get("metrics") == 4
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        [b"lat:1e308|ms", b"lat:1e308|ms"],
+        [b"lat:5|h|@1e-308", b"lat:5|h|@1e-308"],
+        [b"lat:5|h|@1e-308", b"lat:-5|h|@1e-308"],
+    ],
+)
+def test_extreme_histograms_cost_only_their_own_series(lines):
+    """A histogram whose maths overflows is left out; the rest of the flush goes out."""
+    pipeline, aggregator, _ = make()
+    pipeline.process([b"\n".join(lines + [b"ok:1|g", b"_e{1,1}:t|x"])], NOW)
+    batch = aggregator.flush(NOW + 20)
+    assert [s.name for s in batch.series] == ["ok"]
+    assert len(batch.events) == 1
+    assert aggregator.non_finite_points >= 1
+
+
+def test_a_histogram_rate_outside_zero_to_infinity_counts_once():
+    pipeline, aggregator, _ = make()
+    pipeline.process([b"lat:1|h|@inf\nlat:1|h|@-2"], NOW)
+    series = {s.name: s.points[0][1] for s in aggregator.flush(NOW + 20).series}
+    assert series["lat.count"] == pytest.approx(0.2)
+
+
+def test_a_tiny_distribution_rate_is_capped():
+    from twisted_statsd.core.sketch import MAX_BIN_COUNT
+
+    pipeline, aggregator, _ = make()
+    pipeline.process([b"x:1|d|@1e-300"], NOW)
+    (sketch_series,) = aggregator.flush(NOW + 20).sketches
+    sketch = sketch_series.points[0][1]
+    keys, counts = sketch.bins()
+    assert counts == [MAX_BIN_COUNT] and sketch.count == MAX_BIN_COUNT
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        [b"m:1|c|#a,b", b"m:5|c|#a\x00b"],
+        [b"m:1|g|#host:h,t", b"m\x00h:5|g|#host:t"],
+    ],
+)
+def test_contexts_never_collide_through_odd_bytes(lines):
+    """spec §6.4: (name, host, tags) identify a context, whatever bytes they hold."""
+    pipeline, aggregator, _ = make()
+    pipeline.process([b"\n".join(lines)], NOW)
+    assert len(aggregator.flush(NOW + 20).series) == 2
+
+
+def test_timestamped_counter_ignores_a_zero_sample_rate():
+    """spec §1.4: the sample rate does not apply to timestamped samples."""
+    pipeline, aggregator, telemetry = make()
+    pipeline.process([b"x:5|c|@0|T1657100430"], NOW)
+    (series,) = aggregator.flush(NOW + 20).series
+    assert series.points == [(1657100430, 0.5)]
+
+
+def test_memory_hard_limit_refuses_only_contexts_not_yet_known():
+    pipeline, aggregator, telemetry = make()
+    pipeline.cache_size = 2
+    pipeline.process([b"a:1|c\nb:1|c\nc:1|c"], NOW)  # the cache has forgotten some shapes
+    pipeline.refuse_new_contexts = True
+    pipeline.process([b"a:1|c\nb:1|c\nc:1|c\nnew:1|c\nc:1|c|#other"], NOW)
+    assert telemetry.dropped("memory_hard_limit") == 2
+    assert {s.name: s.points[0][1] for s in aggregator.flush(NOW + 20).series} == {"a": 0.2, "b": 0.2, "c": 0.2}

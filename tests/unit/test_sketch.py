@@ -258,10 +258,12 @@ def test_weight_that_no_valid_rate_gives_counts_once(n):
 def test_bin_counts_above_uint32_split_like_the_agent():
     """appendSafe: the remainder first, then full uint32 bins, under one key."""
     s = Sketch()
-    s.add(1.0, 1e10)
-    rest = 10**10 - 2 * MAX_BIN_COUNT
+    for _ in range(3):  # one sample's weight is capped at a bin's capacity
+        s.add(1.0, 4e9)
+    total = 3 * 4_000_000_000
+    rest = total - 2 * MAX_BIN_COUNT
     assert s.bins() == ([BIAS] * 3, [rest, MAX_BIN_COUNT, MAX_BIN_COUNT])
-    assert s.count == 1e10
+    assert s.count == total
 
 
 # --- merge and copy -----------------------------------------------------------------

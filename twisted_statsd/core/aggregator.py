@@ -111,13 +111,15 @@ class Histogram:
 
     def add(self, value: float, rate: float, now: float) -> None:
         self.values.append(value)
-        self.weights.append(1.0 / rate if rate > 0.0 else 1.0)
+        self.weights.append(1.0 / rate if 0.0 < rate < math.inf else 1.0)
         self.last = now
 
     def series(self, ts, aggregator):
         pairs = sorted(zip(self.values, self.weights))
         count = math.fsum(w for _, w in pairs)
         total = math.fsum(v * w for v, w in pairs)
+        if not 0.0 < count < math.inf:
+            return
         for aggregate in aggregator.histogram_aggregates:
             if aggregate == "max":
                 yield ".max", SERIES_GAUGE, pairs[-1][0]
@@ -211,6 +213,14 @@ class Aggregator:
             if seen is None or now > seen[1]:
                 self._counters[context.key] = (context, now)
         return metric
+
+    def knows(self, context: Context, now: float) -> bool:
+        """Whether the context already has samples in the open bucket or is a live counter."""
+        key = context.key
+        bucket = self._buckets.get(int(now) - int(now) % BUCKET_SECONDS)
+        if bucket is not None and (key in bucket.metrics or key in bucket.sketches):
+            return True
+        return key in self._counters
 
     def add(self, context: Context, mtype: bytes, value, rate: float, now: float) -> None:
         """Add one on-time sample; the readable path, used outside the hot loop."""
@@ -332,7 +342,12 @@ class Aggregator:
             if not done % step:
                 yield
             context = metric.context
-            for suffix, kind, value in metric.series(ts, self):
+            try:
+                points = list(metric.series(ts, self))
+            except (ArithmeticError, ValueError):  # e.g. fsum overflowing on extreme weights
+                self.non_finite_points += 1
+                continue
+            for suffix, kind, value in points:
                 if value - value:  # NaN or infinite, e.g. a counter that overflowed
                     self.non_finite_points += 1
                     continue

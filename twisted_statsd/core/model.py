@@ -94,6 +94,11 @@ _SHARED_TAG_SETS: dict[tuple[bytes, ...], tuple[str, ...]] = {}
 SHARED_TAG_SETS_LIMIT = 100_000
 
 
+def forget_shared_tag_sets() -> None:
+    """Start sharing afresh, so tag sets of contexts gone since are not kept alive."""
+    _SHARED_TAG_SETS.clear()
+
+
 def _text(raw: bytes) -> str:
     return sys.intern(raw.decode("utf-8", "replace"))
 
@@ -120,7 +125,8 @@ class Context:
 
     def __init__(self, name: bytes, host: bytes, tags):
         unique = tuple(sorted(set(tags)))
-        self.key: bytes = b"\0".join([name, host, *unique])
+        # Each part length-prefixed: names and tags may hold any byte, so no separator is safe.
+        self.key: bytes = b"".join([b"%d:%s" % (len(part), part) for part in (name, host, *unique)])
         self.name: str = name.decode("utf-8", "replace")
         self.host: str = _text(host)
         self.tags: tuple[str, ...] = _tag_set(unique)

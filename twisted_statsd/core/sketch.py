@@ -144,6 +144,10 @@ class Sketch:
             self._sum += value
         else:
             if 1.0 < n < inf:
+                # A weight past one bin's capacity (a rate such as 1e-300) would
+                # make bins() split into millions of entries: capped there.
+                if n > MAX_BIN_COUNT:
+                    n = float(MAX_BIN_COUNT)
                 c = int(n)
             else:
                 n = 1.0

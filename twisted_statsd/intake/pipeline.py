@@ -19,7 +19,7 @@ from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd.core import parser
 from twisted_statsd.core.aggregator import Aggregator, Counter, Set
 from twisted_statsd.core.enrich import Enricher, Target
-from twisted_statsd.core.model import COUNTER, DISTRIBUTION, GAUGE, SET
+from twisted_statsd.core.model import COUNTER, DISTRIBUTION, GAUGE, SET, forget_shared_tag_sets
 from twisted_statsd.core.parser import ParseError, parse_float, parse_values
 from twisted_statsd.telemetry import Telemetry
 
@@ -185,6 +185,7 @@ class Pipeline:
         """Start a new cache generation; shapes unseen since the last rotation are dropped."""
         self._previous = self._cache
         self._cache = {}
+        forget_shared_tag_sets()
         self._rotate_at = now + self.context_expiry
 
     def _values(self, target: Target, values, now: float) -> int:
@@ -214,21 +215,24 @@ class Pipeline:
         except ParseError as e:
             self.reporter.report(e.reason, e.message, line)
             return 0
-        if self.refuse_new_contexts and shape is not None and not message.timestamp:
-            self.reporter.report("memory_hard_limit", "memory use is above the hard limit; new contexts are refused", line)
-            return 0
         target = self.enricher.metric_target(message, origin)
         if target is None:
-            verdict = "blocked"
-        elif target.type == COUNTER and target.rate == 0.0:
-            verdict = "zero_sample_rate"
-        else:
-            verdict = target
+            self.reporter.report("blocked", _REFUSALS["blocked"], line)
+            if shape is not None and not message.timestamp:
+                self._remember(shape, "blocked")
+            return 0
+        if message.timestamp:  # the sample rate does not apply here (spec §1.4)
+            return self._timestamped(target, message, line)
+        if (
+            self.refuse_new_contexts
+            and not self.aggregator.knows(target.context, now)
+        ):
+            self.reporter.report("memory_hard_limit", "memory use is above the hard limit; new contexts are refused", line)
+            return 0
+        verdict = "zero_sample_rate" if target.type == COUNTER and target.rate == 0.0 else target
         if verdict.__class__ is str:
             self.reporter.report(verdict, _REFUSALS[verdict], line)
-        elif message.timestamp:
-            return self._timestamped(target, message, line)
-        if shape is not None and not message.timestamp:
+        if shape is not None:
             self._remember(shape, verdict)
         if verdict.__class__ is str:
             return 0
