@@ -8,9 +8,10 @@ With ``freeze_gc`` (the twistd server sets it), the cyclic garbage collector
 is paused during a flush and everything alive afterwards is moved out of its
 reach with ``gc.freeze()``: a full collection over 100,000 live contexts
 stalls the reactor for about 400 ms, which is what used to dominate flush
-stalls.  The cost is that cyclic garbage alive at that moment is never
-collected; the server's own state is acyclic and freed by reference counting.
-Embedding applications opt in, since it affects their whole process.  Sinks are written to independently, and the loop does not wait
+stalls.  Cyclic garbage caught in a freeze is released by a full collection
+every ``THAW_EVERY`` flushes, the one stall left; the server's own state is
+acyclic and freed by reference counting.  Embedding applications opt in,
+since it affects their whole process.  Sinks are written to independently, and the loop does not wait
 for them, so a slow sink never holds back the others or the next flush.  On
 stop the final flush closes every bucket, open ones included, and the service
 reports stopped only when every sink has taken it: nothing accepted is lost.
@@ -38,6 +39,9 @@ SELF_METRIC_PREFIX = b"twisted_statsd."
 # Slices of a flush (of FLUSH_STEP contexts each) run at once before the rest is
 # handed to a Cooperator: small flushes finish synchronously, big ones in turns.
 INLINE_STEPS = 50
+
+# With freeze_gc: flushes between two full collections (an hour at the default 15 s).
+THAW_EVERY = 240
 
 # How long stopping waits for the sinks to take the final flush before giving up on them.
 SINK_STOP_TIMEOUT = 30.0
@@ -73,6 +77,9 @@ class FlushService(Service):
         # Called before every flush: drain packet buffers, refresh telemetry.
         self.before_flush = list(before_flush)
         self.freeze_gc = freeze_gc
+        self._flushes_since_thaw = 0
+        # Slices run at once before the Cooperator takes over (tests may make it unbounded).
+        self.inline_steps = INLINE_STEPS
         self._loop = LoopingCall(self.flush)
         self._loop.clock = clock
         self._lock = defer.DeferredLock()
@@ -88,7 +95,14 @@ class FlushService(Service):
 
         Flushes never overlap: one asked for while another runs waits its turn.
         """
-        return self._lock.run(self._flush, final)
+        return self._lock.run(self._flush, final).addCallback(lambda outcome: outcome[0])
+
+    async def _flush_and_wait(self, final: bool) -> FlushBatch:
+        batch, writes = await self._lock.run(self._flush, final)
+        if batch is None:
+            raise RuntimeError("the flush failed; see the log")
+        await defer.DeferredList(writes)  # outside the lock: a slow sink holds up no other flush
+        return batch
 
     def flush_and_wait(self, final: bool = False) -> defer.Deferred:
         """Flush now; the Deferred fires with the batch once every sink has taken it.
@@ -96,22 +110,34 @@ class FlushService(Service):
         ``final`` closes open buckets too.  This is the on-demand flush for
         embedders and tests; a failing sink is counted and logged as usual.
         """
-        return self._lock.run(self._flush, final, wait_for_sinks=True)
+        return defer.ensureDeferred(self._flush_and_wait(final))
 
-    async def _flush(self, final: bool, wait_for_sinks: bool = False) -> FlushBatch | None:
+    async def _flush(self, final: bool) -> tuple[FlushBatch | None, list[defer.Deferred]]:
         collecting = self.freeze_gc and gc.isenabled()
         if collecting:
             gc.disable()
         try:
-            return await self._flush_batch(final, wait_for_sinks)
+            return await self._flush_batch(final)
         finally:
             if collecting:
-                # What lives now (contexts, caches, this batch) leaves the collector's
-                # scans for good; it is still freed by reference counting.
-                gc.freeze()
+                self._freeze()
                 gc.enable()
 
-    async def _flush_batch(self, final: bool, wait_for_sinks: bool) -> FlushBatch | None:
+    def _freeze(self) -> None:
+        """Move what lives now (contexts, caches, this batch) out of the collector's scans.
+
+        It is still freed by reference counting; only cyclic garbage caught in
+        a freeze would stay, so every ``THAW_EVERY`` flushes everything is
+        unfrozen and collected once (one full collection's stall per period).
+        """
+        self._flushes_since_thaw += 1
+        if self._flushes_since_thaw >= THAW_EVERY:
+            self._flushes_since_thaw = 0
+            gc.unfreeze()
+            gc.collect()
+        gc.freeze()
+
+    async def _flush_batch(self, final: bool) -> tuple[FlushBatch | None, list[defer.Deferred]]:
         try:
             for prepare in self.before_flush:
                 prepare()
@@ -125,19 +151,14 @@ class FlushService(Service):
         except Exception:
             self.telemetry.incr("flush_errors")
             self.log.failure("Flush failed")
-            if wait_for_sinks:
-                raise
-            return None
+            return None, []
         self.telemetry.incr("flushes")
         self.telemetry.set_gauge("flushed_contexts", self.aggregator.flushed_contexts)
-        writes = self._deliver(batch)
-        if wait_for_sinks:
-            await defer.DeferredList(writes)
-        return batch
+        return batch, self._deliver(batch)
 
     def _run(self, steps) -> defer.Deferred:
         """Drive a flush generator: small flushes at once, large ones a slice per reactor turn."""
-        for _ in range(INLINE_STEPS):
+        for _ in range(self.inline_steps):
             try:
                 next(steps)
             except StopIteration:

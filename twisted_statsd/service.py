@@ -11,6 +11,7 @@ from __future__ import annotations
 from twisted.application.service import IService, MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd.config import EPHEMERAL_PORT, Config
@@ -52,6 +53,7 @@ class StatsdService(MultiService):
         self.intake: IntakeService | None = None
         self.forwarder: ForwarderService | None = None
         self.udp: UDPListenerService | None = None
+        self._stop_waiters: list[defer.Deferred] = []
         self.unixgram: UnixDatagramListenerService | None = None
         self.unixstream: UnixStreamListenerService | None = None
         self.memory: MemoryMonitorService | None = None
@@ -114,9 +116,22 @@ class StatsdService(MultiService):
         self.log.info("Metric mapper reloaded: {count} profiles", count=len(profiles))
 
     def stopService(self):
-        # Service.stopService, not MultiService's: the children are stopped here, in order.
-        super(MultiService, self).stopService()
-        return defer.ensureDeferred(self._stop_children())
+        """Stop the children in order; a call while stopping waits for the same stop."""
+        waiter = defer.Deferred()
+        self._stop_waiters.append(waiter)
+        if len(self._stop_waiters) == 1:
+            # Service.stopService, not MultiService's: the children are stopped here, in order.
+            super(MultiService, self).stopService()
+            defer.ensureDeferred(self._stop_children()).addBoth(self._release_stop_waiters)
+        return waiter
+
+    def _release_stop_waiters(self, result) -> None:
+        waiters, self._stop_waiters = self._stop_waiters, []
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(None)
 
     async def _stop_children(self, everything: bool = False) -> None:
         for service in reversed(list(self)):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import sys
 import tempfile
 
 from twisted.application.service import Service
@@ -70,6 +71,8 @@ class CapturingServer:
             data["dogstatsd_socket"] = os.path.join(self._directory, "dsd.socket")
         self.sink = MemorySink()
         self.service = build_service(load_config(data=data), reactor, sinks=[self.sink])
+        # Tests want flushes to finish at once, however many contexts they hold.
+        self.service.flusher.inline_steps = sys.maxsize
         self.packets: list[bytes] = []
         pipeline = self.service.pipeline
         process = pipeline.process

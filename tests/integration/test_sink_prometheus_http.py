@@ -256,3 +256,28 @@ async def test_a_real_prometheus_scrapes_exact_values(reactor, agent, prometheus
             server.stop()
         for sink in (summary, histogram):
             await with_deadline(reactor, sink.stopService())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_with_a_body_is_refused_at_its_headers(reactor):
+    """Every input has a size limit: nothing a client sends to /metrics is spooled."""
+    import socket
+
+    from helpers import wait_for
+
+    sink = await start_sink(reactor)
+    try:
+        replies = []
+
+        def ask():
+            with socket.create_connection(("127.0.0.1", sink.address.port), timeout=5) as conn:
+                conn.sendall(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000000\r\n\r\nxxxx")
+                replies.append(conn.recv(4096))
+
+        from twisted.internet import threads
+
+        await threads.deferToThread(ask)
+        assert replies[0].startswith(b"HTTP/1.1 413")
+        await wait_for(reactor, lambda: not sink._site.channels)
+    finally:
+        await sink.stopService()

@@ -108,3 +108,13 @@ async def test_capturing_server_on_a_unix_socket(reactor):
     import os
 
     assert not os.path.exists(os.path.dirname(path))
+
+
+def test_flush_now_with_many_contexts(statsd_server):
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for start in range(0, 3000, 100):
+            sock.sendto(b"\n".join(b"many.%d:1|c" % i for i in range(start, start + 100)), (statsd_server.host, statsd_server.port))
+    statsd_server.flush_now()
+    assert len([s for s in statsd_server.series if s.name.startswith("many.")]) == 3000

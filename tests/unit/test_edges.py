@@ -315,3 +315,32 @@ def test_freeze_gc_pauses_the_collector_during_a_flush_and_freezes_what_lives():
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_a_slow_sink_does_not_hold_up_later_flushes_or_the_collector():
+    import gc
+
+    slow = RecordingSink(defer.Deferred())
+    clock, aggregator, telemetry, flusher = make_flusher([slow])
+    flusher.freeze_gc = True
+    try:
+        waiting = flusher.flush_and_wait()
+        assert not waiting.called and gc.isenabled()
+        flusher.flush()
+        assert len(slow.batches) == 2  # the second flush was not stuck behind the first's sink
+        slow.result.callback(None)
+        assert waiting.called
+    finally:
+        gc.unfreeze()
+
+
+def test_stopping_twice_waits_for_the_one_stop():
+    pending = defer.Deferred()
+    sink = RecordingSink(pending)
+    root = build_service(load_config(data={"dogstatsd_port": 0}), MemoryReactorClock(), sinks=[sink])
+    root.startService()
+    first, second = root.stopService(), root.stopService()
+    assert not first.called and not second.called
+    pending.callback(None)
+    assert first.called and second.called
+    assert len(sink.batches) == 1

@@ -344,6 +344,11 @@ class PrometheusState:
         return self._page
 
 
+# Scrape connections open at once; a scraper needs one.
+MAX_CONNECTIONS = 64
+_TOO_LARGE = b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
 class _MetricsResource(Resource):
     """Serves the page at ``/metrics``, and 404 everywhere else."""
 
@@ -363,7 +368,20 @@ class _MetricsResource(Resource):
 
 
 class _Channel(HTTPChannel):
-    """Tracks itself in the site's ``channels`` so that stopping can close open connections."""
+    """Tracks itself in the site's ``channels`` so that stopping can close open connections.
+
+    A scrape carries no body, so a request announcing one is refused at its
+    headers (413) instead of being spooled to a temporary file.
+    """
+
+    def headerReceived(self, line):
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"", b"0")):
+            self.transport.write(_TOO_LARGE)
+            self.transport.loseConnection()
+            return False
+        return super().headerReceived(line)
 
     def connectionMade(self):
         super().connectionMade()
@@ -379,6 +397,12 @@ class _Channel(HTTPChannel):
 class _Site(Site):
     protocol = _Channel
     noisy = False
+
+    def buildProtocol(self, addr):
+        """At most ``MAX_CONNECTIONS`` scrapers at once; more are refused."""
+        if len(self.channels) >= MAX_CONNECTIONS:
+            return None
+        return super().buildProtocol(addr)
 
     def __init__(self, resource, reactor):
         super().__init__(resource, reactor=reactor)
