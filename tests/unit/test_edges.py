@@ -38,7 +38,7 @@ class RecordingSink:
 
 def test_interfaces_are_provided():
     verifyObject(IMetricSink, ConsoleSink())
-    verifyObject(IMetricSink, JsonlSink(Clock()))
+    verifyObject(IMetricSink, JsonlSink(Clock(), Telemetry()))
     verifyObject(IPacketConsumer, PacketBuffer(lambda p: None, 2, Telemetry(), "udp"))
 
 
@@ -344,3 +344,29 @@ def test_stopping_twice_waits_for_the_one_stop():
     pending.callback(None)
     assert first.called and second.called
     assert len(sink.batches) == 1
+
+
+def test_a_stalled_stdout_reader_costs_output_not_intake():
+    """jsonl to a pipe nobody reads: writes never block; beyond the buffer, lines are dropped and counted."""
+    import os
+
+    from twisted_statsd.sinks.jsonl import PipeWriter
+
+    reactor = MemoryReactorClock()
+    telemetry = Telemetry()
+    read_end, write_end = os.pipe()
+    writer = PipeWriter(reactor, write_end, 256 * 1024, telemetry)
+    try:
+        line = b"x" * 1023 + b"\n"
+        for _ in range(1000):  # 1 MB into a 64 KiB pipe and a 256 KiB buffer
+            writer.write(line)
+        assert writer in reactor.getWriters()
+        assert telemetry.dropped("jsonl_output_full") > 0
+        while os.read(read_end, 1 << 20):  # the reader catches up
+            writer.doWrite()
+            if writer not in reactor.getWriters():
+                break
+        assert writer.drained().called
+    finally:
+        writer.close()
+        os.close(read_end)

@@ -17,7 +17,7 @@ def build_sink(sink_config, reactor, telemetry):
     if kind == "console":
         return ConsoleSink()
     if kind == "jsonl":
-        return JsonlSink(reactor, **options)
+        return JsonlSink(reactor, telemetry, **options)
     if kind == "prometheus":
         from twisted_statsd.sinks.prometheus import PrometheusSink
 

@@ -14,14 +14,22 @@ import os
 import sys
 
 from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.interfaces import IWriteDescriptor
 from zope.interface import implementer
 
 from twisted_statsd._cooperate import cooperator
 from twisted_statsd.core.model import FlushBatch
 from twisted_statsd.interfaces import IMetricSink
+from twisted_statsd.telemetry import Telemetry
 
 # Objects serialised per cooperative step.
 LINES_PER_STEP = 100
+
+# Output held for a slow reader of standard output before lines are dropped.
+STDOUT_BUFFER_LIMIT = 16 * 1024 * 1024
+# How long stopping waits for that reader before the rest is dropped (and counted).
+STDOUT_DRAIN_SECONDS = 5.0
 
 
 def _resources(host: str) -> list[dict]:
@@ -103,13 +111,89 @@ def batch_objects(batch: FlushBatch, percentiles):
         yield service_check_object(check)
 
 
+@implementer(IWriteDescriptor)
+class PipeWriter:
+    """Writes to a pipe or terminal without ever blocking the reactor.
+
+    What the reader has not taken yet waits in a buffer of at most ``limit``
+    bytes; lines beyond it are dropped and counted, so a stalled consumer of
+    ``--jsonl -`` costs output, never intake.
+    """
+
+    def __init__(self, reactor, fd: int, limit: int, telemetry: Telemetry):
+        self.reactor = reactor
+        self.fd = fd
+        self.limit = limit
+        self.telemetry = telemetry
+        self._pending = bytearray()
+        self._drained: list[defer.Deferred] = []
+        os.set_blocking(fd, False)
+
+    def write(self, data: bytes) -> None:
+        if self._pending:
+            if len(self._pending) + len(data) > self.limit:
+                self.telemetry.drop("jsonl_output_full", data.count(b"\n"))
+                return
+            self._pending += data
+            return
+        try:
+            written = os.write(self.fd, data)
+        except BlockingIOError:
+            written = 0
+        if written < len(data):
+            self._pending += data[written:]
+            self.reactor.addWriter(self)
+
+    def doWrite(self):
+        try:
+            written = os.write(self.fd, self._pending)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            return e
+        del self._pending[:written]
+        if not self._pending:
+            self.reactor.removeWriter(self)
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)
+        return None
+
+    def drained(self) -> defer.Deferred:
+        """Fires once the reader has taken everything written so far."""
+        if not self._pending:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._drained.append(d)
+        return d
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def connectionLost(self, reason) -> None:
+        self.reactor.removeWriter(self)
+        if self._pending:
+            self.telemetry.drop("jsonl_output_lost", self._pending.count(b"\n"))
+            self._pending.clear()
+
+    def logPrefix(self) -> str:
+        return "jsonl"
+
+    def close(self) -> None:
+        """Give up what the reader never took (counted), and close the descriptor."""
+        self.connectionLost(None)
+        os.close(self.fd)
+
+
 @implementer(IMetricSink)
 class JsonlSink(Service):
     """Writes each flush as JSON lines to a file (appending) or to standard output (``-``)."""
 
     name = "jsonl"
 
-    def __init__(self, reactor, path: str = "-", percentiles=(0.5, 0.75, 0.9, 0.95, 0.99)):
+    def __init__(self, reactor, telemetry: Telemetry, path: str = "-", percentiles=(0.5, 0.75, 0.9, 0.95, 0.99)):
+        self.reactor = reactor
+        self.telemetry = telemetry
         self.path = path
         self.percentiles = tuple(percentiles)
         self._cooperator = cooperator(reactor)
@@ -119,9 +203,10 @@ class JsonlSink(Service):
         """Open the output now, so an unwritable path stops the server at start."""
         if self.path == "-":
             # twistd redirects sys.stdout into the log; write to the real descriptor.
-            self._file = os.fdopen(os.dup(sys.__stdout__.fileno()), "w", encoding="utf-8")
+            fd = os.dup(sys.__stdout__.fileno())
+            self._file = PipeWriter(self.reactor, fd, STDOUT_BUFFER_LIMIT, self.telemetry)
         else:
-            self._file = open(self.path, "a", encoding="utf-8")
+            self._file = open(self.path, "ab")
         super().startService()
 
     def write(self, batch: FlushBatch):
@@ -133,15 +218,22 @@ class JsonlSink(Service):
         for obj in objects:
             lines.append(json.dumps(obj, allow_nan=False))
             if len(lines) >= LINES_PER_STEP:
-                out.write("\n".join(lines) + "\n")
+                out.write(("\n".join(lines) + "\n").encode())
                 lines = []
                 yield None
         if lines:
-            out.write("\n".join(lines) + "\n")
-        out.flush()
+            out.write(("\n".join(lines) + "\n").encode())
+        if self._file is not None and not isinstance(out, PipeWriter):
+            out.flush()
 
     def stopService(self):
+        """Close the output; a slow reader of standard output gets a few seconds to catch up."""
         super().stopService()
         out, self._file = self._file, None
+        if isinstance(out, PipeWriter):
+            d = out.drained()
+            d.addTimeout(STDOUT_DRAIN_SECONDS, self.reactor)
+            d.addErrback(lambda failure: failure.trap(defer.TimeoutError))
+            return d.addCallback(lambda _: out.close())
         if out is not None:
             out.close()
