@@ -29,3 +29,17 @@ class _Deadline:
 def cooperator(clock) -> Cooperator:
     """A Cooperator scheduling its turns on ``clock`` (a reactor, or a Clock in tests)."""
     return Cooperator(terminationPredicateFactory=partial(_Deadline, SLICE_SECONDS), scheduler=partial(clock.callLater, 0))
+
+
+def run_in_slices(cooperator_: Cooperator, steps, inline_steps: int):
+    """Run up to ``inline_steps`` steps of a generator now; hand the rest to the Cooperator.
+
+    Returns None when it finished at once (small work stays synchronous), or
+    the Cooperator's Deferred.
+    """
+    for _ in range(inline_steps):
+        try:
+            next(steps)
+        except StopIteration:
+            return None
+    return cooperator_.coiterate(steps)

@@ -26,7 +26,7 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from twisted_statsd._cooperate import cooperator
+from twisted_statsd._cooperate import cooperator, run_in_slices
 from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd.core.aggregator import Aggregator
 from twisted_statsd.core.enrich import Blocklist
@@ -158,12 +158,7 @@ class FlushService(Service):
 
     def _run(self, steps) -> defer.Deferred:
         """Drive a flush generator: small flushes at once, large ones a slice per reactor turn."""
-        for _ in range(self.inline_steps):
-            try:
-                next(steps)
-            except StopIteration:
-                return defer.succeed(None)
-        return self._cooperator.coiterate(steps)
+        return run_in_slices(self._cooperator, steps, self.inline_steps) or defer.succeed(None)
 
     def _deliver(self, batch: FlushBatch) -> list[defer.Deferred]:
         return [self._write(sink, batch) for sink in self.sinks]

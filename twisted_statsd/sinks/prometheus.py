@@ -40,6 +40,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from twisted_statsd._binding import BindingService
+from twisted_statsd._cooperate import cooperator, run_in_slices
 from twisted_statsd.core.model import SERIES_COUNT, SERIES_RATE, FlushBatch
 from twisted_statsd.core.sketch import value_of
 from twisted_statsd.interfaces import IMetricSink
@@ -47,6 +48,10 @@ from twisted_statsd.interfaces import IMetricSink
 __all__ = ["DEFAULT_BUCKETS", "DEFAULT_QUANTILES", "PrometheusSink", "PrometheusState", "Outcome"]
 
 # The Prometheus client libraries' default buckets, and the usual quantiles.
+# Series folded in between two yields of a cooperative update.
+UPDATE_STEP = 500
+# Steps folded in at once before a Cooperator takes over (5,000 series).
+INLINE_STEPS = 10
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DEFAULT_QUANTILES = (0.5, 0.9, 0.99)
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -173,9 +178,17 @@ class PrometheusState:
     # -- update -----------------------------------------------------------------
 
     def update(self, batch: FlushBatch, now: float) -> Outcome:
-        """Fold one flush into the families."""
+        """Fold one flush into the families, at once."""
         out = Outcome()
-        for s in batch.series:
+        for _ in self.update_steps(batch, now, out):
+            pass
+        return out
+
+    def update_steps(self, batch: FlushBatch, now: float, out: Outcome, step: int = UPDATE_STEP):
+        """Fold one flush in, yielding every ``step`` series so a Cooperator can slice it."""
+        for done, s in enumerate(batch.series, 1):
+            if not done % step:
+                yield
             values = [(ts, v) for ts, v in s.points if isfinite(v)]
             if len(values) < len(s.points):
                 out.drop("non_finite", len(s.points) - len(values))
@@ -213,7 +226,6 @@ class PrometheusState:
                 series.values = [sketch.quantile(q) for q in self.quantiles]
             else:
                 series.values = [a + b for a, b in zip(series.values, histogram_counts(sketch, self.buckets))]
-        return out
 
     def _series(self, kind: str, name: str, tags, host: str, now: float, out: Outcome, points: int):
         """The series a context's points go to, created if new and marked as updated at ``now``;
@@ -425,6 +437,7 @@ class PrometheusSink(BindingService):
         self.reactor, self.telemetry = reactor, telemetry
         self.port, self.bind_host = port, bind_host
         self.state = PrometheusState(**options)
+        self._cooperator = cooperator(reactor)
         self._tags = ("sink:" + self.name,)
         self._listening = None
         self._site = None
@@ -443,10 +456,16 @@ class PrometheusSink(BindingService):
         self._listening = self.reactor.listenTCP(self.port, self._site, interface=self.bind_host)
         self.telemetry.set_gauge("sink_queue_size", 0, self._tags)
 
-    def write(self, batch: FlushBatch) -> None:
-        """Fold a flush into the state now; nothing is queued."""
+    def write(self, batch: FlushBatch) -> defer.Deferred | None:
+        """Fold a flush into the state: a small one at once, a large one a slice per reactor turn."""
         now = self.reactor.seconds()
-        outcome = self.state.update(batch, now)
+        outcome = Outcome()
+        d = run_in_slices(self._cooperator, self.state.update_steps(batch, now, outcome), INLINE_STEPS)
+        if d is None:
+            return self._report(outcome, now)
+        return d.addCallback(lambda _: self._report(outcome, now))
+
+    def _report(self, outcome: Outcome, now: float) -> None:
         self.telemetry.incr("sink_sent", outcome.accepted, self._tags)
         for reason, n in outcome.dropped.items():
             self.telemetry.incr("sink_dropped", n, self._tags + ("reason:" + reason,))
