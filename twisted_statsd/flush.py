@@ -149,8 +149,10 @@ class FlushService(Service):
                 batch.series = [s for s in batch.series if not self.blocklist.blocks(s.name)]
             self.reporter.end_interval()
         except Exception:
+            # The buckets this flush had closed are gone with it: counted as a loss.
             self.telemetry.incr("flush_errors")
-            self.log.failure("Flush failed")
+            self.telemetry.drop("flush_failed")
+            self.log.failure("Flush failed; the buckets it had closed are lost")
             return None, []
         self.telemetry.incr("flushes")
         self.telemetry.set_gauge("flushed_contexts", self.aggregator.flushed_contexts)

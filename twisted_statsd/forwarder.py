@@ -25,16 +25,10 @@ from twisted_statsd._ratelimit import RateLimitedReporter
 RESOLVE_INTERVAL = 60.0
 
 
-class _ForwardProtocol(DatagramProtocol):
-    """The sending side; a refused datagram (nobody listening yet) is reported."""
+class _SendOnly(DatagramProtocol):
+    """The forwarder's socket only sends; the port is unconnected, so refusals are not reported."""
 
     noisy = False
-
-    def __init__(self, forwarder: ForwarderService):
-        self.forwarder = forwarder
-
-    def connectionRefused(self):
-        self.forwarder.reporter.report("forward_refused", "the forward target refused a datagram")
 
 
 class ForwarderService(Service):
@@ -54,7 +48,7 @@ class ForwarderService(Service):
 
     def startService(self):
         super().startService()
-        self._udp = self.reactor.listenUDP(0, _ForwardProtocol(self), interface="")
+        self._udp = self.reactor.listenUDP(0, _SendOnly(), interface="")
         self._resolver.start(RESOLVE_INTERVAL, now=True).addErrback(
             lambda f: self.log.failure("Forward target resolution loop died", f)
         )

@@ -28,7 +28,7 @@ from twisted_statsd.listeners.udp import DatagramReceiver, UDPListenerService
 from twisted_statsd.listeners.unixgram import UnixDatagramListenerService, UnixDatagramReceiver
 from twisted_statsd.listeners.unixstream import FramedStreamFactory, UnixStreamListenerService
 from twisted_statsd.sinks import ConsoleSink, build_sink
-from twisted_statsd.telemetry import Telemetry
+from twisted_statsd.telemetry import DROPPED, Telemetry
 
 
 class StatsdService(MultiService):
@@ -137,6 +137,18 @@ class StatsdService(MultiService):
         for service in reversed(list(self)):
             if everything or service.running:
                 await defer.maybeDeferred(service.stopService)
+        self._log_late_drops()
+
+    def _log_late_drops(self) -> None:
+        """Drops counted after the final flush (sinks giving up at stop) reach no sink: log them."""
+        late = [(tags, n) for name, tags, n in self.telemetry.deltas() if name == DROPPED]
+        for tags, n in late:
+            self.log.warn(
+                "At shutdown, after the final flush: {count} dropped ({reason})",
+                count=n,
+                reason=",".join(tags),
+                log_category="SHUTDOWN_DROPS",
+            )
 
 
 def build_service(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
@@ -158,7 +159,7 @@ def test_a_failing_flush_is_counted_and_the_loop_goes_on(logged_errors):
     flusher.startService()
     clock.pump([15, 15])
     assert len(calls) == 2 and len(sink.batches) == 1
-    assert telemetry.get("flush_errors") == 1
+    assert telemetry.get("flush_errors") == 1 and telemetry.dropped("flush_failed") == 1
     assert logged_errors.expect("Flush failed")
     flusher.stopService()
 
@@ -370,3 +371,31 @@ def test_a_stalled_stdout_reader_costs_output_not_intake():
     finally:
         writer.close()
         os.close(read_end)
+
+
+def test_drops_counted_after_the_final_flush_are_logged(logged_errors):
+    """Sinks giving up at shutdown count drops no flush will carry: the stop logs them."""
+    events = []
+    from twisted.logger import globalLogPublisher
+
+    @implementer(IMetricSink)
+    class GivesUpAtStop(Service):
+        name = "quitter"
+
+        def write(self, batch):
+            return None
+
+        def stopService(self):
+            telemetry.drop("quitter_unsent", 7)
+            return super().stopService()
+
+    root = build_service(load_config(data={"dogstatsd_port": 0}), MemoryReactorClock(), sinks=[GivesUpAtStop()])
+    telemetry = root.telemetry
+    globalLogPublisher.addObserver(events.append)
+    try:
+        root.startService()
+        root.stopService()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    late = [e for e in events if e.get("log_category") == "SHUTDOWN_DROPS"]
+    assert [(e["count"], e["reason"]) for e in late] == [(7, "reason:quitter_unsent")]
