@@ -385,17 +385,22 @@ def build_payloads(
             on_drop("datadog_unencodable", 1)
             return None
 
-    builder = PayloadBuilder(SERIES, b'{"series":[', b"]}")
-    for series in batch.series:
-        item = encode(series_item, series)
-        if item is None:
-            continue
-        closed = add(builder, item, max(1, len(series.points)))
-        if closed is not None:
-            yield closed
-        if step(len(item)):
-            yield None
-    yield builder.finish()
+    def payloads(builder: PayloadBuilder, things, encoder, points=lambda thing: 1):
+        """Encode ``things`` into ``builder``'s payloads, yielding each closed one (and None to pause)."""
+        for thing in things:
+            item = encode(encoder, thing)
+            if item is None:
+                continue
+            closed = add(builder, item, points(thing))
+            if closed is not None:
+                yield closed
+            if step(len(item)):
+                yield None
+        yield builder.finish()
+
+    yield from payloads(
+        PayloadBuilder(SERIES, b'{"series":[', b"]}"), batch.series, series_item, lambda s: max(1, len(s.points))
+    )
 
     builder = PayloadBuilder(DISTRIBUTIONS, b'{"series":[', b"]}")
     for sketch_series in batch.sketches:
@@ -412,26 +417,5 @@ def build_payloads(
                 yield None
     yield builder.finish()
 
-    builder = PayloadBuilder(CHECKS, b"[", b"]")
-    for check in batch.service_checks:
-        item = encode(service_check_item, check)
-        if item is None:
-            continue
-        closed = add(builder, item)
-        if closed is not None:
-            yield closed
-        if step(len(item)):
-            yield None
-    yield builder.finish()
-
-    builder = PayloadBuilder(EVENTS, b"", b"")
-    for event in batch.events:
-        item = encode(event_body, event)
-        if item is None:
-            continue
-        closed = add(builder, item)
-        if closed is not None:
-            yield closed
-        if step(len(item)):
-            yield None
-    yield builder.finish()
+    yield from payloads(PayloadBuilder(CHECKS, b"[", b"]"), batch.service_checks, service_check_item)
+    yield from payloads(PayloadBuilder(EVENTS, b"", b""), batch.events, event_body)
