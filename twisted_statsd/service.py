@@ -151,6 +151,41 @@ class StatsdService(MultiService):
             )
 
 
+def build_pipeline(config: Config) -> Pipeline:
+    """The pure intake chain for ``config``: parser, enricher (and mapper), aggregator, telemetry."""
+    telemetry = Telemetry()
+    reporter = RateLimitedReporter(telemetry, verbose=not config.dogstatsd_disable_verbose_logs)
+    aggregator = Aggregator(
+        histogram_aggregates=config.histogram_aggregates,
+        histogram_percentiles=config.histogram_percentiles,
+        expiry_seconds=config.dogstatsd_expiry_seconds,
+    )
+    enricher = Enricher(
+        hostname=config.hostname,
+        extra_tags=config.dogstatsd_tags,
+        namespace=config.statsd_metric_namespace,
+        namespace_exclusions=config.statsd_metric_namespace_blacklist,
+        blocklist=Blocklist(config.statsd_metric_blocklist, config.statsd_metric_blocklist_match_prefix),
+        mapper=(
+            MetricMapper(config.dogstatsd_mapper_profiles, config.dogstatsd_mapper_cache_size)
+            if config.dogstatsd_mapper_profiles
+            else None
+        ),
+        histogram_copy_prefix=(
+            config.histogram_copy_to_distribution_prefix if config.histogram_copy_to_distribution else None
+        ),
+    )
+    return Pipeline(
+        aggregator,
+        enricher,
+        telemetry,
+        reporter,
+        timestamps=config.dogstatsd_no_aggregation_pipeline,
+        origin_client=config.dogstatsd_origin_detection_client,
+        context_expiry=config.dogstatsd_context_expiry_seconds,
+    )
+
+
 def build_service(
     config: Config, reactor=None, *, sinks=None, freeze_gc: bool = False, _proc_root: str = "/proc"
 ) -> StatsdService:
@@ -167,38 +202,9 @@ def build_service(
     """
     if reactor is None:
         from twisted.internet import reactor
-    telemetry = Telemetry()
-    reporter = RateLimitedReporter(telemetry, verbose=not config.dogstatsd_disable_verbose_logs)
-    aggregator = Aggregator(
-        histogram_aggregates=config.histogram_aggregates,
-        histogram_percentiles=config.histogram_percentiles,
-        expiry_seconds=config.dogstatsd_expiry_seconds,
-    )
-    blocklist = Blocklist(config.statsd_metric_blocklist, config.statsd_metric_blocklist_match_prefix)
-    enricher = Enricher(
-        hostname=config.hostname,
-        extra_tags=config.dogstatsd_tags,
-        namespace=config.statsd_metric_namespace,
-        namespace_exclusions=config.statsd_metric_namespace_blacklist,
-        blocklist=blocklist,
-        mapper=(
-            MetricMapper(config.dogstatsd_mapper_profiles, config.dogstatsd_mapper_cache_size)
-            if config.dogstatsd_mapper_profiles
-            else None
-        ),
-        histogram_copy_prefix=(
-            config.histogram_copy_to_distribution_prefix if config.histogram_copy_to_distribution else None
-        ),
-    )
-    pipeline = Pipeline(
-        aggregator,
-        enricher,
-        telemetry,
-        reporter,
-        timestamps=config.dogstatsd_no_aggregation_pipeline,
-        origin_client=config.dogstatsd_origin_detection_client,
-        context_expiry=config.dogstatsd_context_expiry_seconds,
-    )
+    pipeline = build_pipeline(config)
+    telemetry, reporter, aggregator = pipeline.telemetry, pipeline.reporter, pipeline.aggregator
+    blocklist = pipeline.enricher.blocklist
     root = StatsdService(config, aggregator, telemetry, pipeline)
 
     if sinks is None:
