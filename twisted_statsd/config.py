@@ -448,6 +448,7 @@ class Config:
     api_key: str = field(default="", repr=False, metadata={"convert": _string, "env": True})
     site: str = _key(_string, "datadoghq.com")
     dd_url: str = _key(_string, "")
+    dogstatsd_workers: int = _key(_bounded(_parse_int, above=0), 1)
     statsd_forward_host: str = _key(_string, "")
     statsd_forward_port: int = _key(_port, 0)
     sinks: tuple[SinkConfig, ...] = _key(_sinks, (), env=False)

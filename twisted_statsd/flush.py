@@ -74,7 +74,8 @@ class FlushService(Service):
         self.interval = interval
         self.hostname = hostname.encode()
         self.blocklist = blocklist or Blocklist(())
-        # Called before every flush: drain packet buffers, refresh telemetry.
+        # Called before every flush (may return Deferreds): drain packet buffers,
+        # collect the workers' aggregates, refresh telemetry.
         self.before_flush = list(before_flush)
         self.freeze_gc = freeze_gc
         self._flushes_since_thaw = 0
@@ -140,7 +141,7 @@ class FlushService(Service):
     async def _flush_batch(self, final: bool) -> tuple[FlushBatch | None, list[defer.Deferred]]:
         try:
             for prepare in self.before_flush:
-                prepare()
+                await defer.maybeDeferred(prepare)
             now = self.clock.seconds()
             self._record_self_metrics(now)
             batch = FlushBatch(timestamp=now)

@@ -29,6 +29,7 @@ from twisted_statsd.listeners.unixgram import UnixDatagramListenerService, UnixD
 from twisted_statsd.listeners.unixstream import FramedStreamFactory, UnixStreamListenerService
 from twisted_statsd.sinks import ConsoleSink, build_sink
 from twisted_statsd.telemetry import DROPPED, Telemetry
+from twisted_statsd.workers import WorkerPoolService
 
 
 class StatsdService(MultiService):
@@ -54,6 +55,7 @@ class StatsdService(MultiService):
         self.forwarder: ForwarderService | None = None
         self.udp: UDPListenerService | None = None
         self._stop_waiters: list[defer.Deferred] = []
+        self.workers: WorkerPoolService | None = None
         self.unixgram: UnixDatagramListenerService | None = None
         self.unixstream: UnixStreamListenerService | None = None
         self.memory: MemoryMonitorService | None = None
@@ -252,6 +254,14 @@ def build_service(
         root.udp = UDPListenerService(reactor, receiver, port, config.udp_interface, config.dogstatsd_so_rcvbuf)
         root.udp.setServiceParent(root)
         root.flusher.before_flush.append(root.udp.record_kernel_drops)
+        if config.dogstatsd_workers > 1:
+            # Added after the listener: it starts once the socket is bound, and stops
+            # (each worker shipping a last time) before the listener and the final flush.
+            root.workers = WorkerPoolService(
+                reactor, root.udp, aggregator, telemetry, config.dogstatsd_workers - 1, config
+            )
+            root.workers.setServiceParent(root)
+            root.flusher.before_flush.insert(0, root.workers.before_flush)
     if config.dogstatsd_socket or config.dogstatsd_stream_socket:
         _add_unix_listeners(root, config, reactor, intake, pipeline, reporter, _proc_root)
     return root

@@ -230,3 +230,31 @@ def test_non_finite_points_left_out_and_counted():
     agg.add(ctx("c"), COUNTER, 1e308, 1e-300, 1001)
     assert not agg.flush(1010).series
     assert agg.non_finite_points == 1
+
+
+def test_merging_partial_aggregates_equals_one_aggregator():
+    """Issue 7: workers' partial aggregates merge exactly into what one process would have."""
+    import pickle
+    import random
+
+    rng = random.Random(5)
+    samples = []
+    for i in range(2000):
+        kind = rng.choice([COUNTER, GAUGE, SET, HISTOGRAM, TIMING, DISTRIBUTION])
+        value = b"m%d" % rng.randint(0, 5) if kind == SET else float(rng.randint(-5, 50))
+        samples.append((ctx(f"{kind.decode()}.{i % 7}", f"t:{i % 3}"), kind, value, rng.choice([1.0, 0.5]), 1000 + i % 25))
+    whole = Aggregator()
+    parts = [Aggregator(), Aggregator(), Aggregator()]
+    for n, (context, kind, value, rate, now) in enumerate(samples):
+        whole.add(context, kind, value, rate, now)
+        parts[n % 3].add(context, kind, value, rate, now)
+    merged = parts[0]
+    for part in parts[1:]:
+        merged.merge(pickle.loads(pickle.dumps(part.export())))
+
+    def summary(batch):
+        series = sorted((s.name, s.tags, [(ts, round(v, 9)) for ts, v in s.points]) for s in batch.series)
+        sketches = sorted((s.name, s.tags, [(ts, k.count, k.sum, k.bins()) for ts, k in s.points]) for s in batch.sketches)
+        return series, sketches
+
+    assert summary(merged.flush(1100, final=True)) == summary(whole.flush(1100, final=True))

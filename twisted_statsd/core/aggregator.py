@@ -55,6 +55,17 @@ class Gauge:
     def series(self, ts, aggregator):
         yield "", SERIES_GAUGE, self.value
 
+    def merge(self, other) -> None:
+        """Fold in another process's metric for the same context and bucket (latest gauge wins)."""
+        if type(other) is Gauge:
+            if other.last >= self.last:
+                self.value, self.last = other.value, other.last
+        else:
+            _feed(self, other)
+
+    def samples(self):
+        yield self.value, 1.0
+
 
 class Counter:
     """Sums ``value / rate`` and reports a rate over the bucket (spec §1.4, §6.5)."""
@@ -75,6 +86,16 @@ class Counter:
     def series(self, ts, aggregator):
         yield "", SERIES_RATE, self.value / BUCKET_SECONDS
 
+    def merge(self, other) -> None:
+        if type(other) is Counter:
+            self.value += other.value
+            self.last = max(self.last, other.last)
+        else:
+            _feed(self, other)
+
+    def samples(self):
+        yield self.value, 1.0  # already scaled by its sample rates
+
 
 class Set:
     """Counts distinct members; a numeric sample given to a set counts its value as a member."""
@@ -92,6 +113,17 @@ class Set:
 
     def series(self, ts, aggregator):
         yield "", SERIES_GAUGE, float(len(self.members))
+
+    def merge(self, other) -> None:
+        if type(other) is Set:
+            self.members |= other.members
+            self.last = max(self.last, other.last)
+        else:
+            _feed(self, other)
+
+    def samples(self):
+        for member in self.members:
+            yield 0.0, 1.0  # a member carries no number for another type
 
 
 class Histogram:
@@ -114,6 +146,18 @@ class Histogram:
         self.weights.append(1.0 / rate if 0.0 < rate < math.inf else 1.0)
         self.last = now
 
+    def merge(self, other) -> None:
+        if type(other) is Histogram:
+            self.values.extend(other.values)
+            self.weights.extend(other.weights)
+            self.last = max(self.last, other.last)
+        else:
+            _feed(self, other)
+
+    def samples(self):
+        for value, weight in zip(self.values, self.weights):
+            yield value, 1.0 / weight
+
     def series(self, ts, aggregator):
         pairs = sorted(zip(self.values, self.weights))
         count = math.fsum(w for _, w in pairs)
@@ -135,6 +179,12 @@ class Histogram:
                 yield ".count", SERIES_RATE, count / BUCKET_SECONDS
         for percent in aggregator.percent_ranks:
             yield f".{percent}percentile", SERIES_GAUGE, _weighted_rank(pairs, (percent * count - 1) / 100)
+
+
+def _feed(metric, other) -> None:
+    """Give ``other``'s samples to a metric of another type: the first type in a bucket decides (§6.4)."""
+    for value, rate in other.samples():
+        metric.add(value, rate, other.last)
 
 
 def _weighted_rank(pairs, target: float) -> float:
@@ -373,6 +423,51 @@ class Aggregator:
                 del counters[key]
             if not done % step:
                 yield
+
+    # -- several processes ------------------------------------------------------
+
+    def export(self) -> dict:
+        """Hand over everything held (every bucket, open ones too) and start empty.
+
+        A worker process ships this to the process that flushes, which folds it
+        in with :meth:`merge`; the counter registry stays, for zero-filling.
+        """
+        state = {
+            "buckets": [(b.start, b.metrics, b.sketches) for b in self._buckets.values()],
+            "timestamped": self._timestamped,
+            "events": self._events,
+            "service_checks": self._service_checks,
+        }
+        self._buckets, self._timestamped, self._events, self._service_checks = {}, [], [], []
+        return state
+
+    def merge(self, state: dict) -> None:
+        """Fold in another aggregator's :meth:`export`: counts add, the latest gauge wins,
+        sets unite, histogram samples and sketches combine."""
+        for start, metrics, sketches in state["buckets"]:
+            bucket = self._buckets.get(start)
+            if bucket is None:
+                bucket = self._buckets[start] = Bucket(start)
+            mine = bucket.metrics
+            for key, metric in metrics.items():
+                existing = mine.get(key)
+                if existing is None:
+                    mine[key] = metric
+                else:
+                    existing.merge(metric)
+                if type(metric) is Counter:
+                    seen = self._counters.get(key)
+                    if seen is None or metric.last > seen[1]:
+                        self._counters[key] = (metric.context, metric.last)
+            for key, (context, sketch) in sketches.items():
+                existing = bucket.sketches.get(key)
+                if existing is None:
+                    bucket.sketches[key] = (context, sketch)
+                else:
+                    existing[1].merge(sketch)
+        self._timestamped.extend(state["timestamped"])
+        self._events.extend(state["events"])
+        self._service_checks.extend(state["service_checks"])
 
     # -- introspection ----------------------------------------------------------
 

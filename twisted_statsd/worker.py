@@ -1,0 +1,75 @@
+"""The worker process of multi-process intake: ``python -m twisted_statsd.worker CONFIG_JSON``.
+
+Started by :class:`twisted_statsd.workers.WorkerPoolService`, never by hand.
+It adopts the server's UDP socket (file descriptor 3), parses and aggregates
+what it reads, and answers each ``ship`` line on stdin with its aggregates
+and telemetry since the last one, framed on stdout; ``stop`` ships a last
+time and exits.  Errors go to stderr, which the server logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import socket
+import sys
+
+from twisted_statsd.config import load_config
+
+UDP_FD = 3
+
+
+def main() -> None:
+    from twisted.internet import reactor, stdio
+    from twisted.protocols.basic import LineReceiver
+
+    from twisted_statsd.intake.service import IntakeService
+    from twisted_statsd.listeners.udp import DatagramReceiver
+    from twisted_statsd.service import build_pipeline
+    from twisted_statsd.workers import _LENGTH
+
+    config = load_config(data=json.loads(sys.argv[1]))
+    pipeline = build_pipeline(config)
+    intake = IntakeService(
+        reactor,
+        pipeline,
+        buffer_size=config.dogstatsd_packet_buffer_size,
+        flush_timeout=config.dogstatsd_packet_buffer_flush_timeout,
+        eol_required=config.dogstatsd_eol_required,
+    )
+    receiver = DatagramReceiver(intake.buffer_for("udp"), config.dogstatsd_buffer_size, pipeline.reporter)
+    probe = socket.socket(fileno=os.dup(UDP_FD))
+    family = probe.family
+    probe.close()
+    port = reactor.adoptDatagramPort(UDP_FD, family, receiver, config.dogstatsd_buffer_size + 1)
+    os.close(UDP_FD)  # adoptDatagramPort holds its own copy
+    out = os.fdopen(sys.stdout.fileno(), "wb", buffering=0)
+
+    class Commands(LineReceiver):
+        delimiter = b"\n"
+
+        def lineReceived(self, line: bytes) -> None:
+            port.doRead()  # what the socket holds now belongs to this ship
+            intake.drain()
+            state = {
+                "aggregates": pipeline.aggregator.export(),
+                "telemetry": pipeline.telemetry.deltas(),
+            }
+            frame = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+            out.write(_LENGTH.pack(len(frame)) + frame)
+            if line == b"stop":
+                port.stopListening()
+                reactor.stop()
+
+        def connectionLost(self, reason):
+            if reactor.running:
+                reactor.stop()
+
+    intake.startService()
+    stdio.StandardIO(Commands(), stdout=os.open(os.devnull, os.O_WRONLY))
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Multi-process intake (``dogstatsd_workers``): more cores reading one UDP socket.
+
+The server binds its UDP socket as usual and starts ``dogstatsd_workers - 1``
+worker processes with ``spawnProcess``, handing each the same socket as file
+descriptor 3 (``childFDs``); a worker adopts it with ``adoptDatagramPort``.
+The kernel gives each datagram to exactly one reader, so even a single client
+is spread over every process.  Each worker parses and aggregates on its own;
+before every flush, and at stop, the server asks each for its partial
+aggregates (``ship``), and folds them into its own with
+:meth:`Aggregator.merge`, so the flushed output is what one process would
+have produced.  Frames on the workers' stdout are a 4-byte little-endian
+length and a pickle: the children are this program, started by this process.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+import sys
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+
+from twisted_statsd.config import Config
+from twisted_statsd.core.aggregator import Aggregator
+from twisted_statsd.telemetry import Telemetry
+
+# How long the server waits for a worker's aggregates before flushing without them.
+SHIP_TIMEOUT = 10.0
+_LENGTH = struct.Struct("<I")
+
+
+def config_data(config: Config) -> dict:
+    """The keys a worker needs, as plain JSON data for its command line."""
+    keys = (
+        "hostname", "dogstatsd_buffer_size", "dogstatsd_packet_buffer_size", "dogstatsd_eol_required",
+        "dogstatsd_tags", "dogstatsd_expiry_seconds", "dogstatsd_context_expiry_seconds",
+        "dogstatsd_no_aggregation_pipeline", "dogstatsd_origin_detection_client", "dogstatsd_disable_verbose_logs",
+        "statsd_metric_namespace", "statsd_metric_namespace_blacklist", "statsd_metric_blocklist",
+        "statsd_metric_blocklist_match_prefix", "histogram_aggregates", "histogram_percentiles",
+        "histogram_copy_to_distribution", "histogram_copy_to_distribution_prefix", "dogstatsd_mapper_profiles",
+        "dogstatsd_mapper_cache_size",
+    )
+    data = {key: _plain(getattr(config, key)) for key in keys}
+    data["dogstatsd_packet_buffer_flush_timeout"] = f"{config.dogstatsd_packet_buffer_flush_timeout}s"
+    return data
+
+
+def _plain(value):
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "items"):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+class WorkerProtocol(ProcessProtocol):
+    """The server's side of one worker: sends commands, decodes shipped aggregates."""
+
+    log = Logger()
+
+    def __init__(self):
+        self._buffer = b""
+        self._waiting: list[defer.Deferred] = []
+        self.ended = defer.Deferred()
+
+    def request(self, command: bytes) -> defer.Deferred:
+        """Send ``ship`` or ``stop``; fires with the worker's exported aggregates."""
+        d = defer.Deferred()
+        self._waiting.append(d)
+        self.transport.write(command + b"\n")
+        return d
+
+    def outReceived(self, data: bytes) -> None:
+        self._buffer += data
+        while len(self._buffer) >= 4:
+            (length,) = _LENGTH.unpack_from(self._buffer)
+            if len(self._buffer) < 4 + length:
+                return
+            frame, self._buffer = self._buffer[4 : 4 + length], self._buffer[4 + length :]
+            if self._waiting:
+                self._waiting.pop(0).callback(pickle.loads(frame))
+
+    def errReceived(self, data: bytes) -> None:
+        self.log.warn("Worker {pid}: {text}", pid=self.transport.pid, text=data.decode("utf-8", "replace").rstrip())
+
+    def processEnded(self, reason) -> None:
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.errback(reason)
+        self.ended.callback(None)
+
+
+class WorkerPoolService(Service):
+    """Starts the workers, collects their aggregates before each flush, and stops them."""
+
+    log = Logger()
+
+    def __init__(self, reactor, udp, aggregator: Aggregator, telemetry: Telemetry, count: int, config: Config):
+        self.reactor = reactor
+        self.udp = udp
+        self.aggregator = aggregator
+        self.telemetry = telemetry
+        self.count = count
+        self.config = config
+        self.workers: list[WorkerProtocol] = []
+
+    def startService(self):
+        super().startService()
+        fd = self.udp.port.fileno()
+        argv = [sys.executable, "-m", "twisted_statsd.worker", json.dumps(config_data(self.config))]
+        for _ in range(self.count):
+            protocol = WorkerProtocol()
+            self.reactor.spawnProcess(protocol, sys.executable, argv, env=None, childFDs={0: "w", 1: "r", 2: "r", 3: fd})
+            self.workers.append(protocol)
+        self.log.info("Started {count} intake workers sharing the UDP socket", count=self.count)
+
+    async def collect(self, command: bytes = b"ship") -> None:
+        """Fold every worker's aggregates into ours; a worker that does not answer is counted."""
+        requests = [w.request(command) for w in self.workers if not w.ended.called]
+        for d in requests:
+            d.addTimeout(SHIP_TIMEOUT, self.reactor)
+        for outcome, result in await defer.DeferredList(requests, consumeErrors=True):
+            if not outcome:
+                self.telemetry.incr("worker_errors")
+                self.log.error("A worker did not ship its aggregates: {error}", error=result.getErrorMessage())
+                continue
+            self.aggregator.merge(result["aggregates"])
+            for name, tags, n in result["telemetry"]:
+                self.telemetry.incr(name, n, tuple(tags))
+                if name == "metrics":  # how the load is shared, for operators
+                    self.telemetry.incr("worker_metrics", n)
+
+    def before_flush(self) -> defer.Deferred:
+        return defer.ensureDeferred(self.collect())
+
+    async def _stop(self) -> None:
+        await self.collect(b"stop")  # each worker ships a last time, then exits
+        ended = defer.DeferredList([w.ended for w in self.workers])
+        deadline = self.reactor.callLater(SHIP_TIMEOUT, self._kill)
+        await ended
+        if deadline.active():
+            deadline.cancel()
+
+    def _kill(self) -> None:
+        for worker in self.workers:
+            if not worker.ended.called:
+                self.log.error("A worker did not exit; killing it")
+                worker.transport.signalProcess("KILL")
+
+    def stopService(self):
+        super().stopService()
+        return defer.ensureDeferred(self._stop())
