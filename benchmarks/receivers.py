@@ -181,8 +181,9 @@ class TwistedStatsd(ProcessReceiver):
 
     name = "twisted-statsd"
 
-    def __init__(self, workdir: str, transport: str, rcvbuf: int, flush_interval: float = 1.0):
+    def __init__(self, workdir: str, transport: str, rcvbuf: int, flush_interval: float = 1.0, workers: int = 1):
         super().__init__(workdir, transport)
+        self.workers = workers
         self.rcvbuf_asked = rcvbuf
         self.flush_interval = flush_interval
         self.jsonl = os.path.join(workdir, "out.jsonl")
@@ -195,6 +196,7 @@ class TwistedStatsd(ProcessReceiver):
             "dogstatsd_port": "__random__" if self.transport == "udp" else 0,
             "dogstatsd_so_rcvbuf": self.rcvbuf_asked,
             "flush_interval": self.flush_interval,
+            "dogstatsd_workers": self.workers,
             "sinks": [{"type": "jsonl", "path": self.jsonl}],
         }
         if self.transport != "udp":

@@ -83,7 +83,7 @@ class Bench:
     def receiver(self, name: str, transport: str):
         workdir = tempfile.mkdtemp(dir=self.root, prefix="s")
         if name == "twisted-statsd":
-            return TwistedStatsd(workdir, transport, self.args.rcvbuf, self.args.flush_interval)
+            return TwistedStatsd(workdir, transport, self.args.rcvbuf, self.args.flush_interval, self.args.workers)
         if name == "etsy-statsd":
             return EtsyStatsd(self.stats_js, workdir, self.args.rcvbuf)
         return Ceiling(workdir, transport, self.args.rcvbuf)
@@ -286,6 +286,7 @@ def parse_args(argv=None):
     parser.add_argument("--warmup-rate", type=float, default=25_000.0, help="metrics/s of the warm-up pass")
     parser.add_argument("--rcvbuf", type=int, default=8 << 20, help="SO_RCVBUF asked for by every receiver")
     parser.add_argument("--flush-interval", type=float, default=1.0, help="twisted-statsd flush_interval")
+    parser.add_argument("--workers", type=int, default=1, help="twisted-statsd dogstatsd_workers (UDP intake processes)")
     parser.add_argument("--etsy-dir", help=f"reuse this directory for `npm install statsd@{ETSY_VERSION}`")
     parser.add_argument("--json", help="where to write the results (default benchmarks/results/throughput-<date>.json)")
     args = parser.parse_args(argv)
