@@ -27,7 +27,7 @@ def main() -> None:
     from twisted_statsd.intake.service import IntakeService
     from twisted_statsd.listeners.udp import DatagramReceiver
     from twisted_statsd.service import build_pipeline
-    from twisted_statsd.workers import _LENGTH
+    from twisted_statsd.workers import FRAME_LENGTH
 
     config = load_config(data=json.loads(sys.argv[1]))
     pipeline = build_pipeline(config)
@@ -57,7 +57,7 @@ def main() -> None:
                 "telemetry": pipeline.telemetry.deltas(),
             }
             frame = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
-            out.write(_LENGTH.pack(len(frame)) + frame)
+            out.write(FRAME_LENGTH.pack(len(frame)) + frame)
             if line == b"stop":
                 port.stopListening()
                 reactor.stop()

@@ -30,7 +30,8 @@ from twisted_statsd.telemetry import Telemetry
 
 # How long the server waits for a worker's aggregates before flushing without them.
 SHIP_TIMEOUT = 10.0
-_LENGTH = struct.Struct("<I")
+# Frames on a worker's stdout: this length (little-endian) and then a pickle.
+FRAME_LENGTH = struct.Struct("<I")
 
 
 def config_data(config: Config) -> dict:
@@ -77,7 +78,7 @@ class WorkerProtocol(ProcessProtocol):
     def outReceived(self, data: bytes) -> None:
         self._buffer += data
         while len(self._buffer) >= 4:
-            (length,) = _LENGTH.unpack_from(self._buffer)
+            (length,) = FRAME_LENGTH.unpack_from(self._buffer)
             if len(self._buffer) < 4 + length:
                 return
             frame, self._buffer = self._buffer[4 : 4 + length], self._buffer[4 + length :]
