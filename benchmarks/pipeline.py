@@ -16,23 +16,17 @@ import random
 import statistics
 import time
 
+from benchmarks.ceiling import Counter
+from benchmarks.workload import shapes_of
 from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd.core.aggregator import Aggregator
 from twisted_statsd.core.enrich import Enricher
 from twisted_statsd.intake.pipeline import Pipeline
 from twisted_statsd.telemetry import Telemetry
 
-TYPES = [b"c", b"c", b"c", b"g", b"g", b"ms", b"h", b"d", b"s"]
-
-
 def workload(contexts: int, seed: int = 1) -> tuple[list[bytes], int]:
     rng = random.Random(seed)
-    shapes = []
-    for i in range(contexts):
-        mtype = TYPES[i % len(TYPES)]
-        rate = b"|@0.5" if i % 10 == 0 and mtype in (b"c", b"ms", b"h") else b""
-        tags = b"#env:prod,service:api%d,region:eu-west-%d,version:1.%d" % (i % 7, i % 3, i % 11)
-        shapes.append((b"app.metric.%d:" % i, b"|" + mtype + rate + b"|" + tags))
+    shapes = shapes_of(contexts)
     packets, lines, current, size = [], 0, [], 0
     for _ in range(contexts * 20):
         name, rest = rng.choice(shapes)
@@ -61,16 +55,11 @@ def run_pipeline(packets) -> float:
 
 
 def run_ceiling(packets) -> float:
-    sums: dict[bytes, float] = {}
+    """The ceiling receiver's own loop (benchmarks.ceiling), without the socket."""
+    handle = Counter().packet
     start = time.perf_counter()
     for packet in packets:
-        for line in packet.split(b"\n"):
-            name, _, rest = line.partition(b":")
-            value, _, _ = rest.partition(b"|")
-            try:
-                sums[name] = sums.get(name, 0.0) + float(value)
-            except ValueError:
-                sums[name] = sums.get(name, 0.0) + 1.0
+        handle(packet)
     return time.perf_counter() - start
 
 

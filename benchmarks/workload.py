@@ -18,7 +18,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from benchmarks.pipeline import TYPES
+# Metric types in the mix, by weight: counters most, then gauges, then the rest.
+TYPES = [b"c", b"c", b"c", b"g", b"g", b"ms", b"h", b"d", b"s"]
 
 DATAGRAM_BYTES = 1400
 
@@ -57,7 +58,8 @@ def pack(lines, limit: int = DATAGRAM_BYTES) -> tuple[list[bytes], list[int]]:
     return datagrams, counts
 
 
-def _shapes(contexts: int) -> list[tuple[bytes, bytes]]:
+def shapes_of(contexts: int) -> list[tuple[bytes, bytes]]:
+    """(name and colon, rest of the line) per context: 4 tags each, some sampled."""
     shapes = []
     for i in range(contexts):
         mtype = TYPES[i % len(TYPES)]
@@ -70,7 +72,7 @@ def _shapes(contexts: int) -> list[tuple[bytes, bytes]]:
 def mixed(contexts: int, lines_per_context: int = 20, seed: int = 1) -> Workload:
     """``contexts`` mixed-type contexts, ``contexts * lines_per_context`` lines in all."""
     rng = random.Random(seed)
-    shapes = _shapes(contexts)
+    shapes = shapes_of(contexts)
     order = list(range(contexts))
     rng.shuffle(order)
     order += [rng.randrange(contexts) for _ in range(contexts * (lines_per_context - 1))]

@@ -19,3 +19,20 @@ async def wait_for(reactor, predicate, timeout: float = 10.0, interval: float = 
 async def with_deadline(reactor, d: defer.Deferred, timeout: float = 10.0):
     """Await ``d`` but fail (cancelling it) after ``timeout`` seconds."""
     return await d.addTimeout(timeout, reactor)
+
+
+def start_jsonl_server(reactor, tmp_path, name: str = "out", hostname: str = "testhost", **settings):
+    """A started server on an ephemeral UDP port writing JSON lines to ``tmp_path/<name>.jsonl``."""
+    from twisted_statsd import build_service, load_config
+
+    out = tmp_path / f"{name}.jsonl"
+    data = {
+        "dogstatsd_port": "__random__",
+        "hostname": hostname,
+        "flush_interval": 3600,
+        "sinks": [{"type": "jsonl", "path": str(out)}],
+        **settings,
+    }
+    service = build_service(load_config(data=data), reactor)
+    service.startService()
+    return service, out

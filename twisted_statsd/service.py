@@ -188,6 +188,18 @@ def build_pipeline(config: Config) -> Pipeline:
     )
 
 
+def build_intake(config: Config, reactor, pipeline: Pipeline, forward=None) -> IntakeService:
+    """The packet buffers in front of ``pipeline``, drained on the configured timer."""
+    return IntakeService(
+        reactor,
+        pipeline,
+        buffer_size=config.dogstatsd_packet_buffer_size,
+        flush_timeout=config.dogstatsd_packet_buffer_flush_timeout,
+        eol_required=config.dogstatsd_eol_required,
+        forward=forward,
+    )
+
+
 def build_service(
     config: Config, reactor=None, *, sinks=None, freeze_gc: bool = False, _proc_root: str = "/proc"
 ) -> StatsdService:
@@ -224,14 +236,7 @@ def build_service(
         root.forwarder = ForwarderService(reactor, reporter, config.statsd_forward_host, config.statsd_forward_port)
         root.forwarder.setServiceParent(root)
 
-    intake = IntakeService(
-        reactor,
-        pipeline,
-        buffer_size=config.dogstatsd_packet_buffer_size,
-        flush_timeout=config.dogstatsd_packet_buffer_flush_timeout,
-        eol_required=config.dogstatsd_eol_required,
-        forward=root.forwarder.forward if root.forwarder else None,
-    )
+    intake = build_intake(config, reactor, pipeline, forward=root.forwarder.forward if root.forwarder else None)
     root.flusher = FlushService(
         reactor,
         aggregator,

@@ -24,20 +24,13 @@ def main() -> None:
     from twisted.internet import reactor, stdio
     from twisted.protocols.basic import LineReceiver
 
-    from twisted_statsd.intake.service import IntakeService
     from twisted_statsd.listeners.udp import DatagramReceiver
-    from twisted_statsd.service import build_pipeline
+    from twisted_statsd.service import build_intake, build_pipeline
     from twisted_statsd.workers import FRAME_LENGTH
 
     config = load_config(data=json.loads(sys.argv[1]))
     pipeline = build_pipeline(config)
-    intake = IntakeService(
-        reactor,
-        pipeline,
-        buffer_size=config.dogstatsd_packet_buffer_size,
-        flush_timeout=config.dogstatsd_packet_buffer_flush_timeout,
-        eol_required=config.dogstatsd_eol_required,
-    )
+    intake = build_intake(config, reactor, pipeline)
     receiver = DatagramReceiver(intake.buffer_for("udp"), config.dogstatsd_buffer_size, pipeline.reporter)
     probe = socket.socket(fileno=os.dup(UDP_FD))
     family = probe.family

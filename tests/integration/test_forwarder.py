@@ -6,9 +6,8 @@ import json
 
 import pytest_twisted
 from datadog.dogstatsd import DogStatsd
-from helpers import wait_for, with_deadline
+from helpers import start_jsonl_server, wait_for, with_deadline
 
-from twisted_statsd import build_service, load_config
 
 
 def series_of(path):
@@ -22,17 +21,7 @@ def series_of(path):
 
 
 def server(reactor, tmp_path, name, **settings):
-    out = tmp_path / f"{name}.jsonl"
-    data = {
-        "dogstatsd_port": "__random__",
-        "hostname": "fwd",
-        "flush_interval": 3600,
-        "sinks": [{"type": "jsonl", "path": str(out)}],
-        **settings,
-    }
-    service = build_service(load_config(data=data), reactor)
-    service.startService()
-    return service, out
+    return start_jsonl_server(reactor, tmp_path, name, hostname="fwd", **settings)
 
 
 @pytest_twisted.ensureDeferred

@@ -8,7 +8,7 @@ import pytest
 import pytest_twisted
 from datadog.dogstatsd import DogStatsd
 
-from helpers import wait_for, with_deadline
+from helpers import start_jsonl_server, wait_for, with_deadline
 from twisted_statsd import build_service, load_config
 from twisted_statsd.intake.service import IntakeService
 
@@ -29,17 +29,7 @@ def without_timestamps(obj):
 
 
 async def start(reactor, tmp_path, **settings):
-    out = tmp_path / "out.jsonl"
-    data = {
-        "dogstatsd_port": "__random__",
-        "hostname": "testhost",
-        "flush_interval": 3600,
-        "sinks": [{"type": "jsonl", "path": str(out)}],
-        **settings,
-    }
-    service = build_service(load_config(data=data), reactor)
-    service.startService()
-    return service, out
+    return start_jsonl_server(reactor, tmp_path, **settings)
 
 
 async def stop(reactor, service):

@@ -6,23 +6,11 @@ import json
 import socket
 
 import pytest_twisted
-from helpers import wait_for, with_deadline
-
-from twisted_statsd import build_service, load_config
+from helpers import start_jsonl_server, wait_for, with_deadline
 
 
 def start(reactor, tmp_path, name, **settings):
-    out = tmp_path / f"{name}.jsonl"
-    data = {
-        "dogstatsd_port": "__random__",
-        "hostname": "w",
-        "flush_interval": 3600,
-        "sinks": [{"type": "jsonl", "path": str(out)}],
-        **settings,
-    }
-    service = build_service(load_config(data=data), reactor)
-    service.startService()
-    return service, out
+    return start_jsonl_server(reactor, tmp_path, name, hostname="w", **settings)
 
 
 def user_series(path):
