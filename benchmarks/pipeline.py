@@ -48,9 +48,11 @@ def run_pipeline(packets) -> float:
     pipeline = Pipeline(Aggregator(), Enricher(hostname="bench"), telemetry, RateLimitedReporter(telemetry))
     now = 1_000_000.0
     pipeline.process(packets, now)
+    pipeline.fold()
     start = time.perf_counter()
     for i in range(0, len(packets), 32):
         pipeline.process(packets[i : i + 32], now)
+    pipeline.fold()  # every staged value applied: the whole cost is timed
     return time.perf_counter() - start
 
 

@@ -240,9 +240,11 @@ def test_above_the_hard_limit_new_contexts_are_refused_known_ones_aggregate():
     pipeline.process([b"known:1|c"], now)
     pipeline.refuse_new_contexts = True
     pipeline.process([b"known:2|c\nnew:1|c\nnew.ts:1|g|T999999\n_e{1,1}:a|b"], now)
+    pipeline.fold()  # samples are counted as they are folded into the aggregator
     assert telemetry.dropped("memory_hard_limit") == 1
     assert telemetry.get("metrics") == 3  # known twice, the timestamped gauge
     assert telemetry.get("events") == 1
     pipeline.refuse_new_contexts = False
     pipeline.process([b"new:1|c"], now)
+    pipeline.fold()  # samples are counted as they are folded into the aggregator
     assert telemetry.get("metrics") == 4

@@ -244,6 +244,9 @@ class Aggregator:
         self.non_finite_points = 0
         # Contexts (per bucket) in the last flush, for telemetry.
         self.flushed_contexts = 0
+        # Called before anything reads the buckets: whoever stages samples
+        # outside the aggregator (the pipeline) folds them in here.
+        self.before_read: list = []
 
     # -- intake ---------------------------------------------------------------
 
@@ -264,8 +267,15 @@ class Aggregator:
                 self._counters[context.key] = (context, now)
         return metric
 
+    def _settle(self) -> None:
+        for fold in self.before_read:
+            fold()
+
     def knows(self, context: Context, now: float) -> bool:
-        """Whether the context already has samples in the open bucket or is a live counter."""
+        """Whether the context already has samples in the open bucket or is a live counter.
+
+        Staged samples are not looked at: the caller folds them in first.
+        """
         key = context.key
         bucket = self._buckets.get(int(now) - int(now) % BUCKET_SECONDS)
         if bucket is not None and (key in bucket.metrics or key in bucket.sketches):
@@ -347,6 +357,7 @@ class Aggregator:
         since the previous flush, live counters get a zero point at
         ``cutoff - 10`` (spec §6.5).
         """
+        self._settle()
         cutoff = int(now) - int(now) % BUCKET_SECONDS
         due = [self._buckets.pop(start) for start in sorted(self._buckets) if final or start + BUCKET_SECONDS <= cutoff]
         if not due and cutoff - self._last_cutoff >= BUCKET_SECONDS and self._last_cutoff:
@@ -432,6 +443,7 @@ class Aggregator:
         A worker process ships this to the process that flushes, which folds it
         in with :meth:`merge`; the counter registry stays, for zero-filling.
         """
+        self._settle()
         state = {
             "buckets": [(b.start, b.metrics, b.sketches) for b in self._buckets.values()],
             "timestamped": self._timestamped,
@@ -473,6 +485,7 @@ class Aggregator:
 
     def context_count(self) -> int:
         """Contexts with samples in open buckets, plus live counters (walks them all: for inspection)."""
+        self._settle()
         keys = set(self._counters)
         for bucket in self._buckets.values():
             keys.update(bucket.metrics)

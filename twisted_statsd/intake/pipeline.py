@@ -1,46 +1,110 @@
-"""The hot path: raw packets -> parsed lines -> enriched targets -> aggregator.
+"""The hot path: raw packets -> line shapes -> staged raw values -> aggregator.
 
 Everything a metric line says apart from its value (name, type, rate, tags,
-container) decides where its samples go.  The pipeline caches that decision
-keyed by the line's *shape*, the line with its value cut out, so a repeated
-context costs one slice-and-join, one dictionary probe and one float parse;
-only a new shape goes through the full parser and the enricher.  Lines with a
-client timestamp are never cached: their shape changes with every sample.
+container) decides where its samples go, so the pipeline learns that decision
+once per line *shape* (the line with its value cut out) and keeps it in a
+:class:`Slot`.  A batch of packets is then taken apart with C-level calls
+only (split, partition, concatenate, dictionary lookup, append), with no
+Python bytecode per line: each line's raw value bytes are appended to its
+slot.  :meth:`Pipeline.fold` later applies each slot's values to the
+aggregator in one go (a counter is one ``sum``, a gauge its last value), so a
+repeated context costs a handful of C calls per line plus a share of one fold.
+
+Lines that cannot be staged go one at a time, in order, through the full
+parser: new shapes, events, service checks, client-timestamped lines, errors,
+refusals, and every line of a context seen under two metric types (whose
+first type in a bucket decides, spec §6.4, so their order matters).  Gauges
+keep arrival order because every shape of a gauge context shares one slot.
+
+Staged values are folded when ``FOLD_LINES`` lines have been staged, before
+the bucket changes, before the cache rotates, on the intake timer, and before
+anything reads the aggregator (it calls :meth:`Pipeline.fold` first), so
+nothing outside the pipeline sees the staging.  A sample is counted in the
+``metrics`` telemetry when it is folded in.
+
 Shapes not seen for ``context_expiry`` seconds are forgotten: the cache has a
 current and a previous generation, a miss in the current one promotes from the
-previous, and the generations rotate every ``context_expiry`` seconds, so a hit
-costs nothing extra and a stale context leaves within two periods.
+previous, and the generations rotate every ``context_expiry`` seconds.
 Pure: time comes in as ``now``, and nothing here touches the reactor.
 """
 
 from __future__ import annotations
 
+import math
+from collections import deque
+from itertools import repeat
+from operator import itemgetter, truediv
+
 from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd.core import parser
-from twisted_statsd.core.aggregator import Aggregator, Counter, Set
-from twisted_statsd.core.enrich import Enricher, Target
+from twisted_statsd.core.aggregator import METRIC_CLASSES, Aggregator, Counter, Gauge, Histogram, Set
+from twisted_statsd.core.enrich import Enricher
 from twisted_statsd.core.model import COUNTER, DISTRIBUTION, GAUGE, SET, forget_shared_tag_sets
-from twisted_statsd.core.parser import ParseError, parse_float, parse_values
+from twisted_statsd.core.parser import ParseError, parse_values
 from twisted_statsd.telemetry import Telemetry
 
-# What a plain decimal value is made of; anything else takes parse_float's careful path.
+# What a plain decimal value is made of; anything else takes parse_values' careful path.
 _DECIMAL = b"0123456789.eE+-"
 
 # Shapes remembered before the cache starts over (each entry is one context).
 CACHE_SIZE = 200_000
 
-# Verdicts on a whole line shape, cached like targets.
+# Staged lines that trigger a fold: large enough that a context's values are
+# folded many at a time, small enough that one fold of as many distinct
+# contexts holds the reactor for a few tens of milliseconds at most.
+FOLD_LINES = 16_384
+
+# Verdicts on a whole line shape, remembered like slots.
 _REFUSALS = {
     "blocked": "metric is on the block list",
     "zero_sample_rate": "a counter with sample rate 0 has no value",
 }
 
+# Registry marker for a context seen under two metric types: its lines go one at a time.
+_MIXED = "mixed"
+
+_first = itemgetter(0)
+_third = itemgetter(2)
+_append = list.append
+_partition = bytes.partition
+_concat = bytes.__add__
+
+
+class Slot(list):
+    """The raw values of one line shape waiting to be folded, and where they go.
+
+    A list, so that a batch appends to it with C-level calls.  ``shape`` is the
+    cache key it was learnt under, kept to rebuild a line for error reports.
+    """
+
+    __slots__ = ("type", "context", "rate", "copy", "shape")
+
+    def __init__(self, target, shape: bytes):
+        super().__init__()
+        self.type = target.type
+        self.context = target.context
+        self.rate = target.rate
+        self.copy = target.copy
+        self.shape = shape
+
+    def line(self, raw: bytes) -> bytes:
+        """The line this value arrived in (the shape without a detected origin's prefix)."""
+        shape = self.shape[self.shape.rfind(b"\n") + 1 :]
+        return shape.replace(b":|", b":" + raw + b"|", 1)
+
+    def shares(self, target) -> bool:
+        """Whether ``target``'s values may go into this slot: same type, and same rate where it matters."""
+        return target.type == self.type and (self.type in (GAUGE, SET) or target.rate == self.rate)
+
+
 
 class Pipeline:
-    """Parses, enriches and aggregates batches of packets.
+    """Parses, enriches, stages and aggregates batches of packets.
 
-    Invariant: every line either becomes samples in the aggregator or is
-    counted under a named drop reason (reported through ``reporter``).
+    Invariant: every line either becomes samples in the aggregator (at once or
+    at the next fold) or is counted under a named drop reason (reported
+    through ``reporter``).  Staged values all belong to ``_bucket``: the
+    pipeline folds before it stages into another bucket.
     """
 
     def __init__(
@@ -63,13 +127,27 @@ class Pipeline:
         self.origin_client = origin_client
         self.cache_size = cache_size
         self.context_expiry = context_expiry
-        # Keys are line shapes, or (origin, shape) for packets with a detected origin.
-        self._cache: dict = {}
-        self._previous: dict = {}
+        # Line shape (prefixed with "\n<origin>\n" for packets with a detected origin) -> Slot.
+        self._cache: dict[bytes, Slot] = {}
+        self._previous: dict[bytes, Slot] = {}
+        # Shapes whose lines go one at a time: a refusal reason, or the slot of a mixed-type context.
+        self._others: dict[bytes, str | Slot] = {}
+        # Context key -> its (first) non-distribution slot, or _MIXED; how gauge
+        # shapes find their shared slot and how a second metric type is noticed.
+        self._by_context: dict[bytes, Slot | str] = {}
+        # Slots dropped from the cache while they may still hold staged values.
+        self._orphans: list[Slot] = []
+        # Where the lines of a batch that cannot be staged are marked (and their values discarded).
+        self._one_at_a_time: list[bytes] = []
+        self._staged = 0
+        self._bucket = None
+        self._staged_at = 0.0
         self._rotate_at: float | None = None
+        self._evicted = False
         # Set by the memory monitor above its hard limit: lines of shapes not
         # seen yet (new contexts) are refused; known shapes still aggregate.
         self.refuse_new_contexts = False
+        aggregator.before_read.append(self.fold)
 
     def process(
         self, packets: list[bytes], now: float, *, eol_required: bool = False, origin: bytes | None = None
@@ -79,116 +157,275 @@ class Pipeline:
         ``origin`` is the sender's container ID when the listener detected it;
         the shapes of such packets are cached apart, keyed with the origin.
         """
-        if self._rotate_at is None or now >= self._rotate_at:
-            self._rotate(now)
-        aggregator = self.aggregator
-        bucket = aggregator.bucket(now)
-        metrics = bucket.metrics
-        cache = self._cache
-        report = self.reporter.report
-        samples = 0
-        for packet in packets:
-            if eol_required:
-                lines, unterminated = parser.split_lines(packet, True)
-                if unterminated:
-                    report("unterminated_line", "packet does not end with a newline", packet)
-            else:
-                lines = packet.split(b"\n")
-                if b"\r" in packet:
-                    lines = [line[:-1] if line[-1:] == b"\r" else line for line in lines]
-            for line in lines:
-                if not line:
-                    continue
-                bar = line.find(b"|")
-                colon = line.find(b":", 0, bar)
-                if colon <= 0:
-                    samples += self._slow(line, None, now, origin)
-                    continue
-                shape = line[:colon] + line[bar:]
-                if origin is not None:
-                    shape = (origin, shape)
-                target = cache.get(shape)
-                if target is None:
-                    target = self._previous.pop(shape, None)
-                    if target is None:
-                        samples += self._slow(line, shape, now, origin)
-                        continue
-                    self._remember(shape, target)
-                if target.__class__ is str:
-                    report(target, _REFUSALS[target], line)
-                    continue
-                mtype, context, rate, copy = target
-                raw = line[colon + 1 : bar]
-                if mtype == SET:
-                    if not raw:
-                        samples += self._slow(line, None, now, origin)  # the parser names the error
-                        continue
-                    value = raw
-                elif raw.strip(_DECIMAL):  # not plain decimal: packed values, inf, hex, or an error
-                    try:
-                        if b":" in raw:
-                            samples += self._values(target, parse_values(raw), now)
-                            continue
-                        value = parse_float(raw)
-                    except ParseError as e:
-                        report(e.reason, e.message, line)
-                        continue
-                    if value - value:
-                        report("non_finite_value", "NaN and infinite values are dropped", line)
-                        continue
-                else:
-                    # Plain decimal: Python's float() and Go's ParseFloat agree, but
-                    # for the empty string and overflow, which parse_float reports.
-                    try:
-                        value = float(raw)
-                    except ValueError:
-                        value = None
-                    if value is None or value - value:
-                        try:
-                            parse_float(raw) if raw else self._slow(line, None, now, origin)
-                        except ParseError as e:
-                            report(e.reason, e.message, line)
-                        continue
-                if mtype == DISTRIBUTION:
-                    aggregator.add_distribution(bucket, context, value, rate)
-                else:
-                    metric = metrics.get(context.key)
-                    if metric is None:
-                        metric = aggregator.new_metric(bucket, context, mtype, now)
-                    if metric.__class__ is Counter:  # Counter.add, inlined: the commonest case
-                        if value.__class__ is not float:
-                            value = 0.0  # a set member carries no number
-                        metric.value += value / rate if rate else value
-                        metric.last = now
-                    else:
-                        if mtype == SET and metric.__class__ is not Set:
-                            value = 0.0
-                        metric.add(value, rate, now)
-                    if copy is not None:
-                        aggregator.add_distribution(bucket, copy, value, rate)
-                samples += 1
-        self.telemetry.incr("metrics", samples)
+        self._advance(now)
+        if eol_required:
+            packets = [self._terminated(packet) for packet in packets]
+        data = b"\n".join(packets)
+        if b"\r" in data:  # one \r before each line end is part of the line end
+            data = data.replace(b"\r\n", b"\n").removesuffix(b"\r")
+        lines = data.split(b"\n")
+        if b"" in lines:
+            lines = list(filter(None, lines))
+        # The key of a line is its name, ":|" and what follows its value.  A
+        # line can be learnt only if its name ends at a ":" followed by the
+        # value and a "|", and then its key's first ":" is followed by "|";
+        # any other line's key differs from every learnt one, so a key found
+        # in the cache means the same shape.
+        heads = list(map(_partition, lines, repeat(b":")))
+        tails = list(map(_partition, map(_third, heads), repeat(b"|")))
+        keys = list(map(_concat, map(_concat, map(_first, heads), repeat(b":|")), map(_third, tails)))
+        if origin is not None:
+            keys = list(map(_concat, repeat(b"\n" + origin + b"\n"), keys))
+        slots = list(map(self._cache.get, keys))
+        if None in slots:
+            slots = self._resolve(slots, lines, keys, now, origin)
+        deque(map(_append, slots, map(_first, tails)), 0)
+        self._staged += len(lines)
+        marked = self._one_at_a_time
+        if marked:
+            marked.clear()
+            kept = 0
+            for line, key, slot in zip(lines, keys, slots):
+                if slot is marked:
+                    kept += self._line(line, key, now, origin)
+            self.telemetry.incr("metrics", kept)
+        if self._staged >= FOLD_LINES:
+            self.fold()
 
-    def _remember(self, shape, verdict) -> None:
-        if len(self._cache) >= self.cache_size:
-            self._cache.clear()
-            self._previous.clear()
-            self.telemetry.incr("shape_cache_resets")
-        self._cache[shape] = verdict
+    def fold(self) -> None:
+        """Apply every staged value to the aggregator, slot by slot."""
+        if not self._staged:
+            return
+        self._staged = 0
+        bucket, now = self._bucket, self._staged_at
+        slots = [*filter(None, self._orphans), *filter(None, self._cache.values())]
+        self._orphans = []
+        kept = 0
+        for slot in slots:
+            if slot:  # a gauge slot shared by several shapes is listed once per shape
+                kept += self._fold_slot(slot, bucket, now)
+                slot.clear()
+        self.telemetry.incr("metrics", kept)
 
     def forget_shapes(self) -> None:
         """Drop every cached line shape, e.g. after the enricher's mapper was replaced."""
+        self.fold()
         self._cache.clear()
         self._previous.clear()
+        self._others.clear()
+        self._by_context.clear()
+
+    # -- batches ------------------------------------------------------------------
+
+    def _advance(self, now: float) -> None:
+        """Fold before staging into another bucket or rotating the cache."""
+        bucket = self.aggregator.bucket(now)
+        if bucket is not self._bucket:
+            self.fold()
+            self._bucket = bucket
+        if self._rotate_at is None or now >= self._rotate_at:
+            self.fold()
+            self._rotate(now)
+        self._staged_at = now
+
+    def _terminated(self, packet: bytes) -> bytes:
+        """The packet up to its last newline; a final unterminated line is dropped (spec §1.7)."""
+        end = packet.rfind(b"\n") + 1
+        if end < len(packet):
+            self.reporter.report("unterminated_line", "packet does not end with a newline", packet)
+        return packet[:end]
+
+    def _resolve(self, slots: list, lines: list[bytes], keys: list[bytes], now: float, origin) -> list:
+        """Fill in the slots of lines whose shape was not cached; mark the rest for one at a time.
+
+        Learning a shape can find its context under a second metric type; the
+        context's shapes then leave the cache, and the batch is looked up anew.
+        """
+        while True:
+            cache, marked = self._cache, self._one_at_a_time
+            self._evicted = False
+            for i in [i for i, slot in enumerate(slots) if slot is None]:
+                key = keys[i]
+                slot = cache.get(key)
+                if slot is None:
+                    slot = self._learn(lines[i], key, now, origin)
+                    if self._evicted:
+                        break
+                    if slot is None:
+                        slot = marked
+                slots[i] = slot
+            if not self._evicted:
+                return slots
+            slots = list(map(self._cache.get, keys))
+
+    def _learn(self, line: bytes, key: bytes, now: float, origin) -> Slot | None:
+        """The slot for a new shape, or None for a line that goes one at a time.
+
+        Reports nothing: whatever is wrong with the line is reported when it is
+        handled one at a time, so looking a batch up again never counts twice.
+        """
+        if key in self._others:
+            return None
+        slot = self._previous.pop(key, None)
+        if slot is not None:
+            return self._attach(key, slot)
+        if parser.message_kind(line) != parser.METRIC:
+            return None
+        try:
+            message = parser.parse_metric(line, timestamps=self.timestamps, origin_client=self.origin_client)
+        except ParseError:
+            return None
+        if message.timestamp:
+            return None
+        target = self.enricher.metric_target(message, origin)
+        if target is None:
+            self._others[key] = "blocked"
+            return None
+        if target.type == COUNTER and target.rate == 0.0:
+            self._others[key] = "zero_sample_rate"
+            return None
+        if self.refuse_new_contexts and not self._known(target.context, now):
+            return None
+        return self._attach(key, Slot(target, key))
+
+    def _attach(self, key: bytes, slot: Slot) -> Slot | None:
+        """Cache ``slot`` for ``key``, or the slot its gauge context already has, or mark a mixed context."""
+        if slot.type != DISTRIBUTION:  # distributions never share an object with another type (spec §6.4)
+            context_key = slot.context.key
+            first = self._by_context.get(context_key)
+            if first is None:
+                self._by_context[context_key] = slot
+            elif first is _MIXED:
+                self._others[key] = slot
+                return None
+            elif METRIC_CLASSES[first.type] is not METRIC_CLASSES[slot.type]:
+                self._mix(context_key)
+                self._others[key] = slot
+                return None
+            elif first.shares(slot):
+                slot = first
+        self._remember(key, slot)
+        return slot
+
+    def _mix(self, context_key: bytes) -> None:
+        """A context arrived under a second metric type: from now on its lines go one at a time, in order."""
+        self.fold()
+        self._by_context[context_key] = _MIXED
+        for key in [key for key, slot in self._cache.items() if slot.context.key == context_key]:
+            self._others[key] = self._cache.pop(key)
+        self._evicted = True
+
+    def _remember(self, key: bytes, slot: Slot) -> None:
+        cache = self._cache
+        if len(cache) >= self.cache_size:
+            # Slots looked up for the batch in flight may still receive values.
+            self._orphans.extend(cache.values())
+            cache.clear()
+            self._previous.clear()
+            self._others.clear()
+            self._by_context.clear()
+            self.telemetry.incr("shape_cache_resets")
+        cache[key] = slot
 
     def _rotate(self, now: float) -> None:
         """Start a new cache generation; shapes unseen since the last rotation are dropped."""
         self._previous = self._cache
         self._cache = {}
+        self._others = {}
+        self._by_context = {}
         forget_shared_tag_sets()
         self._rotate_at = now + self.context_expiry
 
-    def _values(self, target: Target, values, now: float) -> int:
+    def _known(self, context, now: float) -> bool:
+        self.fold()
+        return self.aggregator.knows(context, now)
+
+    # -- folding --------------------------------------------------------------------
+
+    def _fold_slot(self, slot: Slot, bucket, now: float) -> int:
+        """Apply one slot's raw values; returns how many samples were kept.
+
+        Plain decimal values are converted with one ``map(float, ...)``; a slot
+        holding anything else (packed values, inf, hex, errors) is folded one
+        value at a time by :meth:`_fold_each`, which reports the bad ones.
+        """
+        mtype, context, rate = slot.type, slot.context, slot.rate
+        if mtype == SET:
+            if b"" in slot:
+                return self._fold_each(slot, now)
+            metric = bucket.metrics.get(context.key) or self.aggregator.new_metric(bucket, context, SET, now)
+            if metric.__class__ is not Set:
+                return self._fold_each(slot, now)
+            metric.members.update(slot)
+            metric.last = now
+            return len(slot)
+        if b"".join(slot).strip(_DECIMAL):
+            return self._fold_each(slot, now)
+        try:
+            values = list(map(float, slot))
+        except ValueError:
+            return self._fold_each(slot, now)
+        total = sum(values)
+        if total - total:  # a value beyond float range (Go refuses it) or a sum that overflowed
+            return self._fold_each(slot, now)
+        if mtype == DISTRIBUTION:
+            add = self.aggregator.add_distribution
+            for value in values:
+                add(bucket, context, value, rate)
+            return len(values)
+        metric = bucket.metrics.get(context.key) or self.aggregator.new_metric(bucket, context, mtype, now)
+        kind = metric.__class__
+        if kind is not METRIC_CLASSES[mtype]:  # another type came first in this bucket (spec §6.4)
+            for value in values:
+                metric.add(value, rate, now)
+        elif kind is Counter:
+            metric.value = sum(values if rate == 1.0 else map(truediv, values, repeat(rate)), metric.value)
+        elif kind is Gauge:
+            metric.value = values[-1]
+        else:
+            metric.values.extend(values)
+            metric.weights.extend(repeat(1.0 / rate if 0.0 < rate < math.inf else 1.0, len(values)))
+        metric.last = now
+        if slot.copy is not None:
+            add = self.aggregator.add_distribution
+            for value in values:
+                add(bucket, slot.copy, value, rate)
+        return len(values)
+
+    def _fold_each(self, slot: Slot, now: float) -> int:
+        """Fold a slot value by value, as one-at-a-time lines are aggregated."""
+        kept = 0
+        for raw in slot:
+            kept += self._aggregate(slot, raw, slot.line(raw), now)
+        return kept
+
+    # -- one line at a time ---------------------------------------------------------
+
+    def _line(self, line: bytes, key: bytes, now: float, origin) -> int:
+        """Handle a line that cannot be staged; returns how many samples were kept."""
+        known = self._others.get(key)
+        if known is None:
+            return self._slow(line, now, origin)
+        if known.__class__ is str:
+            self.reporter.report(known, _REFUSALS[known], line)
+            return 0
+        return self._aggregate(known, line.partition(b":")[2].partition(b"|")[0], line, now)
+
+    def _aggregate(self, target, raw: bytes, line: bytes, now: float) -> int:
+        """Aggregate the raw value of one line of a known shape at once."""
+        if target.type == SET and raw:
+            self.aggregator.add(target.context, SET, raw, 1.0, now)
+            return 1
+        try:
+            if not raw:
+                parser.parse_metric(line)  # names the error, as for a line never seen
+            values = parse_values(raw)
+        except ParseError as e:
+            self.reporter.report(e.reason, e.message, line)
+            return 0
+        return self._values(target, values, now)
+
+    def _values(self, target, values, now: float) -> int:
         """Aggregate several on-time values of one line; returns how many were kept."""
         kept = 0
         for value in values:
@@ -201,8 +438,8 @@ class Pipeline:
             kept += 1
         return kept
 
-    def _slow(self, line: bytes, shape, now: float, origin: bytes | None) -> int:
-        """Parse a line in full; remember the target of a new metric shape."""
+    def _slow(self, line: bytes, now: float, origin: bytes | None) -> int:
+        """Parse and handle a line in full: events, checks, timestamped lines, errors, refusals."""
         try:
             kind = parser.message_kind(line)
             if kind == parser.EVENT:
@@ -218,23 +455,14 @@ class Pipeline:
         target = self.enricher.metric_target(message, origin)
         if target is None:
             self.reporter.report("blocked", _REFUSALS["blocked"], line)
-            if shape is not None and not message.timestamp:
-                self._remember(shape, "blocked")
             return 0
         if message.timestamp:  # the sample rate does not apply here (spec §1.4)
             return self._timestamped(target, message, line)
-        if (
-            self.refuse_new_contexts
-            and not self.aggregator.knows(target.context, now)
-        ):
-            self.reporter.report("memory_hard_limit", "memory use is above the hard limit; new contexts are refused", line)
+        if target.type == COUNTER and target.rate == 0.0:
+            self.reporter.report("zero_sample_rate", _REFUSALS["zero_sample_rate"], line)
             return 0
-        verdict = "zero_sample_rate" if target.type == COUNTER and target.rate == 0.0 else target
-        if verdict.__class__ is str:
-            self.reporter.report(verdict, _REFUSALS[verdict], line)
-        if shape is not None:
-            self._remember(shape, verdict)
-        if verdict.__class__ is str:
+        if self.refuse_new_contexts and not self._known(target.context, now):
+            self.reporter.report("memory_hard_limit", "memory use is above the hard limit; new contexts are refused", line)
             return 0
         if target.type == SET:
             self.aggregator.add(target.context, SET, message.set_member, 1.0, now)

@@ -14,7 +14,8 @@ class IntakeService(Service):
     """Creates one packet buffer per listener and drains them all every ``flush_timeout``.
 
     On stop the timer stops and every buffer is drained once more, so packets
-    that were read are aggregated before the final flush.
+    that were read are aggregated before the final flush.  Each drain also
+    folds the pipeline's staged values into the aggregator.
     """
 
     log = Logger()
@@ -56,8 +57,10 @@ class IntakeService(Service):
             self.buffers.remove(buffer)
 
     def drain(self) -> None:
+        """Hand every buffer to the pipeline and fold what it staged, so samples settle within a tick."""
         for buffer in self.buffers:
             buffer.flush()
+        self.pipeline.fold()
 
     def startService(self):
         super().startService()
