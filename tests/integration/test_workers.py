@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 import pytest_twisted
+from twisted.internet.threads import deferToThread
 from helpers import start_jsonl_server, wait_for, with_deadline
 
 
@@ -32,15 +34,25 @@ WORKLOAD = [
 ]
 
 
+def send_all(port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        for datagram in WORKLOAD:
+            sock.sendto(datagram, ("127.0.0.1", port))
+
+
 async def run(reactor, tmp_path, name, workers):
     # A buffer that holds the whole burst: the comparison needs no kernel drops.
     service, out = start(reactor, tmp_path, name, dogstatsd_workers=workers, dogstatsd_so_rcvbuf=8 << 20)
     try:
         await with_deadline(reactor, service.flush(), 60)  # the workers are up and answering
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-            for datagram in WORKLOAD:
-                sock.sendto(datagram, ("127.0.0.1", service.udp.address.port))
+        # The two runs are compared bucket by bucket: each sends its burst
+        # early in a 10 s bucket, so that no run's burst straddles two.
+        await wait_for(reactor, lambda: time.time() % 10 < 5, timeout=10, interval=0.1)
+        # Sent from a thread, so that this process's reactor reads while the
+        # worker does: sent from the reactor's own thread, the burst would all
+        # go to the worker.
+        await with_deadline(reactor, deferToThread(send_all, service.udp.address.port), 60)
         await with_deadline(reactor, service.flush(final=True), 60)
         await wait_for(reactor, lambda: service.telemetry.get("metrics") >= 5 * len(WORKLOAD))
         assert service.telemetry.get("metrics") == 5 * len(WORKLOAD)

@@ -303,6 +303,14 @@ class Aggregator:
             entry = bucket.sketches[context.key] = (context, Sketch())
         entry[1].add(value, 1.0 / rate if 0.0 < rate <= 1.0 else 1.0)
 
+    @staticmethod
+    def add_distributions(bucket: Bucket, context: Context, values: list[float], rate: float) -> None:
+        """:meth:`add_distribution` for several values of one context and rate at once."""
+        entry = bucket.sketches.get(context.key)
+        if entry is None:
+            entry = bucket.sketches[context.key] = (context, Sketch())
+        entry[1].add_many(values, 1.0 / rate if 0.0 < rate <= 1.0 else 1.0)
+
     def add_timestamped(self, context: Context, mtype: bytes, value: float, timestamp: int) -> bool:
         """Pass a client-timestamped gauge or counter straight to the next flush (spec §6.7).
 

@@ -11,7 +11,10 @@ along.  Pure Python and clock-free: the aggregator owns one sketch per
 
 from __future__ import annotations
 
+from collections import Counter
+from itertools import repeat
 from math import floor, inf, log, log1p
+from operator import mul, truediv
 
 __all__ = [
     "BIAS",
@@ -47,6 +50,10 @@ MAX_KEY = INF_KEY - 1
 BIN_LIMIT = 4096
 # A bin counts in a uint32; bins() splits larger counts as the agent does.
 MAX_BIN_COUNT = (1 << 32) - 1
+
+# Below this magnitude every key fits under MAX_KEY (γ^(MAX_KEY - BIAS) is about 1e211):
+# add_many takes its batched path only for values in [MIN_VALUE, _BATCH_MAX).
+_BATCH_MAX = 1e200
 
 # New keys beyond BIN_LIMIT are tolerated up to this many before collapsing, so
 # a stream of ever-new keys pays for one sort per _TRIM_SLACK keys, not one
@@ -164,6 +171,47 @@ class Sketch:
             bins[k] = old + c
         else:
             self._new_bin(k, c)
+
+    def add_many(self, values: list[float], n: float = 1.0) -> None:
+        """Count every one of ``values`` with weight ``n``; the same bins and totals as ``add`` one by one.
+
+        Positive values of ordinary size (the common case) take their keys with
+        C-level maps and update each distinct bin once; a batch holding zero,
+        negative or huge values goes one value at a time.
+        """
+        if not values:
+            return
+        low, high = min(values), max(values)
+        if not (MIN_VALUE <= low and high < _BATCH_MAX):
+            for value in values:
+                self.add(value, n)
+            return
+        if n == 1.0:
+            c = 1
+            self._count += len(values)  # exact: counts stay far below 2**53
+            self._sum = sum(values, self._sum)
+        else:
+            if 1.0 < n < inf:
+                if n > MAX_BIN_COUNT:
+                    n = float(MAX_BIN_COUNT)
+                c = int(n)
+            else:
+                n = 1.0
+                c = 1
+            self._count = sum(repeat(n, len(values)), self._count)
+            self._sum = sum(map(mul, values, repeat(n)), self._sum)
+        if low < self._min:
+            self._min = low
+        if high > self._max:
+            self._max = high
+        bins = self._bins
+        for k, times in Counter(map(round, map(truediv, map(log, values), repeat(LN_GAMMA)))).items():
+            k += BIAS
+            old = bins.get(k)
+            if old is not None:
+                bins[k] = old + c * times
+            else:
+                self._new_bin(k, c * times)
 
     def _new_bin(self, k: int, c: int) -> None:
         bins = self._bins

@@ -16,7 +16,8 @@ refusals, and every line of a context seen under two metric types (whose
 first type in a bucket decides, spec §6.4, so their order matters).  Gauges
 keep arrival order because every shape of a gauge context shares one slot.
 
-Staged values are folded when ``FOLD_LINES`` lines have been staged, before
+Staged values are folded when enough lines have been staged (see
+``FOLD_LINES``), before
 the bucket changes, before the cache rotates, on the intake timer, and before
 anything reads the aggregator (it calls :meth:`Pipeline.fold` first), so
 nothing outside the pipeline sees the staging.  A sample is counted in the
@@ -49,10 +50,13 @@ _DECIMAL = b"0123456789.eE+-"
 # Shapes remembered before the cache starts over (each entry is one context).
 CACHE_SIZE = 200_000
 
-# Staged lines that trigger a fold: large enough that a context's values are
-# folded many at a time, small enough that one fold of as many distinct
-# contexts holds the reactor for a few tens of milliseconds at most.
-FOLD_LINES = 16_384
+# Staged lines that trigger a fold.  A fold costs a few microseconds per slot
+# it touches plus a little per value, so the window is long while few shapes
+# are cached (each slot then folds many values at once) and short when many
+# are (a fold touching that many slots still holds the reactor ~20 ms at most).
+FOLD_LINES = 8_192
+FOLD_LINES_FEW_SHAPES = 65_536
+FEW_SHAPES = 4_096
 
 # Verdicts on a whole line shape, remembered like slots.
 _REFUSALS = {
@@ -68,6 +72,7 @@ _third = itemgetter(2)
 _append = list.append
 _partition = bytes.partition
 _concat = bytes.__add__
+_key = b":|".join
 
 
 class Slot(list):
@@ -173,7 +178,7 @@ class Pipeline:
         # in the cache means the same shape.
         heads = list(map(_partition, lines, repeat(b":")))
         tails = list(map(_partition, map(_third, heads), repeat(b"|")))
-        keys = list(map(_concat, map(_concat, map(_first, heads), repeat(b":|")), map(_third, tails)))
+        keys = list(map(_key, zip(map(_first, heads), map(_third, tails))))
         if origin is not None:
             keys = list(map(_concat, repeat(b"\n" + origin + b"\n"), keys))
         slots = list(map(self._cache.get, keys))
@@ -189,7 +194,7 @@ class Pipeline:
                 if slot is marked:
                     kept += self._line(line, key, now, origin)
             self.telemetry.incr("metrics", kept)
-        if self._staged >= FOLD_LINES:
+        if self._staged >= (FOLD_LINES_FEW_SHAPES if len(self._cache) <= FEW_SHAPES else FOLD_LINES):
             self.fold()
 
     def fold(self) -> None:
@@ -361,6 +366,19 @@ class Pipeline:
             return len(slot)
         if b"".join(slot).strip(_DECIMAL):
             return self._fold_each(slot, now)
+        if mtype == COUNTER:
+            metric = bucket.metrics.get(context.key) or self.aggregator.new_metric(bucket, context, COUNTER, now)
+            if metric.__class__ is Counter:
+                values = map(float, slot)
+                try:
+                    total = sum(values if rate == 1.0 else map(truediv, values, repeat(rate)), metric.value)
+                except ValueError:
+                    return self._fold_each(slot, now)
+                if total - total:  # a value beyond float range (Go refuses it), or an overflow
+                    return self._fold_each(slot, now)
+                metric.value = total
+                metric.last = now
+                return len(slot)
         try:
             values = list(map(float, slot))
         except ValueError:
@@ -369,17 +387,13 @@ class Pipeline:
         if total - total:  # a value beyond float range (Go refuses it) or a sum that overflowed
             return self._fold_each(slot, now)
         if mtype == DISTRIBUTION:
-            add = self.aggregator.add_distribution
-            for value in values:
-                add(bucket, context, value, rate)
+            self.aggregator.add_distributions(bucket, context, values, rate)
             return len(values)
         metric = bucket.metrics.get(context.key) or self.aggregator.new_metric(bucket, context, mtype, now)
         kind = metric.__class__
         if kind is not METRIC_CLASSES[mtype]:  # another type came first in this bucket (spec §6.4)
             for value in values:
                 metric.add(value, rate, now)
-        elif kind is Counter:
-            metric.value = sum(values if rate == 1.0 else map(truediv, values, repeat(rate)), metric.value)
         elif kind is Gauge:
             metric.value = values[-1]
         else:
@@ -387,9 +401,7 @@ class Pipeline:
             metric.weights.extend(repeat(1.0 / rate if 0.0 < rate < math.inf else 1.0, len(values)))
         metric.last = now
         if slot.copy is not None:
-            add = self.aggregator.add_distribution
-            for value in values:
-                add(bucket, slot.copy, value, rate)
+            self.aggregator.add_distributions(bucket, slot.copy, values, rate)
         return len(values)
 
     def _fold_each(self, slot: Slot, now: float) -> int:
