@@ -220,7 +220,7 @@ class Aggregator:
 
     Invariants: ``_buckets`` holds only buckets with samples; ``_counters`` maps
     the key of every counter context seen within ``expiry_seconds`` to its
-    context and the time of its last sample, which drives zero-filling.
+    latest Counter, whose context and time of last sample drive zero-filling.
     """
 
     def __init__(
@@ -234,8 +234,10 @@ class Aggregator:
         self.percent_ranks = tuple(int(p * 100 + 0.5) for p in histogram_percentiles)
         self.expiry_seconds = expiry_seconds
         self._buckets: dict[int, Bucket] = {}
-        # key -> (context, time of its last sample); tuples, so the collector skips them
-        self._counters: dict[bytes, tuple[Context, float]] = {}
+        # key -> the context's latest Counter (its context and the time of its
+        # last sample); usually the very object in the open bucket, so a live
+        # counter costs no extra object here.
+        self._counters: dict[bytes, Counter] = {}
         self._last_cutoff = 0
         self._timestamped: list[Series] = []
         self._events: list = []
@@ -263,8 +265,8 @@ class Aggregator:
         metric = bucket.metrics[context.key] = METRIC_CLASSES[mtype](context)
         if mtype == COUNTER:
             seen = self._counters.get(context.key)
-            if seen is None or now > seen[1]:
-                self._counters[context.key] = (context, now)
+            if seen is None or now > seen.last:
+                self._counters[context.key] = metric
         return metric
 
     def _settle(self) -> None:
@@ -392,16 +394,16 @@ class Aggregator:
         for done, (key, metric) in enumerate(list(bucket.metrics.items()), 1):
             if type(metric) is Counter:
                 seen = counters.get(key)
-                if seen is None or metric.last > seen[1]:
-                    counters[key] = (metric.context, metric.last)
+                if seen is None or metric.last > seen.last:
+                    counters[key] = metric
             if not done % step:
                 yield
 
     def _zero_fill(self, bucket: Bucket, step: int):
         metrics, expiry = bucket.metrics, self.expiry_seconds
-        for done, (key, (context, last_seen)) in enumerate(list(self._counters.items()), 1):
-            if last_seen + expiry > bucket.start and key not in metrics:
-                metrics[key] = Counter(context)
+        for done, (key, seen) in enumerate(list(self._counters.items()), 1):
+            if seen.last + expiry > bucket.start and key not in metrics:
+                metrics[key] = Counter(seen.context)
             if not done % step:
                 yield
 
@@ -438,7 +440,7 @@ class Aggregator:
         counters, expiry = self._counters, self.expiry_seconds
         for done, key in enumerate(list(counters), 1):
             seen = counters.get(key)  # read now: intake may have renewed it since the snapshot
-            if seen is not None and seen[1] + expiry < now:
+            if seen is not None and seen.last + expiry < now:
                 del counters[key]
             if not done % step:
                 yield
@@ -472,13 +474,13 @@ class Aggregator:
             for key, metric in metrics.items():
                 existing = mine.get(key)
                 if existing is None:
-                    mine[key] = metric
+                    mine[key] = existing = metric
                 else:
                     existing.merge(metric)
-                if type(metric) is Counter:
+                if type(existing) is Counter:
                     seen = self._counters.get(key)
-                    if seen is None or metric.last > seen[1]:
-                        self._counters[key] = (metric.context, metric.last)
+                    if seen is None or existing.last > seen.last:
+                        self._counters[key] = existing
             for key, (context, sketch) in sketches.items():
                 existing = bucket.sketches.get(key)
                 if existing is None:

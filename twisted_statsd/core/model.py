@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from hashlib import blake2b
 
 # Metric types, named by their wire letters (spec §1.2).
 GAUGE = b"g"
@@ -115,10 +116,12 @@ def _tag_set(unique: tuple[bytes, ...]) -> tuple[str, ...]:
 class Context:
     """What identifies an aggregated series: name, host and a set of tags (spec §6.4).
 
-    ``key`` is a canonical bytes rendering of the three; bytes cache their hash, so
-    a context costs one cheap dictionary probe on the hot path.  ``name``, ``host``
-    and ``tags`` are decoded once, here, because only emitted data is decoded;
-    hosts, tags and whole tag sets are shared between contexts to save memory.
+    ``key`` is a 128-bit digest of a canonical rendering of the three: the
+    agent keys contexts by a 64-bit hash, and a short key keeps every map
+    keyed by context small (bytes cache their hash, so a probe stays cheap).
+    ``name``, ``host`` and ``tags`` are decoded once, here, because only
+    emitted data is decoded; hosts, tags and whole tag sets are shared between
+    contexts to save memory.
     """
 
     __slots__ = ("key", "name", "host", "tags")
@@ -126,7 +129,8 @@ class Context:
     def __init__(self, name: bytes, host: bytes, tags):
         unique = tuple(sorted(set(tags)))
         # Each part length-prefixed: names and tags may hold any byte, so no separator is safe.
-        self.key: bytes = b"".join([b"%d:%s" % (len(part), part) for part in (name, host, *unique)])
+        rendering = b"".join([b"%d:%s" % (len(part), part) for part in (name, host, *unique)])
+        self.key: bytes = blake2b(rendering, digest_size=16).digest()
         self.name: str = name.decode("utf-8", "replace")
         self.host: str = _text(host)
         self.tags: tuple[str, ...] = _tag_set(unique)
