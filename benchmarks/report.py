@@ -93,7 +93,7 @@ def _notes(summary: dict | None, steps: list[dict]) -> str:
     return "; ".join(notes)
 
 
-def build_rows(runs: dict, cpu: dict, memory: dict | None, stall: dict | None) -> list[dict]:
+def build_rows(runs: dict, cpu: dict, memory: dict | None, stall: dict | None, backlog: dict | None) -> list[dict]:
     """``runs`` maps (receiver, transport, contexts) to {"summary", "steps"} or None (not available)."""
     rows = []
 
@@ -144,6 +144,11 @@ def build_rows(runs: dict, cpu: dict, memory: dict | None, stall: dict | None) -
         (f"bucket flush {stall['final']['max_stall_seconds'] * 1000:.0f} ms "
          f"(took {stall['final']['flush_seconds']:.2f} s), idle periodic flush "
          f"{stall['periodic']['max_stall_seconds'] * 1000:.0f} ms") if stall else "")
+    speedup = backlog and backlog[2]["median"] / backlog[1]["median"]
+    add("2 intake processes / 1 (queue drain, no sender)", speedup,
+        f"{speedup:.2f}x" if speedup is not None else "n/a", ">= 1.6x", _verdict_at_least(speedup, None, 1.6),
+        ("; ".join(f"{n} process(es) {b['median']:,.0f}/s (rounds {b['low']:,.0f}..{b['high']:,.0f})"
+                   for n, b in backlog.items())) if backlog else "")
     return rows
 
 

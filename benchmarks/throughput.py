@@ -38,7 +38,9 @@ first failing rate.  The Unix datagram and stream ladders (1,000 contexts;
 twisted-statsd when its checkout has ``dogstatsd_socket`` /
 ``dogstatsd_stream_socket``, and the ceiling) work the same way.  CPU per
 metric is read at 200,000/s; RSS per live context and the flush stall are
-measured separately (:meth:`Bench.measure_memory`, :mod:`benchmarks.stall`).
+measured separately (:meth:`Bench.measure_memory`, :mod:`benchmarks.stall`), and
+so is the speed-up of two intake processes over one, by how fast each drains a
+full socket queue while no sender runs (:mod:`benchmarks.backlog`).
 See :mod:`benchmarks.report` for how bounds and verdicts are worked out.
 """
 
@@ -56,6 +58,7 @@ import tempfile
 import time
 
 from benchmarks import procfs
+from benchmarks.backlog import drain_medians
 from benchmarks.etsy import VERSION as ETSY_VERSION
 from benchmarks.etsy import EtsyStatsd, install
 from benchmarks.loadgen import LoadGenerator
@@ -283,6 +286,8 @@ def parse_args(argv=None):
                         help="do not put the receiver's periodic flush inside each step")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip RSS per context")
     parser.add_argument("--no-stall", dest="stall", action="store_false", help="skip the flush stall")
+    parser.add_argument("--no-backlog", dest="backlog", action="store_false",
+                        help="skip the 1 vs 2 intake processes queue drain (benchmarks.backlog)")
     parser.add_argument("--warmup-rate", type=float, default=25_000.0, help="metrics/s of the warm-up pass")
     parser.add_argument("--rcvbuf", type=int, default=8 << 20, help="SO_RCVBUF asked for by every receiver")
     parser.add_argument("--flush-interval", type=float, default=1.0, help="twisted-statsd flush_interval")
@@ -317,7 +322,7 @@ def main(argv=None) -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     environment["loadavg_end"] = _read("/proc/loadavg")
-    rows = build_rows(results["runs"], results["cpu"], results["memory"], results["stall"])
+    rows = build_rows(results["runs"], results["cpu"], results["memory"], results["stall"], results["backlog"])
     print(f"\ntwisted-statsd throughput, {environment['date']}, commit {(environment['commit'] or '?')[:12]}"
           f"{' (dirty)' if environment['dirty'] else ''}; {args.step_seconds:g} s steps"
           f"{', QUICK' if args.quick else ''}; load {environment['loadavg_start'].split()[0]} -> "
@@ -330,7 +335,8 @@ def main(argv=None) -> None:
             for k, v in results["runs"].items()]
     with open(path, "w") as f:
         json.dump({"environment": environment, "rows": rows, "runs": runs, "cpu": results["cpu"],
-                   "memory": results["memory"], "stall": results["stall"]}, f, indent=1)
+                   "memory": results["memory"], "stall": results["stall"], "backlog": results["backlog"]},
+                  f, indent=1)
     print(f"\nwrote {path}")
 
 
@@ -362,7 +368,8 @@ def run_all(bench: Bench, args) -> dict:
            for name in args.receivers if (name, "udp", 1000) in runs}
     memory = bench.measure_memory(100_000) if args.memory else None
     stall = measure_stall(100_000) if args.stall else None
-    return {"runs": runs, "cpu": cpu, "memory": memory, "stall": stall}
+    backlog = drain_medians((1, 2), 15, 3000, bench.root) if args.backlog else None
+    return {"runs": runs, "cpu": cpu, "memory": memory, "stall": stall, "backlog": backlog}
 
 
 if __name__ == "__main__":

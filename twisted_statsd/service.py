@@ -246,7 +246,9 @@ def build_service(
         interval=config.flush_interval,
         hostname=config.hostname,
         blocklist=blocklist,
-        before_flush=[intake.drain],
+        # Folded before the flush records the server's own telemetry, so its
+        # metrics count includes every sample this flush sends.
+        before_flush=[intake.drain, pipeline.fold],
         freeze_gc=freeze_gc,
     )
     root.flusher.setServiceParent(root)

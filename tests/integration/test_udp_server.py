@@ -176,6 +176,7 @@ async def test_eol_required_over_udp(reactor, tmp_path, eol, expected):
     try:
         send_raw(service, b"daemon:666|g|#foo:bar\ndaemon:666|g|#foo:bar")
         await wait_for(reactor, lambda: service.telemetry.get("packets", "transport:udp") == 1)
+        await with_deadline(reactor, service.flush(), 10)  # samples are counted as they are folded in
         assert service.telemetry.get("metrics") == expected
         assert service.telemetry.dropped("unterminated_line") == 2 - expected
     finally:

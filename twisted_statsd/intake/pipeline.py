@@ -17,8 +17,8 @@ first type in a bucket decides, spec §6.4, so their order matters).  Gauges
 keep arrival order because every shape of a gauge context shares one slot.
 
 Staged values are folded when enough lines have been staged (see
-``FOLD_LINES``), before
-the bucket changes, before the cache rotates, on the intake timer, and before
+``FOLD_LINES``), before the bucket changes, before the cache rotates, once
+they are a second old (on the intake timer), and before
 anything reads the aggregator (it calls :meth:`Pipeline.fold` first), so
 nothing outside the pipeline sees the staging.  A sample is counted in the
 ``metrics`` telemetry when it is folded in.
@@ -146,7 +146,8 @@ class Pipeline:
         self._one_at_a_time: list[bytes] = []
         self._staged = 0
         self._bucket = None
-        self._staged_at = 0.0
+        self._staged_at = 0.0  # when the latest staged line arrived
+        self._window_opened = 0.0  # when the first line staged since the last fold arrived
         self._rotate_at: float | None = None
         self._evicted = False
         # Set by the memory monitor above its hard limit: lines of shapes not
@@ -185,6 +186,8 @@ class Pipeline:
         if None in slots:
             slots = self._resolve(slots, lines, keys, now, origin)
         deque(map(_append, slots, map(_first, tails)), 0)
+        if not self._staged:
+            self._window_opened = now
         self._staged += len(lines)
         marked = self._one_at_a_time
         if marked:
@@ -211,6 +214,11 @@ class Pipeline:
                 kept += self._fold_slot(slot, bucket, now)
                 slot.clear()
         self.telemetry.incr("metrics", kept)
+
+    def fold_if_older(self, now: float, age: float) -> None:
+        """Fold if the oldest staged value arrived ``age`` seconds before ``now`` or earlier."""
+        if self._staged and now - self._window_opened >= age:
+            self.fold()
 
     def forget_shapes(self) -> None:
         """Drop every cached line shape, e.g. after the enricher's mapper was replaced."""

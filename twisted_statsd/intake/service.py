@@ -9,13 +9,18 @@ from twisted.logger import Logger
 from twisted_statsd.intake.buffer import PacketBuffer
 from twisted_statsd.intake.pipeline import Pipeline
 
+FOLD_AGE = 1.0
+
 
 class IntakeService(Service):
     """Creates one packet buffer per listener and drains them all every ``flush_timeout``.
 
     On stop the timer stops and every buffer is drained once more, so packets
-    that were read are aggregated before the final flush.  Each drain also
-    folds the pipeline's staged values into the aggregator.
+    that were read are aggregated before the final flush.  A drain also folds
+    the pipeline's staged values once the oldest is ``FOLD_AGE`` seconds old:
+    readers of the aggregator fold anyway, so this only bounds how long the
+    ``metrics`` telemetry lags, while a longer window folds more values per
+    context at once.
     """
 
     log = Logger()
@@ -57,10 +62,10 @@ class IntakeService(Service):
             self.buffers.remove(buffer)
 
     def drain(self) -> None:
-        """Hand every buffer to the pipeline and fold what it staged, so samples settle within a tick."""
+        """Hand every buffer to the pipeline, and fold what it staged once that is a second old."""
         for buffer in self.buffers:
             buffer.flush()
-        self.pipeline.fold()
+        self.pipeline.fold_if_older(self.clock.seconds(), FOLD_AGE)
 
     def startService(self):
         super().startService()
@@ -73,3 +78,4 @@ class IntakeService(Service):
         if self._loop.running:
             self._loop.stop()
         self.drain()
+        self.pipeline.fold()
