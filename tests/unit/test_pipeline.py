@@ -405,3 +405,44 @@ def test_memory_hard_limit_refuses_only_contexts_not_yet_known():
     pipeline.process([b"a:1|c\nb:1|c\nc:1|c\nnew:1|c\nc:1|c|#other"], NOW)
     assert telemetry.dropped("memory_hard_limit") == 2
     assert {s.name: s.points[0][1] for s in aggregator.flush(NOW + 20).series} == {"a": 0.2, "b": 0.2, "c": 0.2}
+
+
+# -- staging: values wait in their shape's slot until a fold -------------------------
+
+
+def test_gauge_shapes_of_one_context_keep_arrival_order():
+    """Tag order does not make another context (spec §6.4), and the last gauge wins across shapes."""
+    pipeline, aggregator, _ = make()
+    pipeline.process([b"g:1|g|#a,b\ng:2|g|#b,a\ng:3|g|#a,b"], NOW)
+    (series,) = aggregator.flush(NOW + 20).series
+    assert series.points[0][1] == 3.0
+
+
+def test_first_type_in_each_bucket_decides_for_a_context_seen_under_two_types():
+    """spec §6.4, bucket by bucket: a counter first, then a gauge first in the next bucket."""
+    pipeline, aggregator, _ = make()
+    pipeline.process([b"m:1|c\nm:5|g"], NOW)
+    pipeline.process([b"m:7|g\nm:2|c\nm:9|g"], NOW + 10)
+    batch = aggregator.flush(NOW + 30)
+    (series,) = batch.series
+    assert [(ts - int(NOW) + int(NOW) % 10, value) for ts, value in series.points][:2] == [(0, 0.6), (10, 9.0)]
+
+
+def test_a_bad_value_in_a_learnt_shape_is_reported_when_folded():
+    pipeline, aggregator, telemetry = make()
+    pipeline.process([b"x:1|c\nx:abc|c\nx:1_0|c\nx:2|c"], NOW)
+    assert telemetry.dropped("metric_bad_value") == 0  # still staged
+    pipeline.fold()
+    assert telemetry.dropped("metric_bad_value") == 2
+    assert telemetry.get("metrics") == 2
+    (series,) = aggregator.flush(NOW + 20).series
+    assert series.points[0][1] == 0.3
+
+
+def test_staged_values_land_in_the_bucket_they_arrived_in():
+    pipeline, aggregator, _ = make()
+    start = NOW - NOW % 10
+    pipeline.process([b"x:1|c"], start + 9.5)
+    pipeline.process([b"x:2|c"], start + 10.5)  # a new bucket: the first one is folded first
+    (series,) = aggregator.flush(start + 30).series
+    assert series.points == [(int(start), 0.1), (int(start) + 10, 0.2)]
