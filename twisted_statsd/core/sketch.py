@@ -179,7 +179,9 @@ class Sketch:
         C-level maps and update each distinct bin once; a batch holding zero,
         negative or huge values goes one value at a time.
         """
-        if not values:
+        if len(values) < 8:  # too few for the batched path's set-up to pay off
+            for value in values:
+                self.add(value, n)
             return
         low, high = min(values), max(values)
         if not (MIN_VALUE <= low and high < _BATCH_MAX):

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from itertools import repeat
+from itertools import chain, repeat
 from operator import itemgetter, truediv
 
 from twisted_statsd._ratelimit import RateLimitedReporter
@@ -54,7 +54,7 @@ CACHE_SIZE = 200_000
 # it touches plus a little per value, so the window is long while few shapes
 # are cached (each slot then folds many values at once) and short when many
 # are (a fold touching that many slots still holds the reactor ~20 ms at most).
-FOLD_LINES = 8_192
+FOLD_LINES = 4_096
 FOLD_LINES_FEW_SHAPES = 65_536
 FEW_SHAPES = 4_096
 
@@ -142,6 +142,8 @@ class Pipeline:
         self._by_context: dict[bytes, Slot | str] = {}
         # Slots dropped from the cache while they may still hold staged values.
         self._orphans: list[Slot] = []
+        # The slots list of every batch staged since the last fold.
+        self._touched: list[list] = []
         # Where the lines of a batch that cannot be staged are marked (and their values discarded).
         self._one_at_a_time: list[bytes] = []
         self._staged = 0
@@ -186,6 +188,7 @@ class Pipeline:
         if None in slots:
             slots = self._resolve(slots, lines, keys, now, origin)
         deque(map(_append, slots, map(_first, tails)), 0)
+        self._touched.append(slots)
         if not self._staged:
             self._window_opened = now
         self._staged += len(lines)
@@ -204,13 +207,17 @@ class Pipeline:
         """Apply every staged value to the aggregator, slot by slot."""
         if not self._staged:
             return
-        self._staged = 0
         bucket, now = self._bucket, self._staged_at
-        slots = [*filter(None, self._orphans), *filter(None, self._cache.values())]
+        if self._staged < len(self._cache):  # many shapes, few lines: look only at the lines' slots
+            slots = list(filter(None, chain.from_iterable(self._touched)))
+        else:
+            slots = [*filter(None, self._orphans), *filter(None, self._cache.values())]
+        self._staged = 0
         self._orphans = []
+        self._touched = []
         kept = 0
         for slot in slots:
-            if slot:  # a gauge slot shared by several shapes is listed once per shape
+            if slot:  # a slot may be listed more than once (shared by shapes, or touched by several lines)
                 kept += self._fold_slot(slot, bucket, now)
                 slot.clear()
         self.telemetry.incr("metrics", kept)
