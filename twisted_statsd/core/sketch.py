@@ -96,6 +96,19 @@ def value_of(key: int) -> float:
     return GAMMA ** (key - BIAS)
 
 
+def _weight(n: float) -> tuple[float, int]:
+    """The weight a sample adds to count and sum, and the count it adds to its bin.
+
+    A weight past one bin's capacity (a rate such as 1e-300) would make bins()
+    split into millions of entries: it is capped there.  A weight that no
+    valid rate gives counts once.
+    """
+    if 1.0 < n < inf:
+        n = min(n, float(MAX_BIN_COUNT))
+        return n, int(n)
+    return 1.0, 1
+
+
 class Sketch:
     """A distribution sketch with exact basic statistics.
 
@@ -150,15 +163,7 @@ class Sketch:
             self._count += 1.0
             self._sum += value
         else:
-            if 1.0 < n < inf:
-                # A weight past one bin's capacity (a rate such as 1e-300) would
-                # make bins() split into millions of entries: capped there.
-                if n > MAX_BIN_COUNT:
-                    n = float(MAX_BIN_COUNT)
-                c = int(n)
-            else:
-                n = 1.0
-                c = 1
+            n, c = _weight(n)
             self._count += n
             self._sum += value * n
         if value < self._min:
@@ -193,13 +198,7 @@ class Sketch:
             self._count += len(values)  # exact: counts stay far below 2**53
             self._sum = sum(values, self._sum)
         else:
-            if 1.0 < n < inf:
-                if n > MAX_BIN_COUNT:
-                    n = float(MAX_BIN_COUNT)
-                c = int(n)
-            else:
-                n = 1.0
-                c = 1
+            n, c = _weight(n)
             self._count = sum(repeat(n, len(values)), self._count)
             self._sum = sum(map(mul, values, repeat(n)), self._sum)
         if low < self._min:
