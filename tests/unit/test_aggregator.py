@@ -66,6 +66,28 @@ def test_time_sampler_vector():
     assert agg.context_count() == 0
 
 
+def test_a_flush_of_several_buckets_gives_one_series_per_context_and_suffix_in_first_seen_order():
+    """Points of one context from every due bucket share its series; contexts first seen in a
+    later bucket come after the earlier bucket's, and a type change keeps the first series."""
+    agg = Aggregator(histogram_aggregates=("max",), histogram_percentiles=())
+    agg.add(ctx("g"), GAUGE, 1, 1.0, 1001)
+    agg.add(ctx("h"), HISTOGRAM, 4, 1.0, 1002)
+    agg.add(ctx("d"), DISTRIBUTION, 1, 1.0, 1003)
+    agg.add(ctx("h"), HISTOGRAM, 5, 1.0, 1012)
+    agg.add(ctx("late"), GAUGE, 3, 1.0, 1013)
+    agg.add(ctx("g"), COUNTER, 20, 1.0, 1014)  # another type in the second bucket
+    agg.add(ctx("d"), DISTRIBUTION, 2, 1.0, 1015)
+    agg.add(ctx("d2"), DISTRIBUTION, 2, 1.0, 1016)
+    batch = agg.flush(1020)
+    assert [(s.name, s.points) for s in batch.series] == [
+        ("g", [(1000, 1.0), (1010, 2.0)]),
+        ("h.max", [(1000, 4.0), (1010, 5.0)]),
+        ("late", [(1010, 3.0)]),
+    ]
+    assert [(s.name, [ts for ts, _ in s.points]) for s in batch.sketches] == [("d", [1000, 1010]), ("d2", [1010])]
+    assert [sketch.count for _, sketch in batch.sketches[0].points] == [1, 1]
+
+
 def test_open_bucket_waits_for_a_later_flush():
     """spec §6.3: only buckets with start + 10 <= bucket_start(now) are flushed."""
     agg = Aggregator()
