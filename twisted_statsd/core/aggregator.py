@@ -211,8 +211,8 @@ class Bucket:
 
     def __init__(self, start: int):
         self.start = start
-        self.metrics: dict[bytes, object] = {}
-        self.sketches: dict[bytes, tuple[Context, Sketch]] = {}
+        self.metrics: dict[int, object] = {}
+        self.sketches: dict[int, tuple[Context, Sketch]] = {}
 
 
 class Aggregator:
@@ -237,7 +237,7 @@ class Aggregator:
         # key -> the context's latest Counter (its context and the time of its
         # last sample); usually the very object in the open bucket, so a live
         # counter costs no extra object here.
-        self._counters: dict[bytes, Counter] = {}
+        self._counters: dict[int, Counter] = {}
         self._last_cutoff = 0
         self._timestamped: list[Series] = []
         self._events: list = []

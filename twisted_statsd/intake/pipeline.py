@@ -139,7 +139,7 @@ class Pipeline:
         self._others: dict[bytes, str | Slot] = {}
         # Context key -> its (first) non-distribution slot, or _MIXED; how gauge
         # shapes find their shared slot and how a second metric type is noticed.
-        self._by_context: dict[bytes, Slot | str] = {}
+        self._by_context: dict[int, Slot | str] = {}
         # Slots dropped from the cache while they may still hold staged values.
         self._orphans: list[Slot] = []
         # The slots list of every batch staged since the last fold.
@@ -327,7 +327,7 @@ class Pipeline:
         self._remember(key, slot)
         return slot
 
-    def _mix(self, context_key: bytes) -> None:
+    def _mix(self, context_key: int) -> None:
         """A context arrived under a second metric type: from now on its lines go one at a time, in order."""
         self.fold()
         self._by_context[context_key] = _MIXED
