@@ -31,15 +31,19 @@ def cooperator(clock) -> Cooperator:
     return Cooperator(terminationPredicateFactory=partial(_Deadline, SLICE_SECONDS), scheduler=partial(clock.callLater, 0))
 
 
-def run_in_slices(cooperator_: Cooperator, steps, inline_steps: int):
-    """Run up to ``inline_steps`` steps of a generator now; hand the rest to the Cooperator.
+def run_in_slices(cooperator_: Cooperator, steps, inline_steps: int, inline_seconds: float = SLICE_SECONDS):
+    """Run steps of a generator now, up to ``inline_steps`` of them and ``inline_seconds``
+    of time; hand the rest to the Cooperator.
 
-    Returns None when it finished at once (small work stays synchronous), or
-    the Cooperator's Deferred.
+    Returns None when it finished at once (small work stays synchronous: work
+    without a yield is one step), or the Cooperator's Deferred.
     """
+    out_of_time = _Deadline(inline_seconds)
     for _ in range(inline_steps):
         try:
             next(steps)
         except StopIteration:
             return None
+        if out_of_time():
+            break
     return cooperator_.coiterate(steps)

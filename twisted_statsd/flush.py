@@ -26,7 +26,7 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from twisted_statsd._cooperate import cooperator, run_in_slices
+from twisted_statsd._cooperate import SLICE_SECONDS, cooperator, run_in_slices
 from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd.core.aggregator import Aggregator
 from twisted_statsd.core.enrich import Blocklist
@@ -36,8 +36,9 @@ from twisted_statsd.telemetry import Telemetry
 
 SELF_METRIC_PREFIX = b"twisted_statsd."
 
-# Slices of a flush (of FLUSH_STEP contexts each) run at once before the rest is
-# handed to a Cooperator: small flushes finish synchronously, big ones in turns.
+# Slices of a flush (of FLUSH_STEP contexts each) run at once, within one
+# slice's time, before the rest is handed to a Cooperator: small flushes finish
+# synchronously, big ones in turns.
 INLINE_STEPS = 50
 
 # With freeze_gc: flushes between two full collections (an hour at the default 15 s).
@@ -79,8 +80,10 @@ class FlushService(Service):
         self.before_flush = list(before_flush)
         self.freeze_gc = freeze_gc
         self._flushes_since_thaw = 0
-        # Slices run at once before the Cooperator takes over (tests may make it unbounded).
+        # Slices run at once, and for how long, before the Cooperator takes over
+        # (tests may make both unbounded).
         self.inline_steps = INLINE_STEPS
+        self.inline_seconds = SLICE_SECONDS
         self._loop = LoopingCall(self.flush)
         self._loop.clock = clock
         self._lock = defer.DeferredLock()
@@ -161,7 +164,7 @@ class FlushService(Service):
 
     def _run(self, steps) -> defer.Deferred:
         """Drive a flush generator: small flushes at once, large ones a slice per reactor turn."""
-        return run_in_slices(self._cooperator, steps, self.inline_steps) or defer.succeed(None)
+        return run_in_slices(self._cooperator, steps, self.inline_steps, self.inline_seconds) or defer.succeed(None)
 
     def _deliver(self, batch: FlushBatch) -> list[defer.Deferred]:
         return [self._write(sink, batch) for sink in self.sinks]

@@ -73,6 +73,7 @@ class CapturingServer:
         self.service = build_service(load_config(data=data), reactor, sinks=[self.sink])
         # Tests want flushes to finish at once, however many contexts they hold.
         self.service.flusher.inline_steps = sys.maxsize
+        self.service.flusher.inline_seconds = math.inf
         self.packets: list[bytes] = []
         pipeline = self.service.pipeline
         process = pipeline.process

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from twisted_statsd.core.aggregator import MAX_PENDING, Aggregator
 from twisted_statsd.core.model import (
@@ -280,3 +282,55 @@ def test_merging_partial_aggregates_equals_one_aggregator():
         return series, sketches
 
     assert summary(merged.flush(1100, final=True)) == summary(whole.flush(1100, final=True))
+
+
+def _reference_histogram_series(values, weights, aggregates, percent_ranks):
+    """Spec §6.5 written out plainly: sort (value, weight) pairs, walk cumulative weights."""
+    import math
+
+    pairs = sorted(zip(values, weights))
+    count = math.fsum(w for _, w in pairs)
+    total = math.fsum(v * w for v, w in pairs)
+
+    def rank(target):
+        cumulative = 0.0
+        for value, weight in pairs:
+            cumulative += weight
+            if cumulative > target:
+                return value
+        return pairs[-1][0]
+
+    out = {"max": pairs[-1][0], "min": pairs[0][0], "median": rank((count - 1) / 2), "avg": total / count,
+           "sum": total, "count": count / 10}
+    return [out[a] for a in aggregates] + [rank((p * count - 1) / 100) for p in percent_ranks]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.floats(-1e6, 1e6, allow_nan=False), st.sampled_from([1.0, 1.0, 0.5, 0.1, 0.3])),
+             min_size=1, max_size=60),
+    st.lists(st.sampled_from([0.5, 0.75, 0.9, 0.95, 0.99, 0.01, 1.0]), max_size=3, unique=True),
+)
+def test_histogram_statistics_match_a_plain_sorted_walk(samples, percentiles):
+    """The flush's histogram maths (fsum, one-weight shortcut, bisect on cumulative weights)
+    gives exactly the values of the plain algorithm, with and without sample rates."""
+    aggregates = ("max", "min", "median", "avg", "sum", "count")
+    agg = Aggregator(histogram_aggregates=aggregates, histogram_percentiles=percentiles)
+    for value, rate in samples:
+        agg.add(ctx("h"), HISTOGRAM, value, rate, 1001)
+    got = [s.points[0][1] for s in agg.flush(1010).series]
+    weights = [1.0 / rate for _, rate in samples]
+    assert got == _reference_histogram_series([v for v, _ in samples], weights, aggregates, agg.percent_ranks)
+
+
+def test_a_flush_yields_more_often_for_histograms_with_many_samples():
+    """A histogram's sort dominates its flush: thousands of samples count as many contexts of work."""
+    from twisted_statsd.core.aggregator import FLUSH_STEP
+    from twisted_statsd.core.model import FlushBatch
+
+    agg = Aggregator()
+    for i in range(4):
+        for v in range(FLUSH_STEP * 100):
+            agg.add(ctx(f"h{i}"), HISTOGRAM, v, 1.0, 1001)
+    steps = list(agg.flush_steps(1010, FlushBatch(timestamp=1010)))
+    assert len(steps) >= 3  # a yield after every big histogram, though there are fewer than FLUSH_STEP contexts

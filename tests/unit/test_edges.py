@@ -301,6 +301,32 @@ def test_a_large_flush_runs_in_slices_and_intake_goes_on_between_them():
     assert "meanwhile" in {s.name for s in sink.batches[1].series}
 
 
+def test_work_runs_inline_for_at_most_its_step_count_and_its_time_budget():
+    """run_in_slices: work without a yield finishes at once whatever the budget; otherwise it
+    stops inline at the step count or once the time budget is spent, and the Cooperator goes on."""
+    from twisted_statsd._cooperate import cooperator, run_in_slices
+
+    def work(log, steps):
+        for i in range(steps):
+            log.append(i)
+            yield
+
+    clock = Clock()
+    ran = []
+    assert run_in_slices(cooperator(clock), work(ran, 0), 50, 0.0) is None
+    assert run_in_slices(cooperator(clock), work(ran, 3), 50, float("inf")) is None and ran == [0, 1, 2]
+    ran.clear()
+    d = run_in_slices(cooperator(clock), work(ran, 3), 50, 0.0)
+    assert ran == [0] and d is not None  # the budget was spent after the first step
+    done = []
+    d.addCallback(done.append)
+    while not done:
+        clock.advance(0)
+    assert ran == [0, 1, 2]
+    ran.clear()
+    assert run_in_slices(cooperator(clock), work(ran, 5), 2, float("inf")) is not None and ran == [0, 1]
+
+
 def test_freeze_gc_pauses_the_collector_during_a_flush_and_freezes_what_lives():
     import gc
 

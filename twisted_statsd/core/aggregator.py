@@ -14,6 +14,9 @@ a sample for a known context costs one dictionary probe and one method call.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
+from itertools import accumulate
+from operator import itemgetter, mul
 
 from twisted_statsd.core.model import (
     COUNTER,
@@ -30,8 +33,13 @@ from twisted_statsd.core.sketch import Sketch
 
 BUCKET_SECONDS = 10
 
-# Contexts handled between two yields of an incremental flush.
+_first = itemgetter(0)
+_second = itemgetter(1)
+
+# Contexts handled between two yields of an incremental flush; a histogram
+# counts as one more context per this many samples (sorting them dominates).
 FLUSH_STEP = 100
+HISTOGRAM_SAMPLES_PER_CONTEXT = 100
 
 # Holds for at most this many timestamped samples, events and service checks
 # between two flushes; anything beyond is refused and counted by the caller.
@@ -159,18 +167,25 @@ class Histogram:
             yield value, 1.0 / weight
 
     def series(self, ts, aggregator):
-        pairs = sorted(zip(self.values, self.weights))
-        count = math.fsum(w for _, w in pairs)
-        total = math.fsum(v * w for v, w in pairs)
+        # fsum is exactly rounded, so count and sum need no sorting; the ranks
+        # walk the values in order, with a cumulative weight per value.
+        values, weights = self.values, self.weights
+        if weights.count(1.0) == len(weights):  # no sample rates: sums of floats, ranks by position
+            count, total = float(len(values)), math.fsum(values)
+            ordered, cumulative = sorted(values), None
+        else:
+            count, total = math.fsum(weights), math.fsum(map(mul, values, weights))
+            pairs = sorted(zip(values, weights))
+            ordered, cumulative = list(map(_first, pairs)), list(accumulate(map(_second, pairs)))
         if not 0.0 < count < math.inf:
             return
         for aggregate in aggregator.histogram_aggregates:
             if aggregate == "max":
-                yield ".max", SERIES_GAUGE, pairs[-1][0]
+                yield ".max", SERIES_GAUGE, ordered[-1]
             elif aggregate == "min":
-                yield ".min", SERIES_GAUGE, pairs[0][0]
+                yield ".min", SERIES_GAUGE, ordered[0]
             elif aggregate == "median":
-                yield ".median", SERIES_GAUGE, _weighted_rank(pairs, (count - 1) / 2)
+                yield ".median", SERIES_GAUGE, _weighted_rank(ordered, cumulative, (count - 1) / 2)
             elif aggregate == "avg":
                 yield ".avg", SERIES_GAUGE, total / count
             elif aggregate == "sum":
@@ -178,7 +193,7 @@ class Histogram:
             elif aggregate == "count":
                 yield ".count", SERIES_RATE, count / BUCKET_SECONDS
         for percent in aggregator.percent_ranks:
-            yield f".{percent}percentile", SERIES_GAUGE, _weighted_rank(pairs, (percent * count - 1) / 100)
+            yield f".{percent}percentile", SERIES_GAUGE, _weighted_rank(ordered, cumulative, (percent * count - 1) / 100)
 
 
 def _feed(metric, other) -> None:
@@ -187,14 +202,17 @@ def _feed(metric, other) -> None:
         metric.add(value, rate, other.last)
 
 
-def _weighted_rank(pairs, target: float) -> float:
-    """The first value whose cumulative weight exceeds ``target`` (DogStatsD's rank rule)."""
-    cumulative = 0.0
-    for value, weight in pairs:
-        cumulative += weight
-        if cumulative > target:
-            return value
-    return pairs[-1][0]
+def _weighted_rank(ordered: list[float], cumulative: list[float] | None, target: float) -> float:
+    """The first value whose cumulative weight exceeds ``target``, else the last (DogStatsD's rank rule).
+
+    ``cumulative`` None means every weight is 1: the value at index i has
+    cumulative weight i + 1, so the first to exceed ``target`` is at floor(target).
+    """
+    if cumulative is None:
+        index = max(0, math.floor(target))
+    else:
+        index = bisect_right(cumulative, target)
+    return ordered[min(index, len(ordered) - 1)]
 
 
 METRIC_CLASSES = {GAUGE: Gauge, COUNTER: Counter, SET: Set, b"h": Histogram, b"ms": Histogram}
@@ -421,8 +439,10 @@ class Aggregator:
         """
         for i, bucket in enumerate(due):
             earlier, rest = due[:i], due[i:]
-            for done, key in enumerate(bucket.metrics, 1):
-                if not done % step:
+            budget = step
+            for key in bucket.metrics:
+                if budget <= 0:
+                    budget = step
                     yield
                 if earlier and any(key in b.metrics for b in earlier):
                     continue
@@ -430,7 +450,7 @@ class Aggregator:
                 for b in rest:
                     metric = b.metrics.get(key)
                     if metric is not None:
-                        self._add_points(metric, b.start, by_suffix)
+                        budget -= self._add_points(metric, b.start, by_suffix)
                 series.extend(by_suffix.values())
             for done, (key, (context, sketch)) in enumerate(bucket.sketches.items(), 1):
                 if not done % step:
@@ -440,14 +460,19 @@ class Aggregator:
                 points = [(b.start, b.sketches[key][1]) for b in rest if key in b.sketches]
                 sketches.append(SketchSeries(context.name, points, context.tags, context.host, BUCKET_SECONDS))
 
-    def _add_points(self, metric, ts: int, by_suffix: dict) -> None:
-        """Add a metric's points for the bucket starting at ``ts`` to its context's series."""
+    def _add_points(self, metric, ts: int, by_suffix: dict) -> int:
+        """Add a metric's points for the bucket starting at ``ts`` to its context's series.
+
+        Returns the work it took, in contexts' worth: a histogram sorts its
+        samples, so one with thousands of them counts as dozens of contexts.
+        """
         context = metric.context
+        work = 1 + len(metric.values) // HISTOGRAM_SAMPLES_PER_CONTEXT if type(metric) is Histogram else 1
         try:
             points = list(metric.series(ts, self))
         except (ArithmeticError, ValueError):  # e.g. fsum overflowing on extreme weights
             self.non_finite_points += 1
-            return
+            return work
         for suffix, kind, value in points:
             if value - value:  # NaN or infinite, e.g. a counter that overflowed
                 self.non_finite_points += 1
@@ -457,6 +482,7 @@ class Aggregator:
                 by_suffix[suffix] = Series(context.name + suffix, kind, [(ts, value)], context.tags, context.host, BUCKET_SECONDS)
             else:
                 found.points.append((ts, value))
+        return work
 
     def _expire_counters(self, now: float, step: int):
         counters, expiry = self._counters, self.expiry_seconds
