@@ -428,6 +428,17 @@ def test_first_type_in_each_bucket_decides_for_a_context_seen_under_two_types():
     assert [(ts - int(NOW) + int(NOW) % 10, value) for ts, value in series.points][:2] == [(0, 0.6), (10, 9.0)]
 
 
+def test_every_shape_of_a_context_goes_one_at_a_time_once_it_is_seen_under_two_types():
+    """spec §6.4 with two tag orders: a counter shape learnt before the gauge came still keeps
+    its place in line order in the next bucket, so the counter comes first there too."""
+    pipeline, aggregator, _ = make()
+    pipeline.process([b"m:1|c|#a,b\nm:1|c|#b,a"], NOW)
+    pipeline.process([b"m:5|g|#a,b"], NOW)  # the context is now seen under two types
+    pipeline.process([b"m:2|c|#b,a\nm:7|g|#b,a"], NOW + 10)
+    (series,) = aggregator.flush(NOW + 30).series
+    assert [(ts - int(NOW) + int(NOW) % 10, value) for ts, value in series.points][:2] == [(0, 0.7), (10, 0.9)]
+
+
 def test_a_bad_value_in_a_learnt_shape_is_reported_when_folded():
     pipeline, aggregator, telemetry = make()
     pipeline.process([b"x:1|c\nx:abc|c\nx:1_0|c\nx:2|c"], NOW)

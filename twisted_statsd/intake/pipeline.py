@@ -140,6 +140,10 @@ class Pipeline:
         # Context key -> its (first) non-distribution slot, or _MIXED; how gauge
         # shapes find their shared slot and how a second metric type is noticed.
         self._by_context: dict[int, Slot | str] = {}
+        # Context key -> its other shape keys (all but its first slot's own
+        # ``shape``), kept only for contexts with several shapes: what leaves
+        # the cache when the context turns out mixed, found without a scan.
+        self._more_shapes: dict[int, list[bytes]] = {}
         # Slots dropped from the cache while they may still hold staged values.
         self._orphans: list[Slot] = []
         # The slots list of every batch staged since the last fold.
@@ -234,6 +238,7 @@ class Pipeline:
         self._previous.clear()
         self._others.clear()
         self._by_context.clear()
+        self._more_shapes.clear()
 
     # -- batches ------------------------------------------------------------------
 
@@ -315,6 +320,8 @@ class Pipeline:
             first = self._by_context.get(context_key)
             if first is None:
                 self._by_context[context_key] = slot
+                if key != slot.shape:  # a slot brought back from the previous generation under another shape
+                    self._more_shapes.setdefault(context_key, []).append(key)
             elif first is _MIXED:
                 self._others[key] = slot
                 return None
@@ -322,17 +329,22 @@ class Pipeline:
                 self._mix(context_key)
                 self._others[key] = slot
                 return None
-            elif first.shares(slot):
-                slot = first
+            else:
+                self._more_shapes.setdefault(context_key, []).append(key)
+                if first.shares(slot):
+                    slot = first
         self._remember(key, slot)
         return slot
 
     def _mix(self, context_key: int) -> None:
         """A context arrived under a second metric type: from now on its lines go one at a time, in order."""
         self.fold()
+        first = self._by_context[context_key]
         self._by_context[context_key] = _MIXED
-        for key in [key for key, slot in self._cache.items() if slot.context.key == context_key]:
-            self._others[key] = self._cache.pop(key)
+        for key in [first.shape, *self._more_shapes.pop(context_key, ())]:
+            slot = self._cache.pop(key, None)
+            if slot is not None:
+                self._others[key] = slot
         self._evicted = True
 
     def _remember(self, key: bytes, slot: Slot) -> None:
@@ -344,6 +356,7 @@ class Pipeline:
             self._previous.clear()
             self._others.clear()
             self._by_context.clear()
+            self._more_shapes.clear()
             self.telemetry.incr("shape_cache_resets")
         cache[key] = slot
 
@@ -353,6 +366,7 @@ class Pipeline:
         self._cache = {}
         self._others = {}
         self._by_context = {}
+        self._more_shapes = {}
         forget_shared_tag_sets()
         self._rotate_at = now + self.context_expiry
 
