@@ -199,8 +199,12 @@ class PayloadBuilder:
         return payload
 
 
+# One encoder for every item: json.dumps with options builds a new one per call.
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
 def _dumps(obj) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+    return _encode(obj).encode()
 
 
 def series_item(series: Series) -> bytes:

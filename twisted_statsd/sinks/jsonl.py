@@ -26,6 +26,9 @@ from twisted_statsd.telemetry import Telemetry
 # Objects serialised per cooperative step.
 LINES_PER_STEP = 100
 
+# One encoder for every line: json.dumps with an option builds a new one per call.
+_encode = json.JSONEncoder(allow_nan=False).encode
+
 # Output held for a slow reader of standard output before lines are dropped.
 STDOUT_BUFFER_LIMIT = 16 * 1024 * 1024
 # How long stopping waits for that reader before the rest is dropped (and counted).
@@ -216,7 +219,7 @@ class JsonlSink(Service):
         out = self._file
         lines = []
         for obj in objects:
-            lines.append(json.dumps(obj, allow_nan=False))
+            lines.append(_encode(obj))
             if len(lines) >= LINES_PER_STEP:
                 out.write(("\n".join(lines) + "\n").encode())
                 lines = []
