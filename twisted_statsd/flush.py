@@ -146,9 +146,16 @@ class FlushService(Service):
             for prepare in self.before_flush:
                 await defer.maybeDeferred(prepare)
             now = self.clock.seconds()
-            self._record_self_metrics(now)
+            # The server's own counters go into the open bucket once the due
+            # buckets are closed: recorded before, they would be zero-filled
+            # into a bucket that ended before they were counted.  The final
+            # flush closes every bucket, so it records them first.
+            if final:
+                self._record_self_metrics(now)
             batch = FlushBatch(timestamp=now)
             await self._run(self.aggregator.flush_steps(now, batch, final=final))
+            if not final:
+                self._record_self_metrics(now)
             if self.blocklist:
                 batch.series = [s for s in batch.series if not self.blocklist.blocks(s.name)]
             self.reporter.end_interval()

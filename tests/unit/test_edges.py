@@ -101,6 +101,22 @@ def user_series(batch):
     return [s for s in batch.series if not s.name.startswith("twisted_statsd.")]
 
 
+def test_the_servers_own_counters_start_in_the_bucket_they_were_counted_in():
+    """The first flush carries no zero points for self-metrics counted after its bucket
+    ended; the next flush reports them with their values."""
+    sink = RecordingSink()
+    clock, aggregator, telemetry, flusher = make_flusher([sink])
+    flusher.startService()
+    aggregator.add(Context(b"c", b"h", []), COUNTER, 5, 1.0, clock.seconds())  # the first bucket is flushed
+    telemetry.incr("metrics", 30)
+    clock.pump([15, 15])
+    first, second = (
+        {s.name: s.points for s in batch.series if s.name.startswith("twisted_statsd.")} for batch in sink.batches
+    )
+    assert first == {}
+    assert second["twisted_statsd.metrics"] == [(1010, 3.0)]
+
+
 def test_flush_loop_runs_every_interval_and_final_flush_on_stop():
     sink = RecordingSink()
     clock, aggregator, telemetry, flusher = make_flusher([sink])
