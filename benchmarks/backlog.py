@@ -50,8 +50,10 @@ def drain_rates(workers: int, rounds: int, datagrams: int, workdir: str) -> list
     """Metrics per second at which ``workers`` intake processes emptied a full queue, per round."""
     workload = build(mixed_spec(1000))
     rates = []
-    with TwistedStatsd(workdir, "udp", 8 << 20, 1.0, workers) as server, \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    with (
+        TwistedStatsd(workdir, "udp", 8 << 20, 1.0, workers) as server,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock,
+    ):
         sock.connect(("127.0.0.1", server.port))
         for datagram in workload.datagrams[:400]:  # every context once, and more
             sock.send(datagram)
@@ -89,8 +91,11 @@ def drain_medians(counts, rounds: int, datagrams: int, root: str) -> dict:
     for n in counts:
         rates = drain_rates(n, rounds, datagrams, tempfile.mkdtemp(dir=root))
         results[n] = {"median": statistics.median(rates), "low": min(rates), "high": max(rates)}
-        print(f"  queue drain with {n} intake process(es): median {results[n]['median']:,.0f} metrics/s",
-              file=sys.stderr, flush=True)
+        print(
+            f"  queue drain with {n} intake process(es): median {results[n]['median']:,.0f} metrics/s",
+            file=sys.stderr,
+            flush=True,
+        )
     return results
 
 
@@ -109,8 +114,11 @@ def main() -> None:
     base = results[counts[0]]["median"]
     print(f"queue drain, {args.datagrams} datagrams of the 1,000-context workload, median of {args.rounds} rounds")
     for n, found in results.items():
-        print(f"  {n} intake process(es) {found['median']:>12,.0f} metrics/s  {found['median'] / base:5.2f}x  "
-              f"(rounds {found['low']:,.0f} .. {found['high']:,.0f})")
+        print(
+            f"  {n} intake process(es) {found['median']:>12,.0f} metrics/s  {found['median'] / base:5.2f}x  "
+            f"(rounds {found['low']:,.0f} .. {found['high']:,.0f})"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -73,9 +73,12 @@ def install(directory: str, version: str = VERSION) -> str:
         with open(os.path.join(directory, "package.json"), "w") as f:
             json.dump({"name": "statsd-benchmark", "private": True}, f)
         subprocess.run(
-            ["npm", "install", "--no-audit", "--no-fund", "--omit=optional", "--ignore-scripts",
-             f"statsd@{version}"],
-            cwd=directory, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300,
+            ["npm", "install", "--no-audit", "--no-fund", "--omit=optional", "--ignore-scripts", f"statsd@{version}"],
+            cwd=directory,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=300,
         )
     with open(os.path.join(directory, "node_modules", "statsd", "package.json")) as f:
         installed = json.load(f)["version"]
@@ -135,5 +138,8 @@ class EtsyStatsd(ProcessReceiver):
         with open(self.totals_path) as f:
             totals = json.load(f)
         dropped = {"bad_line": totals["bad_lines_seen"]} if totals["bad_lines_seen"] else {}
-        return {"accepted": totals["metrics_received"] - totals["bad_lines_seen"], "dropped": dropped,
-                "packets": totals["packets_received"]}
+        return {
+            "accepted": totals["metrics_received"] - totals["bad_lines_seen"],
+            "dropped": dropped,
+            "packets": totals["packets_received"],
+        }

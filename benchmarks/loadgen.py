@@ -84,7 +84,7 @@ def send_paced(sock: socket.socket, transport: str, chunks, rate: float, seconds
         index = index + 1 if index + 1 < cycle else 0
         try:
             if lossy:
-                for payload, count in zip(payloads, counts):
+                for payload, count in zip(payloads, counts, strict=False):
                     try:
                         send(payload)
                     except BlockingIOError:
@@ -132,8 +132,9 @@ def _serve(conn) -> None:
                 continue
             limit = command.get("limit") or int(command["rate"] * command["seconds"]) + workload.lines
             with _connect(command["target"]) as sock:
-                result = send_paced(sock, transport, by_transport[transport], command["rate"],
-                                    command["seconds"], limit)
+                result = send_paced(
+                    sock, transport, by_transport[transport], command["rate"], command["seconds"], limit
+                )
             conn.send(result)
         except Exception as error:  # reported to the parent, which raises it
             conn.send({"error": f"{type(error).__name__}: {error}"})
@@ -147,7 +148,7 @@ class LoadGenerator:
         self._conn, child = context.Pipe()
         self._process = context.Process(target=_serve, args=(child,), name="statsd-loadgen", daemon=True)
 
-    def __enter__(self) -> "LoadGenerator":
+    def __enter__(self) -> LoadGenerator:
         self._process.start()
         return self
 
@@ -169,8 +170,14 @@ class LoadGenerator:
         return self._call({"op": "describe", "workload": workload, "target": {"transport": transport}}, 300)
 
     def send(self, target: dict, workload: dict, rate: float, seconds: float, limit: int | None = None) -> dict:
-        command = {"op": "send", "target": target, "workload": workload, "rate": rate, "seconds": seconds,
-                   "limit": limit}
+        command = {
+            "op": "send",
+            "target": target,
+            "workload": workload,
+            "rate": rate,
+            "seconds": seconds,
+            "limit": limit,
+        }
         return self._call(command, seconds + STREAM_TIMEOUT + 300)
 
     def __exit__(self, *exc) -> None:

@@ -32,10 +32,10 @@ COLUMNS = ("hit", "miss first", "miss last", "miss none", "outside")
 
 def profiles(count: int, match_type: str) -> list:
     def match(i):
-        return "app.svc%d.*.*" % i if match_type == "wildcard" else r"app\.svc%d\.([^.]*)\.([^.]*)" % i
+        return f"app.svc{i}.*.*" if match_type == "wildcard" else rf"app\.svc{i}\.([^.]*)\.([^.]*)"
 
     mappings = [
-        {"match": match(i), "match_type": match_type, "name": "app.svc%d" % i, "tags": {"job": "$1", "task": "$2"}}
+        {"match": match(i), "match_type": match_type, "name": f"app.svc{i}", "tags": {"job": "$1", "task": "$2"}}
         for i in range(count)
     ]
     return [{"name": "bench", "prefix": "app.", "mappings": mappings}]
@@ -66,7 +66,10 @@ def measure(count: int, match_type: str, runs: int, budget: float) -> dict[str, 
         "outside": (cached.map, [b"other.svc0.job.task"] * 100),
     }
     assert uncached.map(cases["miss last"][1][0]) is not None and uncached.map(cases["miss none"][1][0]) is None
-    return {column: statistics.median(ns_per_call(fn, names, budget) for _ in range(runs)) for column, (fn, names) in cases.items()}
+    return {
+        column: statistics.median(ns_per_call(fn, names, budget) for _ in range(runs))
+        for column, (fn, names) in cases.items()
+    }
 
 
 def main() -> None:

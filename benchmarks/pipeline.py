@@ -25,6 +25,7 @@ from twisted_statsd.core.enrich import Enricher
 from twisted_statsd.intake.pipeline import Pipeline
 from twisted_statsd.telemetry import Telemetry
 
+
 def workload(contexts: int, seed: int = 1) -> tuple[list[bytes], int]:
     rng = random.Random(seed)
     shapes = shapes_of(contexts)
@@ -78,11 +79,12 @@ def main() -> None:
     for _ in range(args.runs):
         ceiling_times.append(run_ceiling(packets))
         pipeline_times.append(run_pipeline(packets))
-    ratio = statistics.median(c / p for c, p in zip(ceiling_times, pipeline_times))
+    ratio = statistics.median(c / p for c, p in zip(ceiling_times, pipeline_times, strict=False))
     print(f"{lines} metrics in {len(packets)} packets, {args.contexts} contexts, median of {args.runs} rounds")
     print(f"  {'ceiling (split + float sum)':<30} {lines / statistics.median(ceiling_times):>12,.0f} metrics/s")
     print(f"  {'twisted_statsd Pipeline':<30} {lines / statistics.median(pipeline_times):>12,.0f} metrics/s")
     print(f"  pipeline / ceiling            {ratio:>12.2f}")
+
 
 if __name__ == "__main__":
     main()

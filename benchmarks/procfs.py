@@ -37,7 +37,7 @@ def status_bytes(pid: int, key: str) -> int | None:
 
 def udp_socket(port: int, tables=("/proc/net/udp", "/proc/net/udp6")) -> dict | None:
     """``{"rx_queue": bytes, "drops": datagrams}`` of the socket bound to local ``port``."""
-    suffix = ":%04X" % port
+    suffix = f":{port:04X}"
     for path in tables:
         try:
             with open(path) as f:
@@ -51,8 +51,9 @@ def udp_socket(port: int, tables=("/proc/net/udp", "/proc/net/udp6")) -> dict | 
     return None
 
 
-def wait_quiet(pid: int, *, port: int | None = None, timeout: float = 30.0, idle_share: float = 0.2,
-               window: float = 0.15) -> bool:
+def wait_quiet(
+    pid: int, *, port: int | None = None, timeout: float = 30.0, idle_share: float = 0.2, window: float = 0.15
+) -> bool:
     """Wait until the receiver has read everything: its UDP queue is empty and it is nearly idle.
 
     Returns False if that did not happen within ``timeout`` seconds.

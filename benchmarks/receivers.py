@@ -99,8 +99,9 @@ class ProcessReceiver:
     def start(self, timeout: float = 60.0) -> None:
         command = self.command()
         self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.cwd,
-                                        stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.cwd, stdin=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -166,7 +167,7 @@ class ProcessReceiver:
             self.process.kill()
             self.process.wait(10)
 
-    def __enter__(self) -> "ProcessReceiver":
+    def __enter__(self) -> ProcessReceiver:
         self.start()
         return self
 
@@ -240,17 +241,19 @@ def read_telemetry(path: str) -> dict:
             name = obj.get("metric", "")
             if not name.startswith("twisted_statsd."):
                 continue
-            key = (name[len("twisted_statsd."):], tuple(obj.get("tags") or ()))
+            key = (name[len("twisted_statsd.") :], tuple(obj.get("tags") or ()))
             values = [p["value"] for p in obj["points"]]
             if obj["type"] == 3:
                 gauges[key] = max(values + [gauges.get(key, float("-inf"))])
             else:
                 scale = (obj.get("interval") or 1) if obj["type"] == 2 else 1
                 totals[key] = totals.get(key, 0.0) + sum(values) * scale
-    dropped = {tags[0].split(":", 1)[1]: round(v) for (name, tags), v in totals.items()
-               if name == "dropped" and tags and round(v)}
-    packets = {tags[0].split(":", 1)[1]: round(v) for (name, tags), v in totals.items()
-               if name == "packets" and tags}
+    dropped = {
+        tags[0].split(":", 1)[1]: round(v)
+        for (name, tags), v in totals.items()
+        if name == "dropped" and tags and round(v)
+    }
+    packets = {tags[0].split(":", 1)[1]: round(v) for (name, tags), v in totals.items() if name == "packets" and tags}
     return {
         "accepted": round(totals.get(("metrics", ()), 0.0)),
         "dropped": dropped,
@@ -271,8 +274,15 @@ class Ceiling(ProcessReceiver):
         self.rcvbuf_asked = rcvbuf
 
     def command(self) -> list[str]:
-        command = [sys.executable, "-m", "benchmarks.ceiling", "--transport", self.transport,
-                   "--rcvbuf", str(self.rcvbuf_asked)]
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.ceiling",
+            "--transport",
+            self.transport,
+            "--rcvbuf",
+            str(self.rcvbuf_asked),
+        ]
         return command + (["--path", self.path] if self.path else [])
 
     def result(self) -> dict:

@@ -66,12 +66,14 @@ async def _measure(reactor, contexts: int, out_path: str) -> dict:
 
     from twisted_statsd import build_service, load_config
 
-    config = load_config(data={
-        "hostname": "bench",
-        "dogstatsd_port": "__random__",
-        "flush_interval": 3600,
-        "sinks": [{"type": "jsonl", "path": out_path}],
-    })
+    config = load_config(
+        data={
+            "hostname": "bench",
+            "dogstatsd_port": "__random__",
+            "flush_interval": 3600,
+            "sinks": [{"type": "jsonl", "path": out_path}],
+        }
+    )
     service = build_service(config, reactor, freeze_gc=True)  # as twistd runs it
     service.privilegedStartService()
     service.startService()
@@ -100,8 +102,13 @@ async def _measure(reactor, contexts: int, out_path: str) -> dict:
         await deferLater(reactor, 0.05, lambda: None)
         if live is None:  # no bucket was due: what is live now was live before
             live = service.aggregator.context_count()
-        result[kind] = {"live_contexts": live, "series": len(batch.series), "sketches": len(batch.sketches),
-                        "flush_seconds": elapsed, "max_stall_seconds": probe.max_lateness}
+        result[kind] = {
+            "live_contexts": live,
+            "series": len(batch.series),
+            "sketches": len(batch.sketches),
+            "flush_seconds": elapsed,
+            "max_stall_seconds": probe.max_lateness,
+        }
     probe.stop()
     await service.stopService()
     with open(out_path, "rb") as f:
@@ -148,9 +155,11 @@ def main() -> None:
         print(f"baseline max lateness {result['baseline_max_lateness_seconds'] * 1000:.1f} ms")
         for kind in ("periodic", "final"):
             r = result[kind]
-            print(f"{kind} flush of {r['live_contexts']:,} live contexts ({r['series']:,} series, "
-                  f"{r['sketches']:,} sketches): took {r['flush_seconds'] * 1000:.0f} ms, "
-                  f"longest stall {r['max_stall_seconds'] * 1000:.1f} ms")
+            print(
+                f"{kind} flush of {r['live_contexts']:,} live contexts ({r['series']:,} series, "
+                f"{r['sketches']:,} sketches): took {r['flush_seconds'] * 1000:.0f} ms, "
+                f"longest stall {r['max_stall_seconds'] * 1000:.1f} ms"
+            )
 
 
 if __name__ == "__main__":

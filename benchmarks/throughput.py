@@ -115,9 +115,18 @@ class Bench:
                 counted = r.stop()
         except ReceiverFailed as error:
             print(f"    {error}", file=sys.stderr)
-            return {"rate": rate, "achieved_rate": 0.0, "loss": 1.0, "dropped": {}, "kernel_drops": None,
-                    "passed": False, "short": False, "peak_rss": 0, "cpu_us_per_metric": None,
-                    "error": str(error)}
+            return {
+                "rate": rate,
+                "achieved_rate": 0.0,
+                "loss": 1.0,
+                "dropped": {},
+                "kernel_drops": None,
+                "passed": False,
+                "short": False,
+                "peak_rss": 0,
+                "cpu_us_per_metric": None,
+                "error": str(error),
+            }
         finally:
             shutil.rmtree(receiver.workdir, ignore_errors=True)
         accepted = counted["accepted"] - warm["sent_metrics"]
@@ -195,24 +204,39 @@ class Bench:
         finally:
             shutil.rmtree(receiver.workdir, ignore_errors=True)
         loaded = counted["accepted"] - warm["sent_metrics"]
-        return {"contexts": contexts, "loaded": loaded, "rss_before": before, "rss_after": after,
-                "sent": sent["sent_metrics"], "bytes_per_context": (after - before) / contexts,
-                "note": f"{loaded:,} of {contexts:,} loaded; RSS {before / 2**20:.1f} -> {after / 2**20:.1f} MiB"}
+        return {
+            "contexts": contexts,
+            "loaded": loaded,
+            "rss_before": before,
+            "rss_after": after,
+            "sent": sent["sent_metrics"],
+            "bytes_per_context": (after - before) / contexts,
+            "note": f"{loaded:,} of {contexts:,} loaded; RSS {before / 2**20:.1f} -> {after / 2**20:.1f} MiB",
+        }
 
 
 def _progress(name: str, transport: str, contexts: int, step: dict) -> None:
     verdict = "pass" if step["passed"] else "FAIL"
     extra = f" short (sender cpu {step['sender_cpu_share']:.0%})" if step.get("short") else ""
     cpu = f", receiver cpu {step['cpu_us_per_metric']:.2f} us/metric" if step.get("cpu_us_per_metric") else ""
-    print(f"  {name:<15} {transport:<10} {contexts:>7,} ctx @ {step['rate']:>9,.0f}/s: "
-          f"achieved {step['achieved_rate']:>9,.0f}/s, loss {step['loss']:7.3%} {verdict}{extra}{cpu} "
-          f"{step['dropped'] or ''}", file=sys.stderr, flush=True)
+    print(
+        f"  {name:<15} {transport:<10} {contexts:>7,} ctx @ {step['rate']:>9,.0f}/s: "
+        f"achieved {step['achieved_rate']:>9,.0f}/s, loss {step['loss']:7.3%} {verdict}{extra}{cpu} "
+        f"{step['dropped'] or ''}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def measure_stall(contexts: int) -> dict:
     """Run :mod:`benchmarks.stall` in a process of its own."""
-    done = subprocess.run([sys.executable, "-m", "benchmarks.stall", "--contexts", str(contexts), "--json"],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.stall", "--contexts", str(contexts), "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"benchmarks.stall failed: {done.stderr[-2000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -274,24 +298,40 @@ def parse_args(argv=None):
     parser.add_argument("--rates", type=_rate_list, help="offered metrics/s per step, e.g. 100k,200k,1.2M")
     parser.add_argument("--step-seconds", type=float, help="seconds of load per step (default 5, quick 1.5)")
     parser.add_argument("--retries", type=int, help="re-runs of a failing step (default 1, quick 0)")
-    parser.add_argument("--refine", type=int, help="bisection steps between the last pass and the first failure "
-                        "(default 2, quick 1)")
-    parser.add_argument("--floor", type=lambda text: _rate_list(text)[0], default=25_000.0,
-                        help="when the first step fails, halve the rate down to this (default 25k)")
+    parser.add_argument(
+        "--refine", type=int, help="bisection steps between the last pass and the first failure (default 2, quick 1)"
+    )
+    parser.add_argument(
+        "--floor",
+        type=lambda text: _rate_list(text)[0],
+        default=25_000.0,
+        help="when the first step fails, halve the rate down to this (default 25k)",
+    )
     parser.add_argument("--contexts", default="1000,100000", help="workload sizes (contexts), comma-separated")
-    parser.add_argument("--receivers", default=",".join(RECEIVERS), help="comma-separated subset of " +
-                        ", ".join(RECEIVERS))
+    parser.add_argument(
+        "--receivers", default=",".join(RECEIVERS), help="comma-separated subset of " + ", ".join(RECEIVERS)
+    )
     parser.add_argument("--no-unix", dest="unix", action="store_false", help="skip the Unix socket ladders")
-    parser.add_argument("--no-align", dest="align", action="store_false",
-                        help="do not put the receiver's periodic flush inside each step")
+    parser.add_argument(
+        "--no-align",
+        dest="align",
+        action="store_false",
+        help="do not put the receiver's periodic flush inside each step",
+    )
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip RSS per context")
     parser.add_argument("--no-stall", dest="stall", action="store_false", help="skip the flush stall")
-    parser.add_argument("--no-backlog", dest="backlog", action="store_false",
-                        help="skip the 1 vs 2 intake processes queue drain (benchmarks.backlog)")
+    parser.add_argument(
+        "--no-backlog",
+        dest="backlog",
+        action="store_false",
+        help="skip the 1 vs 2 intake processes queue drain (benchmarks.backlog)",
+    )
     parser.add_argument("--warmup-rate", type=float, default=25_000.0, help="metrics/s of the warm-up pass")
     parser.add_argument("--rcvbuf", type=int, default=8 << 20, help="SO_RCVBUF asked for by every receiver")
     parser.add_argument("--flush-interval", type=float, default=1.0, help="twisted-statsd flush_interval")
-    parser.add_argument("--workers", type=int, default=1, help="twisted-statsd dogstatsd_workers (UDP intake processes)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="twisted-statsd dogstatsd_workers (UDP intake processes)"
+    )
     parser.add_argument("--etsy-dir", help=f"reuse this directory for `npm install statsd@{ETSY_VERSION}`")
     parser.add_argument("--json", help="where to write the results (default benchmarks/results/throughput-<date>.json)")
     args = parser.parse_args(argv)
@@ -323,20 +363,35 @@ def main(argv=None) -> None:
         shutil.rmtree(root, ignore_errors=True)
     environment["loadavg_end"] = _read("/proc/loadavg")
     rows = build_rows(results["runs"], results["cpu"], results["memory"], results["stall"], results["backlog"])
-    print(f"\ntwisted-statsd throughput, {environment['date']}, commit {(environment['commit'] or '?')[:12]}"
-          f"{' (dirty)' if environment['dirty'] else ''}; {args.step_seconds:g} s steps"
-          f"{', QUICK' if args.quick else ''}; load {environment['loadavg_start'].split()[0]} -> "
-          f"{environment['loadavg_end'].split()[0]} on {environment['cpus']} CPUs")
+    print(
+        f"\ntwisted-statsd throughput, {environment['date']}, commit {(environment['commit'] or '?')[:12]}"
+        f"{' (dirty)' if environment['dirty'] else ''}; {args.step_seconds:g} s steps"
+        f"{', QUICK' if args.quick else ''}; load {environment['loadavg_start'].split()[0]} -> "
+        f"{environment['loadavg_end'].split()[0]} on {environment['cpus']} CPUs"
+    )
     print(format_table(rows))
-    path = args.json or os.path.join(REPO, "benchmarks", "results",
-                                     f"throughput-{datetime.datetime.now():%Y-%m-%d-%H%M%S}.json")
+    path = args.json or os.path.join(
+        REPO, "benchmarks", "results", f"throughput-{datetime.datetime.now():%Y-%m-%d-%H%M%S}.json"
+    )
     _make_results_directory(os.path.dirname(os.path.abspath(path)))
-    runs = [{"receiver": k[0], "transport": k[1], "contexts": k[2], **(v or {"available": False})}
-            for k, v in results["runs"].items()]
+    runs = [
+        {"receiver": k[0], "transport": k[1], "contexts": k[2], **(v or {"available": False})}
+        for k, v in results["runs"].items()
+    ]
     with open(path, "w") as f:
-        json.dump({"environment": environment, "rows": rows, "runs": runs, "cpu": results["cpu"],
-                   "memory": results["memory"], "stall": results["stall"], "backlog": results["backlog"]},
-                  f, indent=1)
+        json.dump(
+            {
+                "environment": environment,
+                "rows": rows,
+                "runs": runs,
+                "cpu": results["cpu"],
+                "memory": results["memory"],
+                "stall": results["stall"],
+                "backlog": results["backlog"],
+            },
+            f,
+            indent=1,
+        )
     print(f"\nwrote {path}")
 
 
@@ -353,8 +408,12 @@ def _make_results_directory(directory: str) -> None:
 def run_all(bench: Bench, args) -> dict:
     plan = [(name, "udp", contexts) for contexts in args.contexts for name in args.receivers]
     if args.unix and 1000 in args.contexts:
-        plan += [(name, transport, 1000) for transport in ("unixgram", "unixstream")
-                 for name in ("twisted-statsd", "ceiling") if name in args.receivers]
+        plan += [
+            (name, transport, 1000)
+            for transport in ("unixgram", "unixstream")
+            for name in ("twisted-statsd", "ceiling")
+            if name in args.receivers
+        ]
     available = twisted_transports()
     runs: dict = {}
     for name, transport, contexts in plan:
@@ -364,8 +423,11 @@ def run_all(bench: Bench, args) -> dict:
         bench.generator.describe(mixed_spec(contexts), transport)
         steps = bench.ladder(name, transport, contexts, args.rates)
         runs[(name, transport, contexts)] = {"steps": steps, "summary": summarize(steps, args.rates, transport)}
-    cpu = {name: _cpu_step(bench, name, runs[(name, "udp", 1000)]["steps"])
-           for name in args.receivers if (name, "udp", 1000) in runs}
+    cpu = {
+        name: _cpu_step(bench, name, runs[(name, "udp", 1000)]["steps"])
+        for name in args.receivers
+        if (name, "udp", 1000) in runs
+    }
     memory = bench.measure_memory(100_000) if args.memory else None
     stall = measure_stall(100_000) if args.stall else None
     backlog = drain_medians((1, 2), 15, 3000, bench.root) if args.backlog else None

@@ -9,4 +9,4 @@ from twisted_statsd.config import Config, ConfigError, load_config
 from twisted_statsd.service import StatsdService, build_service
 
 __version__ = "0.1.0"
-__all__ = ["Config", "ConfigError", "StatsdService", "build_service", "load_config", "__version__"]
+__all__ = ["Config", "ConfigError", "StatsdService", "__version__", "build_service", "load_config"]

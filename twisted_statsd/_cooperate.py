@@ -28,7 +28,9 @@ class _Deadline:
 
 def cooperator(clock) -> Cooperator:
     """A Cooperator scheduling its turns on ``clock`` (a reactor, or a Clock in tests)."""
-    return Cooperator(terminationPredicateFactory=partial(_Deadline, SLICE_SECONDS), scheduler=partial(clock.callLater, 0))
+    return Cooperator(
+        terminationPredicateFactory=partial(_Deadline, SLICE_SECONDS), scheduler=partial(clock.callLater, 0)
+    )
 
 
 def run_in_slices(cooperator_: Cooperator, steps, inline_steps: int, inline_seconds: float = SLICE_SECONDS):

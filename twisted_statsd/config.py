@@ -16,15 +16,21 @@ import math
 import re
 import socket
 import types
+from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import yaml
 
 from twisted_statsd.core.mapper import MapperConfigError, MetricMapper
 
 __all__ = [
-    "EPHEMERAL_PORT", "STANDARD_STATSD_PREFIXES", "Config", "ConfigError", "MemoryLimiterConfig", "SinkConfig",
+    "EPHEMERAL_PORT",
+    "STANDARD_STATSD_PREFIXES",
+    "Config",
+    "ConfigError",
+    "MemoryLimiterConfig",
+    "SinkConfig",
     "load_config",
 ]
 
@@ -34,10 +40,27 @@ RANDOM_PORT = "__random__"
 
 #: DogStatsD's default ``statsd_metric_namespace_blacklist`` (spec §6.2).
 STANDARD_STATSD_PREFIXES = (
-    "datadog.agent", "datadog.dogstatsd", "datadog.process", "datadog.trace_agent",
-    "datadog.tracer", "activemq", "activemq_58", "airflow", "cassandra", "confluent",
-    "hazelcast", "hive", "ignite", "jboss", "jvm", "kafka", "presto", "sidekiq",
-    "solr", "tomcat", "runtime",
+    "datadog.agent",
+    "datadog.dogstatsd",
+    "datadog.process",
+    "datadog.trace_agent",
+    "datadog.tracer",
+    "activemq",
+    "activemq_58",
+    "airflow",
+    "cassandra",
+    "confluent",
+    "hazelcast",
+    "hive",
+    "ignite",
+    "jboss",
+    "jvm",
+    "kafka",
+    "presto",
+    "sidekiq",
+    "solr",
+    "tomcat",
+    "runtime",
 )
 HISTOGRAM_AGGREGATES = ("max", "min", "median", "avg", "sum", "count")
 EOL_TRANSPORTS = ("udp", "uds", "named_pipe")
@@ -74,7 +97,9 @@ def _parse_int(value: Any, textual: bool) -> int:
 
 
 def _parse_float(value: Any, textual: bool) -> float:
-    if (isinstance(value, (int, float)) and not isinstance(value, bool)) or (textual and isinstance(value, str) and _FLOAT.fullmatch(value)):
+    if (isinstance(value, (int, float)) and not isinstance(value, bool)) or (
+        textual and isinstance(value, str) and _FLOAT.fullmatch(value)
+    ):
         number = float(value)
         if math.isfinite(number):
             return number
@@ -95,8 +120,9 @@ def _parse_duration(value: Any, textual: bool) -> float:
     raise _Invalid(f"{problem}, such as '100ms' or '1.5s', got {value!r}")
 
 
-def _bounded(parse: Callable[[Any, bool], Any], *, above: float | None = None,
-             at_least: float | None = None) -> Converter:
+def _bounded(
+    parse: Callable[[Any, bool], Any], *, above: float | None = None, at_least: float | None = None
+) -> Converter:
     def convert(value: Any, textual: bool, warn: Warn) -> Any:
         result = parse(value, textual)
         if above is not None and not result > above:
@@ -104,6 +130,7 @@ def _bounded(parse: Callable[[Any, bool], Any], *, above: float | None = None,
         if at_least is not None and result < at_least:
             raise _Invalid(f"must be at least {at_least}")
         return result
+
     return convert
 
 
@@ -161,6 +188,7 @@ def _strings(finish: Callable[[tuple[str, ...]], tuple] = tuple) -> Converter:
 
 def _lenient(convert_item: Callable[[Any], Any], what: str) -> Converter:
     """A list whose bad items are warned about and skipped, as DogStatsD logs and skips them."""
+
     def convert(value: Any, textual: bool, warn: Warn) -> tuple:
         kept: list = []
         for item in _list(value, textual):
@@ -172,6 +200,7 @@ def _lenient(convert_item: Callable[[Any], Any], what: str) -> Converter:
                 if result not in kept:
                     kept.append(result)
         return tuple(kept)
+
     return convert
 
 
@@ -180,6 +209,7 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
         if item not in choices:
             raise _Invalid(f"expected one of {', '.join(choices)}")
         return item
+
     return convert
 
 
@@ -218,7 +248,10 @@ def _numbers(value: Any) -> tuple:
     return _each(_list(value, False), lambda item: _parse_float(item, True))
 
 
-_PERCENTILES = (lambda value: _each(_list(value, False), _percentile))
+def _PERCENTILES(value):
+    return _each(_list(value, False), _percentile)
+
+
 _SECONDS = _option(_bounded(_parse_float, at_least=0))
 _POSITIVE_SECONDS = _option(_bounded(_parse_float, above=0))
 _POSITIVE_INT = _option(_bounded(_parse_int, above=0))
@@ -398,8 +431,7 @@ def _default_hostname() -> str:
     return socket.gethostname()
 
 
-def _key(convert: Converter, default: Any = None, *, factory: Callable[[], Any] | None = None,
-         env: bool = True) -> Any:
+def _key(convert: Converter, default: Any = None, *, factory: Callable[[], Any] | None = None, env: bool = True) -> Any:
     """Declare a configuration key: its converter, its default, and whether ``DD_<KEY>`` sets it."""
     metadata = {"convert": convert, "env": env}
     if factory is not None:
@@ -425,7 +457,10 @@ class Config:
     dogstatsd_stream_max_connections: int = _key(_bounded(_parse_int, at_least=0), 1024)
     dogstatsd_stream_log_too_big: bool = _key(_boolean, False)
     dogstatsd_origin_detection: bool = _key(_boolean, False)
-    dogstatsd_mem_based_rate_limiter: MemoryLimiterConfig = _key(_memory_limiter, MemoryLimiterConfig(), env=False)
+    # _key returns a dataclass field; MemoryLimiterConfig is frozen.
+    dogstatsd_mem_based_rate_limiter: MemoryLimiterConfig = _key(  # noqa: RUF009
+        _memory_limiter, MemoryLimiterConfig(), env=False
+    )
     dogstatsd_eol_required: tuple[str, ...] = _key(_lenient(_one_of(EOL_TRANSPORTS), "transport"), ())
     dogstatsd_tags: tuple[str, ...] = _key(_strings(lambda tags: tuple(sorted(set(tags)))), ())
     dogstatsd_expiry_seconds: float = _key(_bounded(_parse_float, at_least=0), 300.0)
@@ -438,7 +473,8 @@ class Config:
     statsd_metric_blocklist: tuple[str, ...] = _key(_strings(), ())
     statsd_metric_blocklist_match_prefix: bool = _key(_boolean, False)
     histogram_aggregates: tuple[str, ...] = _key(
-        _lenient(_one_of(HISTOGRAM_AGGREGATES), "aggregate"), ("max", "median", "avg", "count"))
+        _lenient(_one_of(HISTOGRAM_AGGREGATES), "aggregate"), ("max", "median", "avg", "count")
+    )
     histogram_percentiles: tuple[float, ...] = _key(_lenient(_percentile, "percentile"), (0.95,))
     histogram_copy_to_distribution: bool = _key(_boolean, False)
     histogram_copy_to_distribution_prefix: str = _key(_string, "")
@@ -504,9 +540,13 @@ def _mapping(source: str, value: Any) -> Mapping[Any, Any]:
     return value
 
 
-def load_config(*, path: str | None = None, data: Mapping[str, Any] | None = None,
-                env: Mapping[str, str] | None = None,
-                overrides: Mapping[str, Any] | None = None) -> Config:
+def load_config(
+    *,
+    path: str | None = None,
+    data: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
     """Merge defaults < ``data`` < the file at ``path`` < ``env`` < ``overrides``.
 
     ``env`` is only read when given (the twistd plugin passes ``os.environ``);
@@ -525,8 +565,9 @@ def load_config(*, path: str | None = None, data: Mapping[str, Any] | None = Non
     if overrides is not None:
         layers.append(_Layer("command line", _mapping("command line", overrides)))
 
-    warnings = [f"{layer.source}: unknown key {key!r} ignored"
-                for layer in layers for key in layer.values if key not in _KEYS]
+    warnings = [
+        f"{layer.source}: unknown key {key!r} ignored" for layer in layers for key in layer.values if key not in _KEYS
+    ]
     resolved: dict[str, Any] = {}
     for key, spec in _KEYS.items():
         # Every source is validated, so a broken file fails even when overridden;
@@ -555,8 +596,11 @@ def _with_datadog_defaults(resolved: Mapping[str, Any], sink: SinkConfig) -> Sin
     if sink.type != "datadog":
         return sink
     options = dict(sink.options)
-    top = {"api_key": resolved.get("api_key", ""), "site": resolved.get("site", "datadoghq.com"),
-           "url": resolved.get("dd_url", "")}
+    top = {
+        "api_key": resolved.get("api_key", ""),
+        "site": resolved.get("site", "datadoghq.com"),
+        "url": resolved.get("dd_url", ""),
+    }
     for name, value in top.items():
         if options[name] is None:
             options[name] = value or None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import ClassVar
 
 from twisted.application.service import Service
 from twisted.logger import Logger
@@ -15,7 +16,7 @@ from twisted_statsd.config import ConfigError, load_config
 class Options(usage.Options):
     """Command-line options; they override the configuration file and ``DD_*`` variables."""
 
-    optParameters = [
+    optParameters: ClassVar[list] = [
         ["config", "c", None, "YAML configuration file (DogStatsD key names)."],
         ["port", "p", None, "UDP port (dogstatsd_port); 0 turns UDP off, __random__ picks one."],
         ["bind-host", None, None, "Address to bind UDP to (bind_host)."],
@@ -25,7 +26,7 @@ class Options(usage.Options):
         ["socket", None, None, "Unix datagram socket to listen on (dogstatsd_socket)."],
         ["stream-socket", None, None, "Unix stream socket to listen on (dogstatsd_stream_socket)."],
     ]
-    optFlags = [
+    optFlags: ClassVar[list] = [
         ["non-local-traffic", None, "Listen on all interfaces (dogstatsd_non_local_traffic)."],
     ]
 
@@ -49,7 +50,7 @@ class Options(usage.Options):
         try:
             self.config = self.load()
         except ConfigError as e:
-            raise usage.UsageError(str(e))
+            raise usage.UsageError(str(e)) from None
 
     def load(self):
         """Read the configuration again, as at start: file, environment, command line."""

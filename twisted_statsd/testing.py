@@ -153,12 +153,7 @@ class CapturingServer:
 
     @property
     def series(self) -> list:
-        return [
-            s
-            for batch in self.sink.batches
-            for s in batch.series
-            if not s.name.startswith(SELF_METRIC_PREFIX)
-        ]
+        return [s for batch in self.sink.batches for s in batch.series if not s.name.startswith(SELF_METRIC_PREFIX)]
 
     @property
     def distributions(self) -> list:

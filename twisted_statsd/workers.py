@@ -37,12 +37,25 @@ FRAME_LENGTH = struct.Struct("<I")
 def config_data(config: Config) -> dict:
     """The keys a worker needs, as plain JSON data for its command line."""
     keys = (
-        "hostname", "dogstatsd_buffer_size", "dogstatsd_packet_buffer_size", "dogstatsd_eol_required",
-        "dogstatsd_tags", "dogstatsd_expiry_seconds", "dogstatsd_context_expiry_seconds",
-        "dogstatsd_no_aggregation_pipeline", "dogstatsd_origin_detection_client", "dogstatsd_disable_verbose_logs",
-        "statsd_metric_namespace", "statsd_metric_namespace_blacklist", "statsd_metric_blocklist",
-        "statsd_metric_blocklist_match_prefix", "histogram_aggregates", "histogram_percentiles",
-        "histogram_copy_to_distribution", "histogram_copy_to_distribution_prefix", "dogstatsd_mapper_profiles",
+        "hostname",
+        "dogstatsd_buffer_size",
+        "dogstatsd_packet_buffer_size",
+        "dogstatsd_eol_required",
+        "dogstatsd_tags",
+        "dogstatsd_expiry_seconds",
+        "dogstatsd_context_expiry_seconds",
+        "dogstatsd_no_aggregation_pipeline",
+        "dogstatsd_origin_detection_client",
+        "dogstatsd_disable_verbose_logs",
+        "statsd_metric_namespace",
+        "statsd_metric_namespace_blacklist",
+        "statsd_metric_blocklist",
+        "statsd_metric_blocklist_match_prefix",
+        "histogram_aggregates",
+        "histogram_percentiles",
+        "histogram_copy_to_distribution",
+        "histogram_copy_to_distribution_prefix",
+        "dogstatsd_mapper_profiles",
         "dogstatsd_mapper_cache_size",
     )
     data = {key: _plain(getattr(config, key)) for key in keys}
@@ -115,7 +128,9 @@ class WorkerPoolService(Service):
         argv = [sys.executable, "-m", "twisted_statsd.worker", json.dumps(config_data(self.config))]
         for _ in range(self.count):
             protocol = WorkerProtocol()
-            self.reactor.spawnProcess(protocol, sys.executable, argv, env=None, childFDs={0: "w", 1: "r", 2: "r", 3: fd})
+            self.reactor.spawnProcess(
+                protocol, sys.executable, argv, env=None, childFDs={0: "w", 1: "r", 2: "r", 3: fd}
+            )
             self.workers.append(protocol)
         self.log.info("Started {count} intake workers sharing the UDP socket", count=self.count)
 

@@ -83,9 +83,7 @@ def test_sigterm_flushes_open_buckets_to_jsonl(tmp_path):
     port = free_udp_port()
     out = tmp_path / "out.jsonl"
     config = tmp_path / "statsd.yaml"
-    config.write_text(
-        f"dogstatsd_port: {port}\nhostname: e2e\nsinks:\n  - type: jsonl\n    path: {out}\n"
-    )
+    config.write_text(f"dogstatsd_port: {port}\nhostname: e2e\nsinks:\n  - type: jsonl\n    path: {out}\n")
     proc, log = start(tmp_path, "--config", str(config), env={"DD_DOGSTATSD_TAGS": "env:e2e"})
     try:
         wait_for_text(log, "Listening for DogStatsD")
@@ -109,7 +107,10 @@ def test_bad_configuration_stops_at_start_with_a_clear_message(tmp_path):
     config.write_text("dogstatsd_port: many\n")
     result = subprocess.run(
         [str(TWISTD), "-n", "--pidfile=", "statsd", "--config", str(config)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=30,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode != 0
     assert f"{config}: dogstatsd_port: expected an integer, got 'many'" in result.stdout + result.stderr

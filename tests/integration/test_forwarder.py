@@ -9,7 +9,6 @@ from datadog.dogstatsd import DogStatsd
 from helpers import start_jsonl_server, wait_for, with_deadline
 
 
-
 def series_of(path):
     with open(path) as f:
         objects = [json.loads(line) for line in f]

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-
 from helpers import wait_for, with_deadline
+
 from twisted_statsd.core.model import SERIES_GAUGE, SERIES_RATE, FlushBatch, Series, ServiceCheck, SketchSeries
 from twisted_statsd.core.sketch import Sketch
 from twisted_statsd.sinks.graphite import GraphiteSink
@@ -40,9 +40,7 @@ TAGS = ("sink:graphite",)
 
 def carbon_script() -> str | None:
     return (
-        os.environ.get("TWISTED_STATSD_CARBON_CACHE")
-        or shutil.which("carbon-cache.py")
-        or shutil.which("carbon-cache")
+        os.environ.get("TWISTED_STATSD_CARBON_CACHE") or shutil.which("carbon-cache.py") or shutil.which("carbon-cache")
     )
 
 

@@ -17,11 +17,11 @@ from urllib.parse import urlencode
 
 import pytest
 import pytest_twisted
+from helpers import with_deadline
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, error, protocol, task
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 
-from helpers import with_deadline
 from twisted_statsd.core.model import SERIES_GAUGE, SERIES_RATE, FlushBatch, Series, SketchSeries
 from twisted_statsd.core.sketch import Sketch
 from twisted_statsd.sinks.prometheus import CONTENT_TYPE, PrometheusSink
@@ -102,11 +102,15 @@ async def test_metrics_are_served_over_http(reactor, agent):
         assert response.headers.getRawHeaders(b"content-type") == [CONTENT_TYPE]
         families = {f.name: f for f in text_string_to_metric_families(body.decode("utf-8"))}
         assert {name: f.type for name, f in families.items()} == {
-            "latency": "summary", "page_views": "counter", "queue_size": "gauge",
+            "latency": "summary",
+            "page_views": "counter",
+            "queue_size": "gauge",
         }
         (views,) = families["page_views"].samples
         assert (views.name, views.labels, views.value) == (
-            "page_views_total", {"env": "test", "page": "home", "host": "web1"}, 7.0,
+            "page_views_total",
+            {"env": "test", "page": "home", "host": "web1"},
+            7.0,
         )
         response, _ = await fetch(reactor, agent, url + "/")
         assert response.code == 404
@@ -147,9 +151,15 @@ class PrometheusServer:
             f.write(f"global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n{jobs}")
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [PROMETHEUS, f"--config.file={workdir}/prometheus.yml", f"--storage.tsdb.path={workdir}/data",
-                 f"--web.listen-address=127.0.0.1:{self.port}"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [
+                    PROMETHEUS,
+                    f"--config.file={workdir}/prometheus.yml",
+                    f"--storage.tsdb.path={workdir}/data",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
 
     def stop(self) -> None:
@@ -216,8 +226,9 @@ async def test_a_real_prometheus_scrapes_exact_values(reactor, agent, prometheus
     try:
         for sink in (summary, histogram):
             sink.write(first_batch())
-        server = PrometheusServer(prometheus_dir, {"summary": summary.address.port,
-                                                   "histogram": histogram.address.port})
+        server = PrometheusServer(
+            prometheus_dir, {"summary": summary.address.port, "histogram": histogram.address.port}
+        )
         await poll(reactor, agent, server, "/api/v1/targets", targets_up)
         s_inst = f"127.0.0.1:{summary.address.port}"
 
@@ -225,8 +236,16 @@ async def test_a_real_prometheus_scrapes_exact_values(reactor, agent, prometheus
         assert views == {labels(__name__="page_views_total", job="summary", page="home", instance=s_inst): 7.0}
         queue = await query(reactor, agent, server, 'queue_size{job="summary"}')
         assert queue == {
-            frozenset({"__name__": "queue_size", "job": "summary", "instance": s_inst, "host": "web1",
-                       "queue": "a", "note": 'say "hi"\\'}.items()): 7.0,
+            frozenset(
+                {
+                    "__name__": "queue_size",
+                    "job": "summary",
+                    "instance": s_inst,
+                    "host": "web1",
+                    "queue": "a",
+                    "note": 'say "hi"\\',
+                }.items()
+            ): 7.0,
         }
         expected = sketch_of(range(1, 101))
         quantiles = await query(reactor, agent, server, 'latency{job="summary"}', expected_count=2)
@@ -242,14 +261,22 @@ async def test_a_real_prometheus_scrapes_exact_values(reactor, agent, prometheus
         buckets = await query(reactor, agent, server, 'latency_bucket{job="histogram"}', expected_count=4)
         # Bounds between samples: a sample within 1/128 of a bound may fall on either side of it.
         assert {float(dict(k)["le"]): v for k, v in buckets.items()} == {
-            10.5: 10.0, 50.5: 50.0, 100.0: 100.0, float("inf"): 100.0,
+            10.5: 10.0,
+            50.5: 50.0,
+            100.0: 100.0,
+            float("inf"): 100.0,
         }
 
         # The next flush moves the counter on: 7 + 0.3 * 10.
         summary.write(second_batch())
-        moved = await poll(reactor, agent, server, "/api/v1/query",
-                           lambda d: d["result"] and float(d["result"][0]["value"][1]) == 10.0 or None,
-                           query='page_views_total{job="summary"}')
+        moved = await poll(
+            reactor,
+            agent,
+            server,
+            "/api/v1/query",
+            lambda d: (d["result"] and float(d["result"][0]["value"][1]) == 10.0) or None,
+            query='page_views_total{job="summary"}',
+        )
         assert moved is True
     finally:
         if server is not None:

@@ -34,7 +34,9 @@ async def test_fixture_captures_lines_samples_series_events_and_checks(statsd_se
 
     assert statsd_server.lines[:2] == [b"jobs.done:3|c|#queue:high", b"jobs.waiting:7|g"]
     assert [(s.name, s.values) for s in statsd_server.samples] == [
-        (b"jobs.done", (3.0,)), (b"jobs.waiting", (7.0,)), (b"jobs.seconds", (1.5,)),
+        (b"jobs.done", (3.0,)),
+        (b"jobs.waiting", (7.0,)),
+        (b"jobs.seconds", (1.5,)),
     ]
     statsd_server.assert_metric("jobs.done", value=0.3, tags=["queue:high"], type="rate")
     statsd_server.assert_metric("jobs.waiting", value=7, type="gauge")
@@ -86,7 +88,10 @@ async def test_flushes_do_not_repeat_counters_and_reset_forgets(reactor):
 def test_trial_mixin_example_passes_without_a_dirty_reactor(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "twisted.trial", str(EXAMPLES / "test_with_trial.py")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert "PASSED (successes=1)" in result.stdout, result.stdout + result.stderr
     assert "DirtyReactor" not in result.stdout
@@ -115,6 +120,9 @@ def test_flush_now_with_many_contexts(statsd_server):
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         for start in range(0, 3000, 100):
-            sock.sendto(b"\n".join(b"many.%d:1|c" % i for i in range(start, start + 100)), (statsd_server.host, statsd_server.port))
+            sock.sendto(
+                b"\n".join(b"many.%d:1|c" % i for i in range(start, start + 100)),
+                (statsd_server.host, statsd_server.port),
+            )
     statsd_server.flush_now()
     assert len([s for s in statsd_server.series if s.name.startswith("many.")]) == 3000

@@ -7,8 +7,8 @@ import json
 import pytest
 import pytest_twisted
 from datadog.dogstatsd import DogStatsd
-
 from helpers import early_in_a_bucket, start_jsonl_server, wait_for, with_deadline
+
 from twisted_statsd import build_service, load_config
 from twisted_statsd.intake.service import IntakeService
 
@@ -70,8 +70,14 @@ async def test_datadog_client_metrics_are_aggregated_exactly(reactor, tmp_path):
     host = [{"type": "host", "name": "testhost"}]
 
     def series(metric, kind, value, tags, resources=host):
-        return {"metric": metric, "type": kind, "points": [{"value": value}], "tags": tags,
-                "resources": resources, "interval": 10}
+        return {
+            "metric": metric,
+            "type": kind,
+            "points": [{"value": value}],
+            "tags": tags,
+            "resources": resources,
+            "interval": 10,
+        }
 
     assert [without_timestamps(o) for o in objects] == [
         series("page.views", 2, 0.5, ["env:test", "page:home"]),
@@ -98,9 +104,11 @@ async def test_distribution_event_and_service_check(reactor, tmp_path):
         statsd.close_socket()
         await wait_for(
             reactor,
-            lambda: service.telemetry.get("metrics") >= 100
-            and service.telemetry.get("events") == 1
-            and service.telemetry.get("service_checks") == 1,
+            lambda: (
+                service.telemetry.get("metrics") >= 100
+                and service.telemetry.get("events") == 1
+                and service.telemetry.get("service_checks") == 1
+            ),
         )
     finally:
         await stop(reactor, service)
@@ -108,7 +116,12 @@ async def test_distribution_event_and_service_check(reactor, tmp_path):
     objects = user_objects(out)
     (dist,) = [o for o in objects if o.get("type") == "distribution"]
     assert (dist["metric"], dist["count"], dist["min"], dist["max"], dist["sum"], dist["avg"]) == (
-        "latency", 100, 1, 100, 5050, 50.5,
+        "latency",
+        100,
+        1,
+        100,
+        5050,
+        50.5,
     )
     assert dist["tags"] == ["env:test"]
     assert set(dist["percentiles"]) == {"p50", "p75", "p90", "p95", "p99"}
@@ -118,7 +131,11 @@ async def test_distribution_event_and_service_check(reactor, tmp_path):
     assert (event["host"], event["alert_type"], event["tags"]) == ("web1", "success", ["env:test", "team:a"])
     (check,) = [o for o in objects if "check" in o]
     assert (check["check"], check["status"], check["message"], check["host_name"], check["tags"]) == (
-        "app.up", 0, "fine", "testhost", ["env:test", "team:a"],
+        "app.up",
+        0,
+        "fine",
+        "testhost",
+        ["env:test", "team:a"],
     )
 
 
@@ -131,7 +148,9 @@ async def test_bad_lines_are_counted_and_the_rest_of_the_packet_goes_through(rea
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.sendto(b"good:1|c\nbad:abc|g\nnopipe\nalso.good:2|g\nnan:NaN|g", ("127.0.0.1", service.udp.address.port))
         sock.close()
-        await wait_for(reactor, lambda: service.telemetry.get("metrics") >= 2 and service.telemetry.total_dropped() >= 3)
+        await wait_for(
+            reactor, lambda: service.telemetry.get("metrics") >= 2 and service.telemetry.total_dropped() >= 3
+        )
         assert service.telemetry.dropped("metric_bad_value") == 1
         assert service.telemetry.dropped("non_finite_value") == 1
     finally:
@@ -158,7 +177,7 @@ async def test_stop_leaves_no_port_and_flushes_open_buckets(reactor, tmp_path):
 
 def _received(service) -> bool:
     """True once the datagram sits in a packet buffer or has been aggregated."""
-    intake = [s for s in service if isinstance(s, IntakeService)][0]
+    intake = next(s for s in service if isinstance(s, IntakeService))
     return any(b.packets for b in intake.buffers) or service.telemetry.get("metrics") > 0
 
 
@@ -173,7 +192,7 @@ def send_raw(service, payload: bytes) -> None:
 @pytest_twisted.ensureDeferred
 async def test_eol_required_over_udp(reactor, tmp_path, eol, expected):
     """spec §1.7: the unterminated last line counts only when EOL is not required."""
-    service, out = await start(reactor, tmp_path, dogstatsd_eol_required=eol)
+    service, _out = await start(reactor, tmp_path, dogstatsd_eol_required=eol)
     try:
         send_raw(service, b"daemon:666|g|#foo:bar\ndaemon:666|g|#foo:bar")
         await wait_for(reactor, lambda: service.telemetry.get("packets", "transport:udp") == 1)
@@ -186,7 +205,7 @@ async def test_eol_required_over_udp(reactor, tmp_path, eol, expected):
 
 @pytest_twisted.ensureDeferred
 async def test_non_local_traffic_binds_all_interfaces_and_receive_buffer_is_set(reactor, tmp_path):
-    service, out = await start(reactor, tmp_path, dogstatsd_non_local_traffic=True, dogstatsd_so_rcvbuf=1 << 20)
+    service, _out = await start(reactor, tmp_path, dogstatsd_non_local_traffic=True, dogstatsd_so_rcvbuf=1 << 20)
     try:
         import socket
 
@@ -219,7 +238,7 @@ async def test_kernel_drops_reach_telemetry(reactor, tmp_path):
     """Overflow a tiny receive buffer while the reactor is not reading; the kernel's count shows up."""
     import socket
 
-    service, out = await start(reactor, tmp_path, dogstatsd_so_rcvbuf=4096)
+    service, _out = await start(reactor, tmp_path, dogstatsd_so_rcvbuf=4096)
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             for _ in range(200):  # the reactor cannot read: this coroutine holds it
@@ -233,11 +252,19 @@ async def test_kernel_drops_reach_telemetry(reactor, tmp_path):
 @pytest_twisted.ensureDeferred
 async def test_mapped_metric_arrives_under_its_new_name_and_tags(reactor, tmp_path):
     """Issue 4: a dotted name sent over UDP is renamed and tagged by the mapper."""
-    profiles = [{
-        "name": "airflow", "prefix": "airflow.",
-        "mappings": [{"match": "airflow.job.duration.*.*", "name": "airflow.job.duration",
-                      "tags": {"job_type": "$1", "job_name": "$2"}}],
-    }]
+    profiles = [
+        {
+            "name": "airflow",
+            "prefix": "airflow.",
+            "mappings": [
+                {
+                    "match": "airflow.job.duration.*.*",
+                    "name": "airflow.job.duration",
+                    "tags": {"job_type": "$1", "job_name": "$2"},
+                }
+            ],
+        }
+    ]
     service, out = await start(reactor, tmp_path, dogstatsd_mapper_profiles=profiles)
     try:
         statsd = client(service)
@@ -258,7 +285,10 @@ async def test_a_failed_start_leaves_nothing_open(reactor, tmp_path):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
-        service = build_service(load_config(data={"dogstatsd_port": port, "sinks": [{"type": "jsonl", "path": str(tmp_path / "o")}]}), reactor)
+        service = build_service(
+            load_config(data={"dogstatsd_port": port, "sinks": [{"type": "jsonl", "path": str(tmp_path / "o")}]}),
+            reactor,
+        )
         with pytest.raises(Exception, match="Address already in use"):
             service.startService()
     await with_deadline(reactor, service.abandoned)
@@ -270,7 +300,7 @@ async def test_stop_reads_everything_queued_not_just_one_read_budget(reactor, tm
     """More than doRead's 256 KiB budget waits in the socket at stop: all of it is aggregated."""
     import socket
 
-    service, out = await start(reactor, tmp_path, dogstatsd_so_rcvbuf=4 << 20)
+    service, _out = await start(reactor, tmp_path, dogstatsd_so_rcvbuf=4 << 20)
     granted = service.udp.port.getHandle().getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     line = b"q:1|c\n" * 200  # 1,200 bytes, 200 metrics per datagram
     count = min(1500, granted // 4096)  # stay well inside the receive buffer (kernel overhead per datagram)

@@ -11,9 +11,9 @@ import struct
 import pytest
 import pytest_twisted
 from datadog.dogstatsd import DogStatsd
+from helpers import wait_for, with_deadline
 from twisted.internet import threads
 
-from helpers import wait_for, with_deadline
 from twisted_statsd import build_service, load_config
 from twisted_statsd.listeners.sockets import SocketPathError
 
@@ -93,6 +93,7 @@ def closed_by_peer(sock) -> bool:
 
 # -- the datadog client ------------------------------------------------------------
 
+
 @pytest_twisted.ensureDeferred
 async def test_datadog_client_over_unixgram(reactor, tmp_path, paths):
     service, out = await start(reactor, tmp_path, paths)
@@ -122,7 +123,9 @@ async def test_datadog_client_over_unixstream(reactor, tmp_path, paths):
         statsd.event("Deploy", "done", tags=["team:a"])
         statsd.flush()
         assert statsd._transport == "uds-stream"
-        await wait_for(reactor, lambda: service.telemetry.get("metrics") == 500 and service.telemetry.get("events") == 1)
+        await wait_for(
+            reactor, lambda: service.telemetry.get("metrics") == 500 and service.telemetry.get("events") == 1
+        )
         statsd.close_socket()
         await wait_for(reactor, lambda: len(service.unixstream.tracker) == 0)
     finally:
@@ -170,7 +173,7 @@ async def test_frames_sent_byte_by_byte(reactor, tmp_path, paths):
         for i in range(len(data)):
             sock.send(data[i : i + 1])
             held = (i + 1) % first if i < first else (i + 1 - first) % (len(data) - first)
-            await wait_for(reactor, lambda: protocol.decoder.pending == held)
+            await wait_for(reactor, lambda held=held: protocol.decoder.pending == held)
         await wait_for(reactor, lambda: service.telemetry.get("metrics") == 3)
     finally:
         sock.close()
@@ -179,6 +182,7 @@ async def test_frames_sent_byte_by_byte(reactor, tmp_path, paths):
 
 
 # -- refusals ------------------------------------------------------------------------
+
 
 @pytest_twisted.ensureDeferred
 async def test_an_oversized_frame_closes_only_that_connection(reactor, tmp_path, paths):
@@ -201,7 +205,7 @@ async def test_an_oversized_frame_closes_only_that_connection(reactor, tmp_path,
 
 @pytest_twisted.ensureDeferred
 async def test_connections_over_the_cap_are_refused(reactor, tmp_path, paths):
-    service, out = await start(reactor, tmp_path, paths, dogstatsd_stream_max_connections=2)
+    service, _out = await start(reactor, tmp_path, paths, dogstatsd_stream_max_connections=2)
     socks = [stream_client(paths[1]) for _ in range(2)]
     try:
         await wait_for(reactor, lambda: len(service.unixstream.tracker) == 2)
@@ -219,6 +223,7 @@ async def test_connections_over_the_cap_are_refused(reactor, tmp_path, paths):
 
 
 # -- lifecycle and socket files ----------------------------------------------------------
+
 
 @pytest_twisted.ensureDeferred
 async def test_stop_reads_closes_flushes_and_removes_the_files(reactor, tmp_path, paths):
@@ -243,7 +248,7 @@ async def test_stop_reads_closes_flushes_and_removes_the_files(reactor, tmp_path
 
 @pytest_twisted.ensureDeferred
 async def test_stop_completes_when_the_socket_files_were_deleted(reactor, tmp_path, paths):
-    service, out = await start(reactor, tmp_path, paths)
+    service, _out = await start(reactor, tmp_path, paths)
     os.unlink(paths[0])
     os.unlink(paths[1])
     await stop(reactor, service)
@@ -252,10 +257,10 @@ async def test_stop_completes_when_the_socket_files_were_deleted(reactor, tmp_pa
 
 @pytest_twisted.ensureDeferred
 async def test_stale_socket_files_are_replaced_and_the_mode_is_configurable(reactor, tmp_path, paths):
-    for path, kind in zip(paths, (socket.SOCK_DGRAM, socket.SOCK_STREAM)):
+    for path, kind in zip(paths, (socket.SOCK_DGRAM, socket.SOCK_STREAM), strict=False):
         with socket.socket(socket.AF_UNIX, kind) as crashed:
             crashed.bind(path)
-    service, out = await start(reactor, tmp_path, paths, dogstatsd_socket_mode="0700")
+    service, _out = await start(reactor, tmp_path, paths, dogstatsd_socket_mode="0700")
     try:
         for path in paths:
             assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
@@ -297,6 +302,7 @@ async def test_a_path_that_is_not_a_socket_is_never_deleted(reactor, tmp_path, p
 
 # -- origin detection ----------------------------------------------------------------------
 
+
 @pytest.fixture
 def fake_proc(tmp_path):
     """A /proc in which this process runs in docker container CID."""
@@ -309,12 +315,18 @@ def fake_proc(tmp_path):
 @pytest_twisted.ensureDeferred
 async def test_origin_detection_tags_metrics_with_the_senders_container(reactor, tmp_path, paths, fake_proc):
     service, out = await start(
-        reactor, tmp_path, paths, _proc_root=fake_proc,
-        dogstatsd_origin_detection=True, dogstatsd_origin_detection_client=True,
+        reactor,
+        tmp_path,
+        paths,
+        _proc_root=fake_proc,
+        dogstatsd_origin_detection=True,
+        dogstatsd_origin_detection_client=True,
     )
     try:
         gram = DogStatsd(socket_path="unixgram://" + paths[0], disable_telemetry=True, origin_detection_enabled=False)
-        stream = DogStatsd(socket_path="unixstream://" + paths[1], disable_telemetry=True, origin_detection_enabled=False)
+        stream = DogStatsd(
+            socket_path="unixstream://" + paths[1], disable_telemetry=True, origin_detection_enabled=False
+        )
         gram.increment("o.gram")
         stream.increment("o.stream")
         gram._send_to_server("o.client:1|c|c:ci-abc")  # a c: field from the client wins
@@ -324,13 +336,19 @@ async def test_origin_detection_tags_metrics_with_the_senders_container(reactor,
     finally:
         await stop(reactor, service)
     tags = {name: t for name, (_, t) in values(out).items()}
-    assert tags == {"o.gram": [f"container_id:{CID}"], "o.stream": [f"container_id:{CID}"], "o.client": ["container_id:abc"]}
+    assert tags == {
+        "o.gram": [f"container_id:{CID}"],
+        "o.stream": [f"container_id:{CID}"],
+        "o.client": ["container_id:abc"],
+    }
     assert service.telemetry.total_dropped() == 0
 
 
 @pytest_twisted.ensureDeferred
 async def test_origin_detection_failures_leave_packets_untagged(reactor, tmp_path, paths):
-    service, out = await start(reactor, tmp_path, paths, _proc_root=str(tmp_path / "noproc"), dogstatsd_origin_detection=True)
+    service, out = await start(
+        reactor, tmp_path, paths, _proc_root=str(tmp_path / "noproc"), dogstatsd_origin_detection=True
+    )
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as gram:
             gram.sendto(b"untagged:1|c", paths[0])
@@ -344,7 +362,7 @@ async def test_origin_detection_failures_leave_packets_untagged(reactor, tmp_pat
 @pytest_twisted.ensureDeferred
 async def test_origin_detection_on_this_host(reactor, tmp_path, paths):
     """The real /proc: a process outside any container gets no tag and no error."""
-    service, out = await start(reactor, tmp_path, paths, dogstatsd_origin_detection=True)
+    service, _out = await start(reactor, tmp_path, paths, dogstatsd_origin_detection=True)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as gram:
             gram.sendto(b"host.proc:1|c", paths[0])
@@ -355,6 +373,7 @@ async def test_origin_detection_on_this_host(reactor, tmp_path, paths):
 
 
 # -- load and back-pressure ----------------------------------------------------------------
+
 
 def blocking_burst(path, datagrams: int, per_datagram: int) -> None:
     payload = b"\n".join(b"burst.%d:1|c" % (i % 50) for i in range(per_datagram))
@@ -367,7 +386,7 @@ def blocking_burst(path, datagrams: int, per_datagram: int) -> None:
 @pytest_twisted.ensureDeferred
 async def test_a_blocking_datagram_burst_loses_nothing(reactor, tmp_path, paths):
     """The kernel queues only 10 datagrams; a blocking sender waits, and everything arrives."""
-    service, out = await start(reactor, tmp_path, paths)
+    service, _out = await start(reactor, tmp_path, paths)
     try:
         await with_deadline(reactor, threads.deferToThread(blocking_burst, paths[0], 20_000, 10), timeout=60)
         await wait_for(reactor, lambda: service.telemetry.get("metrics") == 200_000, timeout=30)
@@ -379,7 +398,7 @@ async def test_a_blocking_datagram_burst_loses_nothing(reactor, tmp_path, paths)
 @pytest_twisted.ensureDeferred
 async def test_memory_pressure_slows_reading_but_delivers(reactor, tmp_path, paths):
     limiter = {"enabled": True, "low_soft_limit": 0.0001, "high_soft_limit": 1000, "hard_limit": 1000}
-    service, out = await start(reactor, tmp_path, paths, dogstatsd_mem_based_rate_limiter=limiter)
+    service, _out = await start(reactor, tmp_path, paths, dogstatsd_mem_based_rate_limiter=limiter)
     sock = stream_client(paths[1])
     try:
         assert service.memory.state.level == 1 and service.memory.state.delay > 0

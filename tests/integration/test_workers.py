@@ -7,8 +7,8 @@ import socket
 import time
 
 import pytest_twisted
-from twisted.internet.threads import deferToThread
 from helpers import start_jsonl_server, wait_for, with_deadline
+from twisted.internet.threads import deferToThread
 
 
 def start(reactor, tmp_path, name, **settings):
@@ -27,8 +27,13 @@ def user_series(path):
 
 WORKLOAD = [
     b"\n".join(
-        [b"w.count:%d|c|#k:%d" % (i % 7, i % 3), b"w.set:%d|s" % (i % 50), b"w.hist:%d|h" % (i % 100),
-         b"w.dist:%d|d" % (i % 30), b"w.gauge:5|g"]
+        [
+            b"w.count:%d|c|#k:%d" % (i % 7, i % 3),
+            b"w.set:%d|s" % (i % 50),
+            b"w.hist:%d|h" % (i % 100),
+            b"w.dist:%d|d" % (i % 30),
+            b"w.gauge:5|g",
+        ]
     )
     for i in range(1000)
 ]

@@ -57,10 +57,15 @@ def test_time_sampler_vector():
 
     assert not agg.flush(1045).series  # no new interval
     out = by_name(agg.flush(1050))
-    assert out == {
-        "counter1": out["counter1"],
-        "counter2": out["counter2"],
-    } and out["counter1"].points == [(1040, 0.0)] and out["counter2"].points == [(1040, 0.0)]
+    assert (
+        out
+        == {
+            "counter1": out["counter1"],
+            "counter2": out["counter2"],
+        }
+        and out["counter1"].points == [(1040, 0.0)]
+        and out["counter2"].points == [(1040, 0.0)]
+    )
     out = by_name(agg.flush(1329))
     assert list(out) == ["counter2"]  # counter1 expired: 1010 + 300 is not > 1310
     assert out["counter2"].points == [(1310, 0.0)]
@@ -266,7 +271,9 @@ def test_merging_partial_aggregates_equals_one_aggregator():
     for i in range(2000):
         kind = rng.choice([COUNTER, GAUGE, SET, HISTOGRAM, TIMING, DISTRIBUTION])
         value = b"m%d" % rng.randint(0, 5) if kind == SET else float(rng.randint(-5, 50))
-        samples.append((ctx(f"{kind.decode()}.{i % 7}", f"t:{i % 3}"), kind, value, rng.choice([1.0, 0.5]), 1000 + i % 25))
+        samples.append(
+            (ctx(f"{kind.decode()}.{i % 7}", f"t:{i % 3}"), kind, value, rng.choice([1.0, 0.5]), 1000 + i % 25)
+        )
     whole = Aggregator()
     parts = [Aggregator(), Aggregator(), Aggregator()]
     for n, (context, kind, value, rate, now) in enumerate(samples):
@@ -278,7 +285,9 @@ def test_merging_partial_aggregates_equals_one_aggregator():
 
     def summary(batch):
         series = sorted((s.name, s.tags, [(ts, round(v, 9)) for ts, v in s.points]) for s in batch.series)
-        sketches = sorted((s.name, s.tags, [(ts, k.count, k.sum, k.bins()) for ts, k in s.points]) for s in batch.sketches)
+        sketches = sorted(
+            (s.name, s.tags, [(ts, k.count, k.sum, k.bins()) for ts, k in s.points]) for s in batch.sketches
+        )
         return series, sketches
 
     assert summary(merged.flush(1100, final=True)) == summary(whole.flush(1100, final=True))
@@ -288,7 +297,7 @@ def _reference_histogram_series(values, weights, aggregates, percent_ranks):
     """Spec §6.5 written out plainly: sort (value, weight) pairs, walk cumulative weights."""
     import math
 
-    pairs = sorted(zip(values, weights))
+    pairs = sorted(zip(values, weights, strict=False))
     count = math.fsum(w for _, w in pairs)
     total = math.fsum(v * w for v, w in pairs)
 
@@ -300,15 +309,24 @@ def _reference_histogram_series(values, weights, aggregates, percent_ranks):
                 return value
         return pairs[-1][0]
 
-    out = {"max": pairs[-1][0], "min": pairs[0][0], "median": rank((count - 1) / 2), "avg": total / count,
-           "sum": total, "count": count / 10}
+    out = {
+        "max": pairs[-1][0],
+        "min": pairs[0][0],
+        "median": rank((count - 1) / 2),
+        "avg": total / count,
+        "sum": total,
+        "count": count / 10,
+    }
     return [out[a] for a in aggregates] + [rank((p * count - 1) / 100) for p in percent_ranks]
 
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.lists(st.tuples(st.floats(-1e6, 1e6, allow_nan=False), st.sampled_from([1.0, 1.0, 0.5, 0.1, 0.3])),
-             min_size=1, max_size=60),
+    st.lists(
+        st.tuples(st.floats(-1e6, 1e6, allow_nan=False), st.sampled_from([1.0, 1.0, 0.5, 0.1, 0.3])),
+        min_size=1,
+        max_size=60,
+    ),
     st.lists(st.sampled_from([0.5, 0.75, 0.9, 0.95, 0.99, 0.01, 1.0]), max_size=3, unique=True),
 )
 def test_histogram_statistics_match_a_plain_sorted_walk(samples, percentiles):

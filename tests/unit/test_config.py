@@ -21,10 +21,12 @@ from twisted_statsd.config import (
 @pytest.fixture
 def write(tmp_path):
     """Write a YAML configuration file (a mapping is dumped, a string written as is)."""
+
     def write(content, name="statsd.yaml"):
         path = tmp_path / name
         path.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
         return str(path)
+
     return write
 
 
@@ -35,6 +37,7 @@ def error_of(**kwargs) -> str:
 
 
 # -- defaults -----------------------------------------------------------------
+
 
 def test_defaults():
     """With no sources at all, every key has DogStatsD's default (ours for flush_interval)."""
@@ -69,10 +72,27 @@ def test_defaults():
 def test_default_namespace_blacklist_is_standard_statsd_prefixes():
     """The default blacklist is DogStatsD's StandardStatsdPrefixes, in its order (spec §6.2)."""
     expected = (
-        "datadog.agent", "datadog.dogstatsd", "datadog.process", "datadog.trace_agent",
-        "datadog.tracer", "activemq", "activemq_58", "airflow", "cassandra", "confluent",
-        "hazelcast", "hive", "ignite", "jboss", "jvm", "kafka", "presto", "sidekiq",
-        "solr", "tomcat", "runtime",
+        "datadog.agent",
+        "datadog.dogstatsd",
+        "datadog.process",
+        "datadog.trace_agent",
+        "datadog.tracer",
+        "activemq",
+        "activemq_58",
+        "airflow",
+        "cassandra",
+        "confluent",
+        "hazelcast",
+        "hive",
+        "ignite",
+        "jboss",
+        "jvm",
+        "kafka",
+        "presto",
+        "sidekiq",
+        "solr",
+        "tomcat",
+        "runtime",
     )
     assert STANDARD_STATSD_PREFIXES == expected
     assert load_config().statsd_metric_namespace_blacklist == expected
@@ -95,6 +115,7 @@ def test_empty_file_gives_defaults(write):
 
 
 # -- file values --------------------------------------------------------------
+
 
 def test_yaml_file_values(write):
     """Every key given in a YAML file is read with its YAML type."""
@@ -174,20 +195,17 @@ def test_null_values_mean_not_given(write):
 PRECEDENCE = [
     ("dogstatsd_port", 1001, 1002, "1003", 1004, (1001, 1002, 1003, 1004)),
     ("hostname", "data", "file", "env", "cli", ("data", "file", "env", "cli")),
-    ("bind_host", "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4",
-     ("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4")),
+    ("bind_host", "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", ("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4")),
     ("flush_interval", 1, 2.5, "3", "4.5", (1, 2.5, 3, 4.5)),
     ("dogstatsd_non_local_traffic", True, False, "yes", False, (True, False, True, False)),
-    ("dogstatsd_tags", ["a:1"], ["b:2"], "c:3 d:4", ["e:5"],
-     (("a:1",), ("b:2",), ("c:3", "d:4"), ("e:5",))),
+    ("dogstatsd_tags", ["a:1"], ["b:2"], "c:3 d:4", ["e:5"], (("a:1",), ("b:2",), ("c:3", "d:4"), ("e:5",))),
     ("statsd_metric_namespace", "d", "f", "e", "c", ("d.", "f.", "e.", "c.")),
     ("dogstatsd_packet_buffer_flush_timeout", "1s", "2s", "3s", "4s", (1, 2, 3, 4)),
     ("histogram_percentiles", [0.1], ["0.2"], "0.3", "0.4", ((0.1,), (0.2,), (0.3,), (0.4,))),
 ]
 
 
-@pytest.mark.parametrize(
-    "key, data, file, env, override, expected", PRECEDENCE, ids=[row[0] for row in PRECEDENCE])
+@pytest.mark.parametrize("key, data, file, env, override, expected", PRECEDENCE, ids=[row[0] for row in PRECEDENCE])
 def test_precedence(write, key, data, file, env, override, expected):
     """defaults < data < file < environment < command line, for each key separately."""
     path = write({key: file})
@@ -212,24 +230,52 @@ def test_precedence_is_per_key(write):
         overrides={"flush_interval": 5},
     )
     assert (config.dogstatsd_port, config.bind_host, config.hostname, config.flush_interval) == (
-        2000, "10.1.1.1", "env", 5)
+        2000,
+        "10.1.1.1",
+        "env",
+        5,
+    )
 
 
 def test_overrides_accept_strings_and_typed_values():
     """Command-line values may come as strings or already typed."""
-    as_strings = load_config(overrides={"dogstatsd_port": "9000", "dogstatsd_non_local_traffic": "true",
-                                        "dogstatsd_tags": "b a", "flush_interval": "2.5"})
-    typed = load_config(overrides={"dogstatsd_port": 9000, "dogstatsd_non_local_traffic": True,
-                                   "dogstatsd_tags": ["a", "b"], "flush_interval": 2.5})
+    as_strings = load_config(
+        overrides={
+            "dogstatsd_port": "9000",
+            "dogstatsd_non_local_traffic": "true",
+            "dogstatsd_tags": "b a",
+            "flush_interval": "2.5",
+        }
+    )
+    typed = load_config(
+        overrides={
+            "dogstatsd_port": 9000,
+            "dogstatsd_non_local_traffic": True,
+            "dogstatsd_tags": ["a", "b"],
+            "flush_interval": 2.5,
+        }
+    )
     assert as_strings == typed
 
 
 # -- environment --------------------------------------------------------------
 
-@pytest.mark.parametrize("text, expected", [
-    ("true", True), ("TRUE", True), ("1", True), ("yes", True), ("Yes", True),
-    ("false", False), ("False", False), ("0", False), ("no", False), ("NO", False),
-])
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("true", True),
+        ("TRUE", True),
+        ("1", True),
+        ("yes", True),
+        ("Yes", True),
+        ("false", False),
+        ("False", False),
+        ("0", False),
+        ("no", False),
+        ("NO", False),
+    ],
+)
 def test_env_booleans(text, expected):
     config = load_config(env={"DD_DOGSTATSD_NON_LOCAL_TRAFFIC": text})
     assert config.dogstatsd_non_local_traffic is expected
@@ -241,22 +287,35 @@ def test_env_bad_boolean_names_the_variable():
 
 
 def test_env_lists_are_space_separated():
-    config = load_config(env={
-        "DD_DOGSTATSD_TAGS": "hello:world extra:tags",
-        "DD_HISTOGRAM_AGGREGATES": "max  sum",
-        "DD_STATSD_METRIC_NAMESPACE_BLACKLIST": "a.b c.d",
-        "DD_DOGSTATSD_EOL_REQUIRED": "udp",
-    })
+    config = load_config(
+        env={
+            "DD_DOGSTATSD_TAGS": "hello:world extra:tags",
+            "DD_HISTOGRAM_AGGREGATES": "max  sum",
+            "DD_STATSD_METRIC_NAMESPACE_BLACKLIST": "a.b c.d",
+            "DD_DOGSTATSD_EOL_REQUIRED": "udp",
+        }
+    )
     assert config.dogstatsd_tags == ("extra:tags", "hello:world")
     assert config.histogram_aggregates == ("max", "sum")
     assert config.statsd_metric_namespace_blacklist == ("a.b", "c.d")
     assert config.dogstatsd_eol_required == ("udp",)
 
 
-@pytest.mark.parametrize("text, seconds", [
-    ("100ms", 0.1), ("1s", 1.0), ("1.5s", 1.5), ("500us", 0.0005), ("500µs", 0.0005),
-    ("2m", 120.0), ("1m30s", 90.0), ("1h", 3600.0), (".5s", 0.5), ("250000ns", 0.00025),
-])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("100ms", 0.1),
+        ("1s", 1.0),
+        ("1.5s", 1.5),
+        ("500us", 0.0005),
+        ("500µs", 0.0005),
+        ("2m", 120.0),
+        ("1m30s", 90.0),
+        ("1h", 3600.0),
+        (".5s", 0.5),
+        ("250000ns", 0.00025),
+    ],
+)
 def test_env_durations(text, seconds):
     config = load_config(env={"DD_DOGSTATSD_PACKET_BUFFER_FLUSH_TIMEOUT": text})
     assert config.dogstatsd_packet_buffer_flush_timeout == pytest.approx(seconds)
@@ -276,10 +335,16 @@ def test_yaml_number_duration_asks_for_a_unit(write):
     assert "unit" in message
 
 
-@pytest.mark.parametrize("text, problem", [
-    ("abc", "expected a duration"), ("1x", "expected a duration"), ("1 s", "expected a duration"),
-    ("0s", "must be greater than 0"), ("-1s", "must be greater than 0"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("abc", "expected a duration"),
+        ("1x", "expected a duration"),
+        ("1 s", "expected a duration"),
+        ("0s", "must be greater than 0"),
+        ("-1s", "must be greater than 0"),
+    ],
+)
 def test_bad_durations(text, problem):
     assert problem in error_of(overrides={"dogstatsd_packet_buffer_flush_timeout": text})
 
@@ -291,7 +356,8 @@ def test_env_integers_are_strict(text):
         assert load_config(env=env).dogstatsd_buffer_size == 8192
     else:
         assert error_of(env=env) == (
-            f"environment variable DD_DOGSTATSD_BUFFER_SIZE: expected an integer, got {text!r}")
+            f"environment variable DD_DOGSTATSD_BUFFER_SIZE: expected an integer, got {text!r}"
+        )
 
 
 @pytest.mark.parametrize("text", ["abc", "1e400", "nan", "inf", "1_0", "1.0.0"])
@@ -302,7 +368,8 @@ def test_env_floats_are_strict(text):
 
 def test_env_port_error_names_the_variable():
     assert error_of(env={"DD_DOGSTATSD_PORT": "x"}) == (
-        "environment variable DD_DOGSTATSD_PORT: expected an integer, got 'x'")
+        "environment variable DD_DOGSTATSD_PORT: expected an integer, got 'x'"
+    )
 
 
 def test_foreign_dd_variables_are_ignored_silently():
@@ -351,6 +418,7 @@ def test_sinks_are_not_read_from_the_environment():
 
 # -- individual keys ----------------------------------------------------------
 
+
 @pytest.mark.parametrize("source", ["data", "file", "env", "overrides"])
 def test_random_port_is_ephemeral(write, source):
     kwargs = {
@@ -378,9 +446,15 @@ def test_udp_interface_follows_non_local_traffic():
     assert config.udp_interface == ""
 
 
-@pytest.mark.parametrize("given, expected", [
-    ("myapp", "myapp."), ("myapp.", "myapp."), ("testNamespace.", "testNamespace."), ("", ""),
-])
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ("myapp", "myapp."),
+        ("myapp.", "myapp."),
+        ("testNamespace.", "testNamespace."),
+        ("", ""),
+    ],
+)
 def test_namespace_gets_a_trailing_dot(given, expected):
     assert load_config(data={"statsd_metric_namespace": given}).statsd_metric_namespace == expected
 
@@ -390,15 +464,18 @@ def test_tags_are_sorted_and_deduplicated(write):
     assert load_config(path=path).dogstatsd_tags == ("a:1", "b:2", "c")
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("flush_interval", 0, "must be greater than 0"),
-    ("flush_interval", -1, "must be greater than 0"),
-    ("dogstatsd_buffer_size", 0, "must be greater than 0"),
-    ("dogstatsd_packet_buffer_size", 0, "must be greater than 0"),
-    ("dogstatsd_so_rcvbuf", -1, "must be at least 0"),
-    ("dogstatsd_expiry_seconds", -1, "must be at least 0"),
-    ("dogstatsd_context_expiry_seconds", -0.5, "must be at least 0"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("flush_interval", 0, "must be greater than 0"),
+        ("flush_interval", -1, "must be greater than 0"),
+        ("dogstatsd_buffer_size", 0, "must be greater than 0"),
+        ("dogstatsd_packet_buffer_size", 0, "must be greater than 0"),
+        ("dogstatsd_so_rcvbuf", -1, "must be at least 0"),
+        ("dogstatsd_expiry_seconds", -1, "must be at least 0"),
+        ("dogstatsd_context_expiry_seconds", -0.5, "must be at least 0"),
+    ],
+)
 def test_out_of_range_values(key, value, message):
     assert error_of(overrides={key: value}) == f"command line: {key}: {message}"
 
@@ -409,6 +486,7 @@ def test_zero_expiry_is_allowed():
 
 
 # -- unknown keys and wrong types ---------------------------------------------
+
 
 def test_unknown_keys_are_warnings_naming_key_and_source(write):
     path = write({"apm_config": "xyz", "dogstatsd_prot": 1})
@@ -422,23 +500,32 @@ def test_unknown_keys_are_warnings_naming_key_and_source(write):
 
 def test_strings_in_a_file_are_read_as_the_agent_reads_them(write):
     """Like the agent's loader, a file may quote numbers and booleans and give lists as words."""
-    config = load_config(path=write({
-        "dogstatsd_port": "8126", "flush_interval": "10", "dogstatsd_non_local_traffic": "true",
-        "dogstatsd_tags": "b:2 a:1",
-    }))
+    config = load_config(
+        path=write(
+            {
+                "dogstatsd_port": "8126",
+                "flush_interval": "10",
+                "dogstatsd_non_local_traffic": "true",
+                "dogstatsd_tags": "b:2 a:1",
+            }
+        )
+    )
     assert (config.dogstatsd_port, config.flush_interval, config.dogstatsd_non_local_traffic) == (8126, 10.0, True)
     assert config.dogstatsd_tags == ("a:1", "b:2")
 
 
-@pytest.mark.parametrize("key, value, expected", [
-    ("dogstatsd_port", "abc", "expected an integer, got 'abc'"),
-    ("dogstatsd_buffer_size", True, "expected an integer, got True"),
-    ("dogstatsd_buffer_size", 1.5, "expected an integer, got 1.5"),
-    ("dogstatsd_non_local_traffic", 1, "expected a boolean, got 1"),
-    ("hostname", 42, "expected a string, got 42"),
-    ("histogram_percentiles", 0.5, "expected a list, got 0.5"),
-    ("sinks", {"type": "console"}, "expected a list, got {'type': 'console'}"),
-])
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("dogstatsd_port", "abc", "expected an integer, got 'abc'"),
+        ("dogstatsd_buffer_size", True, "expected an integer, got True"),
+        ("dogstatsd_buffer_size", 1.5, "expected an integer, got 1.5"),
+        ("dogstatsd_non_local_traffic", 1, "expected a boolean, got 1"),
+        ("hostname", 42, "expected a string, got 42"),
+        ("histogram_percentiles", 0.5, "expected a list, got 0.5"),
+        ("sinks", {"type": "console"}, "expected a list, got {'type': 'console'}"),
+    ],
+)
 def test_wrong_types_in_file_name_key_and_file(write, key, value, expected):
     """YAML is typed, so a file value of the wrong type is an error, not parsed from text."""
     path = write({key: value})
@@ -451,8 +538,7 @@ def test_wrong_item_type_names_the_index(write):
 
 
 def test_wrong_type_in_data_names_configuration():
-    assert error_of(data={"dogstatsd_port": "x"}) == (
-        "configuration: dogstatsd_port: expected an integer, got 'x'")
+    assert error_of(data={"dogstatsd_port": "x"}) == ("configuration: dogstatsd_port: expected an integer, got 'x'")
 
 
 def test_broken_file_value_fails_even_when_overridden(write):
@@ -462,6 +548,7 @@ def test_broken_file_value_fails_even_when_overridden(write):
 
 
 # -- bad files ----------------------------------------------------------------
+
 
 def test_missing_file(tmp_path):
     path = str(tmp_path / "missing.yaml")
@@ -495,6 +582,7 @@ def test_data_must_be_a_mapping():
 
 # -- lists that skip bad items ------------------------------------------------
 
+
 def test_bad_percentiles_are_skipped_with_warnings(write):
     path = write({"histogram_percentiles": ["0.5", 0.99, "abc", 1.5, -0.1, "0.5", True]})
     config = load_config(path=path)
@@ -509,8 +597,8 @@ def test_bad_percentiles_from_env_are_skipped():
     config = load_config(env={"DD_HISTOGRAM_PERCENTILES": "0.5 nope 0.99"})
     assert config.histogram_percentiles == (0.5, 0.99)
     assert config.warnings == (
-        "environment variable DD_HISTOGRAM_PERCENTILES: percentile 'nope' ignored: "
-        "expected a number, got 'nope'",)
+        "environment variable DD_HISTOGRAM_PERCENTILES: percentile 'nope' ignored: expected a number, got 'nope'",
+    )
 
 
 def test_unknown_aggregates_are_skipped_with_warnings(write):
@@ -540,6 +628,7 @@ def test_only_the_winning_source_warns(write):
 
 # -- metric_filterlist --------------------------------------------------------
 
+
 def test_legacy_blocklist_alone(write):
     path = write({"statsd_metric_blocklist": ["a"], "statsd_metric_blocklist_match_prefix": True})
     config = load_config(path=path)
@@ -548,10 +637,14 @@ def test_legacy_blocklist_alone(write):
 
 
 def test_filterlist_wins_over_legacy_names(write):
-    path = write({
-        "statsd_metric_blocklist": ["legacy"], "statsd_metric_blocklist_match_prefix": False,
-        "metric_filterlist": ["new.a", "new.b"], "metric_filterlist_match_prefix": True,
-    })
+    path = write(
+        {
+            "statsd_metric_blocklist": ["legacy"],
+            "statsd_metric_blocklist_match_prefix": False,
+            "metric_filterlist": ["new.a", "new.b"],
+            "metric_filterlist_match_prefix": True,
+        }
+    )
     config = load_config(path=path)
     assert config.statsd_metric_blocklist == ("new.a", "new.b")
     assert config.statsd_metric_blocklist_match_prefix is True
@@ -577,6 +670,7 @@ def test_filterlist_errors_use_its_own_name(write):
 
 
 # -- sinks --------------------------------------------------------------------
+
 
 def test_jsonl_sink_defaults(write):
     config = load_config(path=write({"sinks": [{"type": "jsonl"}, {"type": "console"}]}))
@@ -610,10 +704,13 @@ def test_console_sink_takes_no_options(write):
     assert error_of(path=path).startswith(f"{path}: sinks[0]: unknown option 'path'")
 
 
-@pytest.mark.parametrize("value, expected", [
-    (3, "expected a string, got 3"),
-    ("", "must not be empty"),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (3, "expected a string, got 3"),
+        ("", "must not be empty"),
+    ],
+)
 def test_bad_sink_path(write, value, expected):
     path = write({"sinks": [{"type": "jsonl", "path": value}]})
     assert error_of(path=path) == f"{path}: sinks[0].path: {expected}"
@@ -645,6 +742,7 @@ def test_sink_options_are_read_only():
 
 # -- the Config object --------------------------------------------------------
 
+
 def test_config_is_frozen():
     config = load_config()
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -668,6 +766,7 @@ def test_every_config_field_is_a_known_key():
 
 # -- Unix sockets ---------------------------------------------------------------
 
+
 def test_unix_socket_defaults():
     """Both Unix listeners are off by default (ours: the agent defaults to /var/run/datadog/dsd.socket)."""
     config = load_config()
@@ -678,7 +777,12 @@ def test_unix_socket_defaults():
     assert config.dogstatsd_stream_log_too_big is False
     assert config.dogstatsd_origin_detection is False
     limiter = config.dogstatsd_mem_based_rate_limiter
-    assert (limiter.enabled, limiter.low_soft_limit, limiter.high_soft_limit, limiter.hard_limit) == (False, 0.7, 0.8, 0.9)
+    assert (limiter.enabled, limiter.low_soft_limit, limiter.high_soft_limit, limiter.hard_limit) == (
+        False,
+        0.7,
+        0.8,
+        0.9,
+    )
     assert (limiter.memory_limit_bytes, limiter.check_interval) == (0, 1.0)
 
 
@@ -712,7 +816,12 @@ def test_memory_limiter_section_as_in_datadog_yaml(write):
     )
     config = load_config(path=path)
     limiter = config.dogstatsd_mem_based_rate_limiter
-    assert (limiter.enabled, limiter.low_soft_limit, limiter.high_soft_limit, limiter.hard_limit) == (True, 0.5, 0.6, 0.9)
+    assert (limiter.enabled, limiter.low_soft_limit, limiter.high_soft_limit, limiter.hard_limit) == (
+        True,
+        0.5,
+        0.6,
+        0.9,
+    )
     assert limiter.memory_limit_bytes == 1 << 30
     assert config.warnings == (
         f"{path}: dogstatsd_mem_based_rate_limiter: option 'go_gc' only tunes the Go agent; ignored",
@@ -761,5 +870,5 @@ def test_mapper_profiles_from_yaml_and_from_json_in_the_environment(write):
     assert config.dogstatsd_mapper_profiles[0]["mappings"][0]["name"] == "a"
     from_env = load_config(env={"DD_DOGSTATSD_MAPPER_PROFILES": json.dumps(MAPPER)})
     assert from_env.dogstatsd_mapper_profiles == config.dogstatsd_mapper_profiles
-    with pytest.raises(ConfigError, match="DD_DOGSTATSD_MAPPER_PROFILES.*JSON"):
+    with pytest.raises(ConfigError, match=r"DD_DOGSTATSD_MAPPER_PROFILES.*JSON"):
         load_config(env={"DD_DOGSTATSD_MAPPER_PROFILES": "[not json"})

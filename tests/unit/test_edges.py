@@ -119,7 +119,7 @@ def test_the_servers_own_counters_start_in_the_bucket_they_were_counted_in():
 
 def test_flush_loop_runs_every_interval_and_final_flush_on_stop():
     sink = RecordingSink()
-    clock, aggregator, telemetry, flusher = make_flusher([sink])
+    clock, aggregator, _telemetry, flusher = make_flusher([sink])
     flusher.startService()
     aggregator.add(Context(b"c", b"h", []), COUNTER, 5, 1.0, clock.seconds())
     clock.pump([15, 15])
@@ -134,7 +134,7 @@ def test_flush_loop_runs_every_interval_and_final_flush_on_stop():
 
 def test_self_metrics_are_flushed():
     sink = RecordingSink()
-    clock, aggregator, telemetry, flusher = make_flusher([sink])
+    clock, _aggregator, telemetry, flusher = make_flusher([sink])
     telemetry.drop("metric_bad_value", 3)
     for _ in range(3):  # recorded at one flush, reported when its bucket closes at a later one
         flusher.flush()
@@ -148,7 +148,7 @@ def test_a_failing_sink_is_counted_and_does_not_stop_the_others(logged_errors):
     broken = RecordingSink(defer.fail(RuntimeError("backend down")))
     broken.name = "broken"
     good = RecordingSink()
-    clock, aggregator, telemetry, flusher = make_flusher([broken, good])
+    clock, _aggregator, telemetry, flusher = make_flusher([broken, good])
     flusher.startService()
     clock.advance(15)
     assert len(good.batches) == 1
@@ -183,7 +183,7 @@ def test_a_failing_flush_is_counted_and_the_loop_goes_on(logged_errors):
 def test_stop_waits_for_slow_sinks():
     pending = defer.Deferred()
     sink = RecordingSink(pending)
-    clock, aggregator, telemetry, flusher = make_flusher([sink])
+    _clock, _aggregator, _telemetry, flusher = make_flusher([sink])
     flusher.startService()
     d = flusher.stopService()
     assert not d.called
@@ -209,7 +209,7 @@ def test_service_tree_order_and_clean_stop_with_memory_reactor(tmp_path):
 
 def test_default_sink_is_console():
     root = build_service(load_config(data={"dogstatsd_port": 0}), MemoryReactorClock())
-    assert [type(s).__name__ for s in root][0] == "ConsoleSink"
+    assert next(type(s).__name__ for s in root) == "ConsoleSink"
 
 
 def test_console_table_is_readable():
@@ -227,9 +227,12 @@ def test_kernel_drops_are_read_from_proc_net_udp():
     from twisted_statsd.listeners.udp import kernel_drops
 
     table = (
-        "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n"
-        "  123: 0100007F:1FBD 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4242 2 0000000000000000 17\n"
-        "  124: 0100007F:1FBE 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4343 2 0000000000000000 0\n"
+        "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt"
+        "   uid  timeout inode ref pointer drops\n"
+        "  123: 0100007F:1FBD 00000000:0000 07 00000000:00000000 00:00000000 00000000"
+        "     0        0 4242 2 0000000000000000 17\n"
+        "  124: 0100007F:1FBE 00000000:0000 07 00000000:00000000 00:00000000 00000000"
+        "     0        0 4343 2 0000000000000000 0\n"
     )
     assert kernel_drops(table, 4242) == 17
     assert kernel_drops(table, 4343) == 0
@@ -240,7 +243,7 @@ def test_stop_gives_up_on_a_dead_sink_after_a_timeout(logged_errors):
     from twisted_statsd.flush import SINK_STOP_TIMEOUT
 
     sink = RecordingSink(defer.Deferred())
-    clock, aggregator, telemetry, flusher = make_flusher([sink])
+    clock, _aggregator, telemetry, flusher = make_flusher([sink])
     flusher.startService()
     d = flusher.stopService()
     clock.advance(SINK_STOP_TIMEOUT - 1)
@@ -277,8 +280,9 @@ def test_reload_mapper_swaps_atomically_and_keeps_the_old_one_when_invalid():
     from twisted_statsd.core.mapper import MapperConfigError
 
     profiles = [{"name": "p", "prefix": "a.", "mappings": [{"match": "a.*", "name": "first"}]}]
-    root = build_service(load_config(data={"dogstatsd_port": 0, "dogstatsd_mapper_profiles": profiles}),
-                         MemoryReactorClock())
+    root = build_service(
+        load_config(data={"dogstatsd_port": 0, "dogstatsd_mapper_profiles": profiles}), MemoryReactorClock()
+    )
     root.pipeline.process([b"a.x:1|g"], 1000.0)
     root.reload_mapper([{"name": "p", "prefix": "a.", "mappings": [{"match": "a.*", "name": "second"}]}])
     root.pipeline.process([b"a.x:1|g"], 1000.0)
@@ -296,7 +300,7 @@ def test_a_large_flush_runs_in_slices_and_intake_goes_on_between_them():
     from twisted_statsd.flush import INLINE_STEPS
 
     sink = RecordingSink()
-    clock, aggregator, telemetry, flusher = make_flusher([sink])
+    clock, aggregator, _telemetry, flusher = make_flusher([sink])
     contexts = FLUSH_STEP * (INLINE_STEPS + 5)
     for i in range(contexts):
         aggregator.add(Context(b"g%d" % i, b"h", []), COUNTER, 1, 1.0, 1001)
@@ -348,7 +352,7 @@ def test_freeze_gc_pauses_the_collector_during_a_flush_and_freezes_what_lives():
 
     seen = []
     sink = RecordingSink()
-    clock, aggregator, telemetry, flusher = make_flusher([sink])
+    _clock, _aggregator, _telemetry, flusher = make_flusher([sink])
     flusher.freeze_gc = True
     flusher.before_flush.append(lambda: seen.append(gc.isenabled()))
     try:
@@ -364,7 +368,7 @@ def test_a_slow_sink_does_not_hold_up_later_flushes_or_the_collector():
     import gc
 
     slow = RecordingSink(defer.Deferred())
-    clock, aggregator, telemetry, flusher = make_flusher([slow])
+    _clock, _aggregator, _telemetry, flusher = make_flusher([slow])
     flusher.freeze_gc = True
     try:
         waiting = flusher.flush_and_wait()

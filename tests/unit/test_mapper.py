@@ -27,7 +27,9 @@ def mapper(config: str, cache_size: int = 1000) -> MetricMapper:
     return MetricMapper(loaded["dogstatsd_mapper_profiles"], cache_size)
 
 
-def one(match: str, name: str, tags: dict | None = None, match_type: str = "wildcard", prefix: str = "test.") -> MetricMapper:
+def one(
+    match: str, name: str, tags: dict | None = None, match_type: str = "wildcard", prefix: str = "test."
+) -> MetricMapper:
     """A mapper with a single mapping, built from Python values."""
     mapping = {"match": match, "match_type": match_type, "name": name, "tags": tags or {}}
     return MetricMapper([{"name": "test", "prefix": prefix, "mappings": [mapping]}])
@@ -56,7 +58,11 @@ SCENARIOS = {
     "simple": (
         SIMPLE,
         [
-            (b"test.job.duration.my_job_type.my_job_name", b"test.job.duration", [b"job_type:my_job_type", b"job_name:my_job_name"]),
+            (
+                b"test.job.duration.my_job_type.my_job_name",
+                b"test.job.duration",
+                [b"job_type:my_job_type", b"job_name:my_job_name"],
+            ),
             (b"test.job.size.my_job_type.my_job_name", b"test.job.size", [b"foo:my_job_type", b"bar:my_job_name"]),
             (b"test.job.size.not_match", None, None),
         ],
@@ -91,7 +97,13 @@ SCENARIOS = {
                 job_type: "${1}_x"
                 job_name: "${2}_y"
         """,
-        [(b"test.job.duration.my_job_type.my_job_name", b"test.job.duration", [b"job_type:my_job_type_x", b"job_name:my_job_name_y"])],
+        [
+            (
+                b"test.job.duration.my_job_type.my_job_name",
+                b"test.job.duration",
+                [b"job_type:my_job_type_x", b"job_name:my_job_name_y"],
+            )
+        ],
     ),
     "expand name": (
         """
@@ -105,7 +117,13 @@ SCENARIOS = {
                 job_type: "$1"
                 job_name: "$2"
         """,
-        [(b"test.job.duration.my_job_type.my_job_name", b"test.hello.my_job_name.my_job_type", [b"job_type:my_job_type", b"job_name:my_job_name"])],
+        [
+            (
+                b"test.job.duration.my_job_type.my_job_name",
+                b"test.hello.my_job_name.my_job_type",
+                [b"job_type:my_job_type", b"job_name:my_job_name"],
+            )
+        ],
     ),
     "match before underscore": (
         """
@@ -165,7 +183,11 @@ SCENARIOS = {
                 task_name: "$1"
         """,
         [
-            (b"test.job.duration.my.funky.job$name-abc/123", b"test.job.duration", [b"job_name:my.funky.job$name-abc/123"]),
+            (
+                b"test.job.duration.my.funky.job$name-abc/123",
+                b"test.job.duration",
+                [b"job_name:my.funky.job$name-abc/123"],
+            ),
             (b"test.task.duration.MY_task_name", b"test.task.duration", [b"task_name:MY_task_name"]),
         ],
     ),
@@ -296,6 +318,7 @@ def test_spec_cache_vector():  # spec §5.5
 
 # -- spec §5.2: validation ------------------------------------------------------------------
 
+
 def profiles_with(**mapping) -> list:
     """One profile "test" with one mapping; a field given as ``...`` is left out altogether."""
     base = {"match": "test.job.duration.*.*", "name": "test.job.duration"}
@@ -325,9 +348,18 @@ def profiles_with(**mapping) -> list:
             "profile: test, mapping num 0: invalid wildcard match pattern `test.invalid.duration.**`, "
             "it should not contain consecutive `*`",
         ),
-        (profiles_with(match_type="invalid"), "profile: test, mapping num 0: invalid match type, must be `wildcard` or `regex`"),
-        ([{"prefix": "test.", "mappings": [{"match": "x", "match_type": "invalid", "name": "x"}]}], "missing profile name 0"),
-        ([{"name": "test", "mappings": [{"match": "x", "match_type": "invalid", "name": "x"}]}], "missing prefix for profile: test"),
+        (
+            profiles_with(match_type="invalid"),
+            "profile: test, mapping num 0: invalid match type, must be `wildcard` or `regex`",
+        ),
+        (
+            [{"prefix": "test.", "mappings": [{"match": "x", "match_type": "invalid", "name": "x"}]}],
+            "missing profile name 0",
+        ),
+        (
+            [{"name": "test", "mappings": [{"match": "x", "match_type": "invalid", "name": "x"}]}],
+            "missing prefix for profile: test",
+        ),
         # the order of checks: match type before name before match
         (profiles_with(match_type="glob", name="", match=""), "profile: test, mapping num 0: invalid match type"),
         (profiles_with(name="", match=""), "profile: test, mapping num 0: name is required"),
@@ -346,12 +378,16 @@ def test_validation_messages(profiles, message):
 
 def test_validation_names_the_profile_by_index_and_the_mapping_by_number():
     good = {"name": "first", "prefix": "a.", "mappings": [{"match": "a.*", "name": "a"}]}
-    bad = {"name": "second", "prefix": "b.", "mappings": [{"match": "b.*", "name": "b"}, {"match": "b.**", "name": "b"}]}
-    with pytest.raises(MapperConfigError, match="^profile: second, mapping num 1: invalid wildcard"):
+    bad = {
+        "name": "second",
+        "prefix": "b.",
+        "mappings": [{"match": "b.*", "name": "b"}, {"match": "b.**", "name": "b"}],
+    }
+    with pytest.raises(MapperConfigError, match=r"^profile: second, mapping num 1: invalid wildcard"):
         MetricMapper([good, bad])
-    with pytest.raises(MapperConfigError, match="^missing profile name 1$"):
+    with pytest.raises(MapperConfigError, match=r"^missing profile name 1$"):
         MetricMapper([good, {"prefix": "b."}])
-    with pytest.raises(MapperConfigError, match="^missing profile name 0$"):
+    with pytest.raises(MapperConfigError, match=r"^missing profile name 0$"):
         MetricMapper([{"name": None, "prefix": "b."}])
 
 
@@ -367,7 +403,10 @@ def test_validation_names_the_profile_by_index_and_the_mapping_by_number():
         (profiles_with(match=5), "profile: test, mapping num 0: match must be a string, not int"),
         (profiles_with(name=True), "profile: test, mapping num 0: name must be a string, not bool"),
         (profiles_with(match_type=1), "profile: test, mapping num 0: match_type must be a string, not int"),
-        (profiles_with(tags=["a:$1"]), "profile: test, mapping num 0: tags must be a mapping of tag name to value template"),
+        (
+            profiles_with(tags=["a:$1"]),
+            "profile: test, mapping num 0: tags must be a mapping of tag name to value template",
+        ),
         (profiles_with(tags={"a": 1}), "profile: test, mapping num 0: tag 'a' must be a string, not int"),
         (profiles_with(tags={1: "$1"}), "profile: test, mapping num 0: tag name 1 must be a string, not int"),
     ],
@@ -415,6 +454,7 @@ def test_a_frozen_configuration_is_accepted():
 
 # -- template expansion (Go's Regexp.Expand) ---------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "template, expanded",
     [
@@ -452,7 +492,12 @@ def test_template_expansion(template, expanded):
 
 
 def test_template_in_name_and_named_groups():
-    m = one(r"test\.(?P<kind>[a-z]+)\.(?P<id>\d+)", "test.$kind.${id}_$1.$kind_", {"k": "$kind", "i": "${id}", "n": "$2", "u": "$nope"}, "regex")
+    m = one(
+        r"test\.(?P<kind>[a-z]+)\.(?P<id>\d+)",
+        "test.$kind.${id}_$1.$kind_",
+        {"k": "$kind", "i": "${id}", "n": "$2", "u": "$nope"},
+        "regex",
+    )
     assert m.map(b"test.job.42") == (b"test.job.42_job.", (b"k:job", b"i:42", b"n:42", b"u:"))
 
 
@@ -474,6 +519,7 @@ def test_tags_keep_declared_order():
 
 
 # -- matching semantics ------------------------------------------------------------------------
+
 
 def test_wildcard_star_matches_one_possibly_empty_segment():
     m = one("test.*.end", "n", {"s": "[$1]"})
@@ -578,18 +624,25 @@ def test_regex_rejections(pattern, reason):
     """Python-only syntax Go rejects is rejected too, so a config works in both or in neither."""
     with pytest.raises(MapperConfigError) as caught:
         one(pattern, "n", {}, "regex")
-    assert str(caught.value).startswith(f"profile: test, mapping num 0: invalid match `{pattern}`. cannot compile regex: ")
+    assert str(caught.value).startswith(
+        f"profile: test, mapping num 0: invalid match `{pattern}`. cannot compile regex: "
+    )
     assert reason in str(caught.value)
 
 
 # -- profile selection and first match -------------------------------------------------------
+
 
 def test_only_the_first_applicable_profile_is_tried():
     m = MetricMapper(
         [
             {"name": "a", "prefix": "app.", "mappings": [{"match": "app.x.*", "name": "from_a"}]},
             {"name": "b", "prefix": "app.y", "mappings": [{"match": "app.y.*", "name": "from_b"}]},
-            {"name": "c", "prefix": "*", "mappings": [{"match": "app.y.*", "name": "from_c"}, {"match": "z.*", "name": "z"}]},
+            {
+                "name": "c",
+                "prefix": "*",
+                "mappings": [{"match": "app.y.*", "name": "from_c"}, {"match": "z.*", "name": "z"}],
+            },
         ]
     )
     assert m.map(b"app.x.1") == (b"from_a", ())
@@ -626,7 +679,7 @@ def test_first_matching_mapping_wins_across_wildcard_and_regex_mappings():
 def test_many_wildcard_mappings_each_get_their_own_groups():
     """Consecutive wildcard mappings share compiled regexes (64 a piece); each still sees only its own $n."""
     mappings = [
-        {"match": "m.%d%s" % (i, ".*" * (i % 4)), "name": "m%d.$%d" % (i, i % 4), "tags": {"all": "$0", "first": "$1"}}
+        {"match": f"m.{i}" + ".*" * (i % 4), "name": f"m{i}.${i % 4}", "tags": {"all": "$0", "first": "$1"}}
         for i in range(150)
     ]
     m = MetricMapper([{"name": "p", "prefix": "m.", "mappings": mappings}])
@@ -650,13 +703,20 @@ def reference_map(patterns: list[str], name: bytes):
 
 @settings(max_examples=100, deadline=None)
 @given(
-    patterns=st.lists(st.from_regex(r"p\.[ab*]{1,3}(\.[ab*]{1,3}){0,2}", fullmatch=True).filter(lambda p: "**" not in p), min_size=1, max_size=140),
+    patterns=st.lists(
+        st.from_regex(r"p\.[ab*]{1,3}(\.[ab*]{1,3}){0,2}", fullmatch=True).filter(lambda p: "**" not in p),
+        min_size=1,
+        max_size=140,
+    ),
     names=st.lists(st.from_regex(rb"p\.[ab]{0,3}(\.[ab]{0,3}){0,2}", fullmatch=True), min_size=1, max_size=10),
 )
 def test_combined_wildcards_agree_with_a_loop_over_mappings(patterns, names):
     """Property: the alternation regexes give the same answer as trying each mapping in turn."""
-    templates = ["|".join("${%d}" % g for g in range(1, p.count("*") + 1)) + "|$0" for p in patterns]
-    mappings = [{"match": p, "name": "m%d" % i, "tags": {"t": t}} for i, (p, t) in enumerate(zip(patterns, templates))]
+    templates = ["|".join(f"${{{g}}}" for g in range(1, p.count("*") + 1)) + "|$0" for p in patterns]
+    mappings = [
+        {"match": p, "name": f"m{i}", "tags": {"t": t}}
+        for i, (p, t) in enumerate(zip(patterns, templates, strict=False))
+    ]
     m = MetricMapper([{"name": "p", "prefix": "p.", "mappings": mappings}], cache_size=0)
     derived = [p.replace("*", filler).encode() for p in patterns for filler in ("a", "")]
     for name in names + derived:
@@ -669,6 +729,7 @@ def test_backtracking_within_one_wildcard_mapping():
 
 
 # -- the cache -------------------------------------------------------------------------------
+
 
 def test_cache_counts_hits_and_misses_and_caches_no_match():
     m = mapper(SIMPLE)
@@ -711,6 +772,7 @@ def test_cache_size_zero_disables_the_cache():
 
 
 # -- bytes ------------------------------------------------------------------------------------
+
 
 def test_non_utf8_bytes_pass_through_unchanged():
     m = mapper(SIMPLE)

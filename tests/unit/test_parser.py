@@ -970,8 +970,37 @@ def test_hex_floats_round_like_float_fromhex(text):
         assert same_float(parse_float(text.encode()), expected)
 
 
-FRAGMENTS = [b"|", b":", b"#", b",", b"@", b"T", b"_e{", b"_sc|", b"}", b"1", b"0", b"-", b"\\n", b"\n", b"\r",
-             b"d:", b"h:", b"m:", b"p:", b"t:", b"c:", b"g", b"c", b"s", b"ms", b"inf", b"0x1p", b".", b"\xff"]
+FRAGMENTS = [
+    b"|",
+    b":",
+    b"#",
+    b",",
+    b"@",
+    b"T",
+    b"_e{",
+    b"_sc|",
+    b"}",
+    b"1",
+    b"0",
+    b"-",
+    b"\\n",
+    b"\n",
+    b"\r",
+    b"d:",
+    b"h:",
+    b"m:",
+    b"p:",
+    b"t:",
+    b"c:",
+    b"g",
+    b"c",
+    b"s",
+    b"ms",
+    b"inf",
+    b"0x1p",
+    b".",
+    b"\xff",
+]
 wire_like = st.lists(st.sampled_from(FRAGMENTS) | st.binary(max_size=4), max_size=30).map(b"".join)
 any_line = st.binary(max_size=200) | wire_like
 

@@ -29,8 +29,12 @@ def flushed(aggregator):
     batch = aggregator.flush(NOW + 100, final=True)
     series = sorted((s.name, s.host, s.tags, s.type, tuple(s.points)) for s in batch.series)
     sketches = sorted(
-        (s.name, s.host, s.tags, tuple((ts, k.count, k.sum, k.min, k.max, tuple(map(tuple, k.bins())))
-                                       for ts, k in s.points))
+        (
+            s.name,
+            s.host,
+            s.tags,
+            tuple((ts, k.count, k.sum, k.min, k.max, tuple(map(tuple, k.bins()))) for ts, k in s.points),
+        )
         for s in batch.sketches
     )
     return series, sketches, batch.events, batch.service_checks
@@ -38,7 +42,7 @@ def flushed(aggregator):
 
 def reference(lines, **enrich):
     """The straightforward path: full parse and enrichment of every line, one sample at a time."""
-    telemetry = Telemetry()
+    Telemetry()
     aggregator = Aggregator(histogram_aggregates=("max", "min", "median", "avg", "sum", "count"))
     enricher = Enricher(hostname=enrich.pop("hostname", "myhost"), **enrich)
     for line in lines:
@@ -165,9 +169,7 @@ def test_fast_path_matches_reference_with_enrichment():
 
 def test_every_dropped_line_is_counted_by_reason():
     pipeline, aggregator, telemetry = make()
-    pipeline.process(
-        [b"ok:1|c\nbad:x|g\nnan:nan|g\nzero:1|c|@0\nzero:1|c|@0\n:1|c\nh:1|h|T5\n\n", b"ok:2|c"], NOW
-    )
+    pipeline.process([b"ok:1|c\nbad:x|g\nnan:nan|g\nzero:1|c|@0\nzero:1|c|@0\n:1|c\nh:1|h|T5\n\n", b"ok:2|c"], NOW)
     pipeline.fold()  # samples are counted as they are folded into the aggregator
     assert telemetry.get("metrics") == 2
     assert telemetry.dropped("metric_bad_value") == 1
@@ -188,7 +190,7 @@ def test_blocked_metric_is_counted_every_time():
 
 def test_eol_required_drops_the_unterminated_line():
     """spec §1.7: with EOL required, the last line without a newline is dropped and counted."""
-    pipeline, aggregator, telemetry = make()
+    pipeline, _aggregator, telemetry = make()
     pipeline.process([b"daemon:666|g|#foo:bar\ndaemon:666|g|#foo:bar"], NOW, eol_required=True)
     pipeline.fold()  # samples are counted as they are folded into the aggregator
     assert telemetry.get("metrics") == 1
@@ -297,8 +299,11 @@ MAPPER_PROFILES = [
         "name": "test",
         "prefix": "test.",
         "mappings": [
-            {"match": "test.job.duration.*.*", "name": "test.job.duration",
-             "tags": {"job_type": "$1", "job_name": "$2"}},
+            {
+                "match": "test.job.duration.*.*",
+                "name": "test.job.duration",
+                "tags": {"job_type": "$1", "job_name": "$2"},
+            },
             {"match": "test.host.*", "name": "test.by_host", "tags": {"host": "$1"}},
         ],
     }
@@ -371,7 +376,7 @@ def test_a_tiny_distribution_rate_is_capped():
     pipeline.process([b"x:1|d|@1e-300"], NOW)
     (sketch_series,) = aggregator.flush(NOW + 20).sketches
     sketch = sketch_series.points[0][1]
-    keys, counts = sketch.bins()
+    _keys, counts = sketch.bins()
     assert counts == [MAX_BIN_COUNT] and sketch.count == MAX_BIN_COUNT
 
 
@@ -391,7 +396,7 @@ def test_contexts_never_collide_through_odd_bytes(lines):
 
 def test_timestamped_counter_ignores_a_zero_sample_rate():
     """spec §1.4: the sample rate does not apply to timestamped samples."""
-    pipeline, aggregator, telemetry = make()
+    pipeline, aggregator, _telemetry = make()
     pipeline.process([b"x:5|c|@0|T1657100430"], NOW)
     (series,) = aggregator.flush(NOW + 20).series
     assert series.points == [(1657100430, 0.5)]

@@ -623,7 +623,7 @@ def test_stop_gives_queued_payloads_one_more_try_then_gives_up():
 
 def test_stop_sends_what_is_queued_when_datadog_is_back():
     clock = Clock()
-    sink, agent, telemetry = make(clock, [500], backoff_base=30.0)
+    sink, _agent, telemetry = make(clock, [500], backoff_base=30.0)
     sink.startService()
     sink.write(series_batch())
     run(clock)
@@ -637,7 +637,7 @@ def test_stop_sends_what_is_queued_when_datadog_is_back():
 
 def test_stop_gives_up_on_requests_still_hanging_at_the_deadline():
     clock = Clock()
-    sink, agent, telemetry = make(clock, ["hang"], timeout=1000.0, _stop_timeout=30.0)
+    sink, _agent, telemetry = make(clock, ["hang"], timeout=1000.0, _stop_timeout=30.0)
     sink.startService()
     d = sink.write(series_batch())
     run(clock)

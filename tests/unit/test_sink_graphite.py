@@ -140,7 +140,7 @@ def test_paths_and_tags_are_sanitised_for_carbon():
         series(".odd name;x=y..with~stuff!^*{a,b}é.", tags=("k;!^= :v;~ x", "t:~lead", "u:a/b=c"), host="h h")
     )
     [line] = lines(batch)
-    path, value, ts = line.split(" ")
+    path, _value, _ts = line.split(" ")
     assert line.count(" ") == 2
     assert path == "odd_name_x_y.with_stuff____a_b__;host=h_h;k_____=v___x;t=_lead;u=a_b_c"
 
@@ -200,9 +200,7 @@ def test_non_finite_values_are_skipped_and_counted():
     assert formatter.non_finite == 2
 
 
-@pytest.mark.parametrize(
-    "options", [{"tags": "labels"}, {"host_placement": "suffix"}, {"percentiles": (95,)}]
-)
+@pytest.mark.parametrize("options", [{"tags": "labels"}, {"host_placement": "suffix"}, {"percentiles": (95,)}])
 def test_bad_options_are_refused(options):
     with pytest.raises(ValueError):
         LineFormatter(**options)

@@ -92,10 +92,20 @@ def test_tags_become_sorted_sanitised_labels():
     tags = ("env:prod", "url:http://x/y", "a.b:1", "bare", "__meta:x", "empty:", "team:b", "team:a")
     state.update(batch([gauge("g", (0, 1.0), tags=tags, host="web1")]), 0.0)
     assert samples(state) == {
-        ("g", frozenset({
-            ("env", "prod"), ("url", "http://x/y"), ("a_b", "1"), ("bare", "true"),
-            ("tag__meta", "x"), ("team", "a,b"), ("host", "web1"),
-        })): 1.0,
+        (
+            "g",
+            frozenset(
+                {
+                    ("env", "prod"),
+                    ("url", "http://x/y"),
+                    ("a_b", "1"),
+                    ("bare", "true"),
+                    ("tag__meta", "x"),
+                    ("team", "a,b"),
+                    ("host", "web1"),
+                }
+            ),
+        ): 1.0,
     }
     assert b'g{a_b="1",bare="true",env="prod",host="web1",tag__meta="x",team="a,b",url="http://x/y"} 1.0\n' in (
         state.render()
@@ -121,7 +131,12 @@ def test_label_values_are_escaped():
 
 def test_values_use_go_float_syntax():
     assert [format_value(v) for v in (5.0, 0.1, 1e20, float("inf"), float("-inf"), float("nan"))] == [
-        "5.0", "0.1", "1e+20", "+Inf", "-Inf", "NaN",
+        "5.0",
+        "0.1",
+        "1e+20",
+        "+Inf",
+        "-Inf",
+        "NaN",
     ]
 
 
@@ -159,10 +174,12 @@ def test_the_counter_suffix_is_configurable():
 def test_negative_and_non_finite_points_are_dropped_and_counted():
     state = PrometheusState()
     out = state.update(
-        batch([
-            Series("c", SERIES_RATE, [(0, 0.2), (10, -0.1)], (), ""),
-            gauge("g", (0, float("nan"))),
-        ]),
+        batch(
+            [
+                Series("c", SERIES_RATE, [(0, 0.2), (10, -0.1)], (), ""),
+                gauge("g", (0, float("nan"))),
+            ]
+        ),
         0.0,
     )
     assert out.dropped == {"negative_counter": 1, "non_finite": 1}
@@ -183,10 +200,14 @@ def test_the_gauge_point_with_the_newest_timestamp_wins():
 
 def test_pre_reduced_histograms_are_gauges_and_a_counter():
     state = PrometheusState()
-    state.update(batch([gauge("req.size.max", (0, 5.0)), gauge("req.size.95percentile", (0, 5.0)),
-                        rate("req.size.count", 0.5)]), 0.0)
+    state.update(
+        batch([gauge("req.size.max", (0, 5.0)), gauge("req.size.95percentile", (0, 5.0)), rate("req.size.count", 0.5)]),
+        0.0,
+    )
     assert types(state) == {
-        "req_size_95percentile": "gauge", "req_size_count_total": "counter", "req_size_max": "gauge",
+        "req_size_95percentile": "gauge",
+        "req_size_count_total": "counter",
+        "req_size_max": "gauge",
     }
     assert value(state, "req_size_count_total") == 5.0
 
@@ -317,8 +338,8 @@ def test_the_page_is_cached_until_something_changes():
 
 
 @pytest.mark.parametrize(
-    "options", [{"distribution_as": "native"}, {"quantiles": (1.5,)}, {"buckets": (float("nan"),)},
-                {"host_label": "bad-label"}],
+    "options",
+    [{"distribution_as": "native"}, {"quantiles": (1.5,)}, {"buckets": (float("nan"),)}, {"host_label": "bad-label"}],
 )
 def test_bad_options_are_refused(options):
     with pytest.raises(ValueError):
@@ -370,7 +391,7 @@ def test_a_scrape_serves_the_page_and_counts():
     sink, reactor, telemetry = make_sink()
     sink.startService()
     assert sink.write(batch([gauge("g", (0, 1.0), tags=("k:v",), host="h")])) is None
-    response, channel = get(sink, reactor)
+    response, _channel = get(sink, reactor)
     head, body = response.split(b"\r\n\r\n", 1)
     assert head.startswith(b"HTTP/1.1 200 ")
     assert b"Content-Type: " + CONTENT_TYPE in head

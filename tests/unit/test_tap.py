@@ -43,7 +43,7 @@ def test_jsonl_option_replaces_the_console_sink(tmp_path):
     options.parseOptions(["--port", "0", "--jsonl", str(tmp_path / "out.jsonl")])
     service = makeService(options)
     assert isinstance(service, StatsdService)
-    assert [type(s).__name__ for s in service][0] == "JsonlSink"
+    assert next(type(s).__name__ for s in service) == "JsonlSink"
 
 
 def test_non_local_traffic_flag_binds_all_interfaces():

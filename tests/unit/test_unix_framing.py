@@ -38,8 +38,12 @@ def test_any_split_gives_the_frames_in_order(messages, cuts):
 
 
 @settings(max_examples=200)
-@given(payloads, st.integers(min_value=301, max_value=2**32 - 1), st.binary(max_size=50),
-       st.lists(st.integers(min_value=0, max_value=7000), max_size=40))
+@given(
+    payloads,
+    st.integers(min_value=301, max_value=2**32 - 1),
+    st.binary(max_size=50),
+    st.lists(st.integers(min_value=0, max_value=7000), max_size=40),
+)
 def test_an_oversized_length_loses_nothing_framed_before_it(messages, bad_length, tail, cuts):
     """Every frame before the bad header comes out, nothing after it does, whatever the reads."""
     stream = b"".join(frame(m) for m in messages) + struct.pack("<I", bad_length) + tail

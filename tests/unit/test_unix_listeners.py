@@ -76,9 +76,10 @@ def connect(factory):
 
 # -- stream ----------------------------------------------------------------------
 
+
 def test_stream_frames_split_across_reads_reach_the_connection_buffer(telemetry):
     factory, intake = stream_factory(telemetry)
-    protocol, transport = connect(factory)
+    protocol, _transport = connect(factory)
     data = frame(b"a:1|c\nb:2|c") + frame(b"c:3|g")
     for i in range(0, len(data), 3):
         protocol.dataReceived(data[i : i + 3])
@@ -133,7 +134,7 @@ def test_a_connection_closed_mid_frame_is_counted(telemetry):
 
 
 def test_connections_over_the_cap_are_refused_and_counted(telemetry):
-    factory, intake = stream_factory(telemetry, max_connections=2)
+    factory, _intake = stream_factory(telemetry, max_connections=2)
     first, _ = connect(factory)
     connect(factory)
     assert connect(factory) == (None, None)
@@ -174,6 +175,7 @@ def test_a_throttled_connection_is_paused_after_each_read(telemetry):
 
 
 # -- datagram receiver --------------------------------------------------------------
+
 
 class FakeResolver:
     def __init__(self, origins):
@@ -228,6 +230,7 @@ def test_with_origin_detection_each_container_gets_its_buffer(telemetry):
 
 
 # -- datagram socket reader ------------------------------------------------------------
+
 
 @pytest.fixture
 def pair():
@@ -291,7 +294,7 @@ def test_reader_reports_truncation_flag_and_credentials(pair, telemetry):
 
 
 def test_a_throttled_reader_leaves_the_reactor_for_the_pause(pair, telemetry):
-    receiver, sender = pair
+    receiver, _sender = pair
     reactor = MemoryReactorClock()
     throttle = ReadThrottle(reactor, telemetry)
     reader = DatagramSocketReader(
@@ -338,7 +341,9 @@ def test_a_failing_receiver_does_not_stop_the_reader(pair, telemetry, logged_err
         calls.append(data)
         raise ValueError("bug")
 
-    reader = DatagramSocketReader(MemoryReactorClock(), receiver, receive, RateLimitedReporter(telemetry), buffer_size=100)
+    reader = DatagramSocketReader(
+        MemoryReactorClock(), receiver, receive, RateLimitedReporter(telemetry), buffer_size=100
+    )
     for _ in range(3):
         sender.send(b"a:1|c")
     reader.doRead()
@@ -351,7 +356,9 @@ def test_stop_survives_a_socket_file_it_may_not_remove(short_tmpdir, telemetry, 
     """After twistd drops privileges the directory may be read-only to us: closing still happens."""
     path = os.path.join(short_tmpdir, "g.sock")
     reactor = MemoryReactorClock()
-    service = UnixDatagramListenerService(reactor, UnixDatagramReceiver(FakeIntake(), 100, RateLimitedReporter(telemetry)), path)
+    service = UnixDatagramListenerService(
+        reactor, UnixDatagramReceiver(FakeIntake(), 100, RateLimitedReporter(telemetry)), path
+    )
     service.startService()
     reader = service.reader
 

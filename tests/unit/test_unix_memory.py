@@ -36,6 +36,7 @@ LIMITS = MemoryThresholds(0.7, 0.8, 0.9)
 
 # -- the decision ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("ratio, level", [(0.0, OK), (0.7, OK), (0.71, SOFT), (0.8, SOFT), (0.85, HIGH), (0.95, HARD)])
 def test_levels(ratio, level):
     assert decide(ratio, MemoryState(), LIMITS).level == level
@@ -65,6 +66,7 @@ def test_only_the_hard_level_refuses_new_contexts():
 
 
 # -- readings -------------------------------------------------------------------
+
 
 def test_parsers():
     assert parse_statm_rss("765 410 381 5 0 123 0\n", 4096) == 410 * 4096
@@ -123,6 +125,7 @@ def test_probe_reads_this_process():
 
 # -- the throttle ---------------------------------------------------------------
 
+
 class Reader:
     def __init__(self):
         self.paused = False
@@ -166,6 +169,7 @@ def test_throttle_forgets_closed_readers_and_releases_when_the_delay_ends():
 
 # -- the monitor ----------------------------------------------------------------
 
+
 class FakeProbe:
     def __init__(self, *ratios):
         self.ratios = list(ratios)
@@ -207,7 +211,7 @@ def test_monitor_polls_on_the_clock_and_publishes_its_state():
 
 
 def test_a_failed_reading_keeps_the_state_and_the_loop(logged_errors):
-    service, clock, telemetry, throttle, changes = monitor(
+    service, clock, telemetry, throttle, _changes = monitor(
         FakeProbe(0.75, OSError("gone"), OSError("still gone"), 0.75)
     )
     service.startService()
@@ -226,11 +230,14 @@ def test_level_change_log_formats():
 
     from twisted_statsd.listeners.memory import LEVEL_CHANGED
 
-    text = formatEvent({"log_format": LEVEL_CHANGED, "ratio": 0.853, "limit": 1000, "old": "ok", "new": "high", "delay": 0.001})
+    text = formatEvent(
+        {"log_format": LEVEL_CHANGED, "ratio": 0.853, "limit": 1000, "old": "ok", "new": "high", "delay": 0.001}
+    )
     assert text == "Memory use 85% of 1000 bytes: back-pressure level ok -> high (read pause 0.001 s)"
 
 
 # -- the pipeline's hard-limit hook ----------------------------------------------------
+
 
 def test_above_the_hard_limit_new_contexts_are_refused_known_ones_aggregate():
     telemetry = Telemetry()

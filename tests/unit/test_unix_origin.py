@@ -12,9 +12,7 @@ CID = "3726184226f5d3147c25fdeab5b60097e378e8a720503a5e19ecfdf29f869860"
 TASK_CID = "34dc0b5e626f2c5c4c5170e34b10e765-1234567890"
 UUID_CID = "9e3c1e2b-2fbb-4e3d-b9d9-0cf9ef1fd8a5"
 
-V1_DOCKER = "\n".join(
-    f"{n}:{c}:/docker/{CID}" for n, c in [(12, "memory"), (11, "cpu,cpuacct"), (1, "name=systemd")]
-)
+V1_DOCKER = "\n".join(f"{n}:{c}:/docker/{CID}" for n, c in [(12, "memory"), (11, "cpu,cpuacct"), (1, "name=systemd")])
 V1_KUBERNETES = (
     f"11:memory:/kubepods/burstable/pod3d274242-8ee0-11e9-a8a6-1e68d864ef1a/{CID}\n"
     f"10:pids:/kubepods/burstable/pod3d274242-8ee0-11e9-a8a6-1e68d864ef1a/{CID}\n"
@@ -58,9 +56,11 @@ def telemetry():
 @pytest.fixture
 def proc(tmp_path):
     """A fake /proc: proc(pid, text) writes /proc/<pid>/cgroup."""
+
     def write(pid, text):
         (tmp_path / str(pid)).mkdir(exist_ok=True)
         (tmp_path / str(pid) / "cgroup").write_text(text)
+
     write.root = str(tmp_path)
     return write
 

@@ -61,7 +61,10 @@ def test_a_regular_file_is_never_deleted(path):
         f.write("precious")
     with pytest.raises(SocketPathError, match="is not a Unix socket") as info:
         sockets.prepare_path(path)
-    assert str(info.value) == f"Cannot listen on Unix socket {path}: the path exists and is not a Unix socket; it is left alone"
+    assert (
+        str(info.value)
+        == f"Cannot listen on Unix socket {path}: the path exists and is not a Unix socket; it is left alone"
+    )
     with open(path) as f:
         assert f.read() == "precious"
 
@@ -123,7 +126,7 @@ def test_credentials_come_with_datagrams_and_from_stream_peers(path):
     receiver = sockets.bind_datagram_socket(path, 0o722, passcred=True)
     with receiver, socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
         sender.sendto(b"x:1|c", path)
-        data, ancdata, flags, _ = receiver.recvmsg(100, sockets.CREDENTIALS_SPACE)
+        _data, ancdata, _flags, _ = receiver.recvmsg(100, sockets.CREDENTIALS_SPACE)
         assert sockets.credentials_from_ancillary(ancdata) == (os.getpid(), os.getuid(), os.getgid())
     a, b = socket.socketpair()
     with a, b:

@@ -49,7 +49,7 @@ MAX_PENDING = 100_000
 class Gauge:
     """Last value wins, by arrival order (spec §6.5)."""
 
-    __slots__ = ("context", "value", "last")
+    __slots__ = ("context", "last", "value")
 
     def __init__(self, context: Context):
         self.context = context
@@ -78,7 +78,7 @@ class Gauge:
 class Counter:
     """Sums ``value / rate`` and reports a rate over the bucket (spec §1.4, §6.5)."""
 
-    __slots__ = ("context", "value", "last")
+    __slots__ = ("context", "last", "value")
 
     def __init__(self, context: Context):
         self.context = context
@@ -108,7 +108,7 @@ class Counter:
 class Set:
     """Counts distinct members; a numeric sample given to a set counts its value as a member."""
 
-    __slots__ = ("context", "members", "last")
+    __slots__ = ("context", "last", "members")
 
     def __init__(self, context: Context):
         self.context = context
@@ -130,7 +130,7 @@ class Set:
             _feed(self, other)
 
     def samples(self):
-        for member in self.members:
+        for _member in self.members:
             yield 0.0, 1.0  # a member carries no number for another type
 
 
@@ -141,7 +141,7 @@ class Histogram:
     sum, average and the rank-based statistics all use the weights.
     """
 
-    __slots__ = ("context", "values", "weights", "last")
+    __slots__ = ("context", "last", "values", "weights")
 
     def __init__(self, context: Context):
         self.context = context
@@ -163,7 +163,7 @@ class Histogram:
             _feed(self, other)
 
     def samples(self):
-        for value, weight in zip(self.values, self.weights):
+        for value, weight in zip(self.values, self.weights, strict=False):
             yield value, 1.0 / weight
 
     def series(self, ts, aggregator):
@@ -175,7 +175,7 @@ class Histogram:
             ordered, cumulative = sorted(values), None
         else:
             count, total = math.fsum(weights), math.fsum(map(mul, values, weights))
-            pairs = sorted(zip(values, weights))
+            pairs = sorted(zip(values, weights, strict=False))
             ordered, cumulative = list(map(_first, pairs)), list(accumulate(map(_second, pairs)))
         if not 0.0 < count < math.inf:
             return
@@ -193,7 +193,11 @@ class Histogram:
             elif aggregate == "count":
                 yield ".count", SERIES_RATE, count / BUCKET_SECONDS
         for percent in aggregator.percent_ranks:
-            yield f".{percent}percentile", SERIES_GAUGE, _weighted_rank(ordered, cumulative, (percent * count - 1) / 100)
+            yield (
+                f".{percent}percentile",
+                SERIES_GAUGE,
+                _weighted_rank(ordered, cumulative, (percent * count - 1) / 100),
+            )
 
 
 def _feed(metric, other) -> None:
@@ -225,7 +229,7 @@ class Bucket:
     another type under the same context never share an object.
     """
 
-    __slots__ = ("start", "metrics", "sketches")
+    __slots__ = ("metrics", "sketches", "start")
 
     def __init__(self, start: int):
         self.start = start
@@ -452,7 +456,7 @@ class Aggregator:
                     if metric is not None:
                         budget -= self._add_points(metric, b.start, by_suffix)
                 series.extend(by_suffix.values())
-            for done, (key, (context, sketch)) in enumerate(bucket.sketches.items(), 1):
+            for done, (key, (context, _sketch)) in enumerate(bucket.sketches.items(), 1):
                 if not done % step:
                     yield
                 if earlier and any(key in b.sketches for b in earlier):
@@ -479,7 +483,9 @@ class Aggregator:
                 continue
             found = by_suffix.get(suffix)
             if found is None:
-                by_suffix[suffix] = Series(context.name + suffix, kind, [(ts, value)], context.tags, context.host, BUCKET_SECONDS)
+                by_suffix[suffix] = Series(
+                    context.name + suffix, kind, [(ts, value)], context.tags, context.host, BUCKET_SECONDS
+                )
             else:
                 found.points.append((ts, value))
         return work

@@ -183,4 +183,3 @@ class Enricher:
         if tag_host is not None:
             return tag_host
         return self.hostname
-

@@ -32,9 +32,20 @@ _ALTERNATIVES_PER_REGEX = 64  # see _wildcard_blocks; chosen with benchmarks/map
 _GO_SPACE = "\\t\\n\\f\\r "  # Go's \s, which unlike Python's has no \v
 _GO_NOT_SPACE = "\\x00-\\x08\\x0b\\x0e-\\x1f\\x21-\\xff"  # its complement, for use inside [...]
 _POSIX = {
-    "alnum": "0-9A-Za-z", "alpha": "A-Za-z", "ascii": "\\x00-\\x7f", "blank": "\\t ", "cntrl": "\\x00-\\x1f\\x7f",
-    "digit": "0-9", "graph": "!-~", "lower": "a-z", "print": " -~", "punct": "!-/:-@\\[-`{-~",
-    "space": "\\t\\n\\v\\f\\r ", "upper": "A-Z", "word": "0-9A-Za-z_", "xdigit": "0-9A-Fa-f",
+    "alnum": "0-9A-Za-z",
+    "alpha": "A-Za-z",
+    "ascii": "\\x00-\\x7f",
+    "blank": "\\t ",
+    "cntrl": "\\x00-\\x1f\\x7f",
+    "digit": "0-9",
+    "graph": "!-~",
+    "lower": "a-z",
+    "print": " -~",
+    "punct": "!-/:-@\\[-`{-~",
+    "space": "\\t\\n\\v\\f\\r ",
+    "upper": "A-Z",
+    "word": "0-9A-Za-z_",
+    "xdigit": "0-9A-Fa-f",
 }
 _POSIX_CLASS = re.compile(r"\[:(\^?)([a-z]*):\]")
 _NAMED_GROUP = re.compile(r"\(\?P?<([A-Za-z0-9_]+)>")  # Go 1.22 accepts (?<name>…) too
@@ -53,13 +64,14 @@ class _BadRegex(Exception):
 
 # -- Go RE2 syntax to a Python bytes pattern ------------------------------------------------
 
+
 def _literal(char: str, in_class: bool = False) -> str:
     """One character as a literal; a UTF-8 sequence is grouped so that a quantifier takes it whole."""
     if char.isascii():
-        return "\\x%02x" % ord(char)
+        return f"\\x{ord(char):02x}"
     if in_class:
         raise _BadRegex(f"non-ASCII character {char!r} inside [...] is not supported (bytes matching)")
-    return "(?:" + "".join("\\x%02x" % b for b in char.encode("utf-8")) + ")"
+    return "(?:" + "".join(f"\\x{b:02x}" for b in char.encode("utf-8")) + ")"
 
 
 def _escape(pattern: str, i: int, in_class: bool) -> tuple[str, int]:
@@ -88,7 +100,7 @@ def _escape(pattern: str, i: int, in_class: bool) -> tuple[str, int]:
         if m is None or int(m.group(1) or m.group(2), 16) > 0x10FFFF:
             raise _BadRegex(f"invalid escape sequence: `{pattern[i : i + 4]}`")
         return _literal(chr(int(m.group(1) or m.group(2), 16)), in_class), m.end()
-    if c.isalnum() and c not in ("afnrtvdDwW" if in_class else "afnrtvdDwWAbB") or not c.isascii():
+    if (c.isalnum() and c not in ("afnrtvdDwW" if in_class else "afnrtvdDwWAbB")) or not c.isascii():
         raise _BadRegex(f"invalid escape sequence: `\\{c}`")
     return "\\" + c, i + 2
 
@@ -163,7 +175,7 @@ def _go_regex(pattern: str) -> str:
             piece, i = ")" * len(scopes[-1]) + "|" + "".join(f"(?{f}:" for f in scopes[-1]), i + 1
         elif c == "{" and (repeat := _REPEAT.match(pattern, i)):
             low, high = int(repeat.group(1)), repeat.group(3) if repeat.group(2) else repeat.group(1)
-            if low > 1000 or high and not low <= int(high) <= 1000:
+            if low > 1000 or (high and not low <= int(high) <= 1000):
                 raise _BadRegex(f"invalid repeat count: `{repeat.group()}`")
             piece, i = repeat.group(), repeat.end()
         elif c in "{}" or not c.isascii():
@@ -178,6 +190,7 @@ def _go_regex(pattern: str) -> str:
 
 # -- templates: Go's Regexp.Expand ---------------------------------------------------------
 
+
 def _template_ref(template: str, i: int) -> tuple[str, int] | None:
     """The name after a ``$`` (at ``i - 1``) and where it ends, or None if malformed.
 
@@ -187,7 +200,7 @@ def _template_ref(template: str, i: int) -> tuple[str, int] | None:
     start = end = i + brace
     while end < len(template) and (template[end].isalpha() or template[end].isdecimal() or template[end] == "_"):
         end += 1
-    if end == start or brace and not template.startswith("}", end):
+    if end == start or (brace and not template.startswith("}", end)):
         return None
     return template[start:end], end + brace
 
@@ -258,6 +271,7 @@ def _rule(mapping: Mapping, groups: int, names: dict[str, int], offset: int) -> 
 
 # -- compiled mappings: (match function, rule or {lastindex: rule}) --------------------------
 
+
 def _regex_block(pattern: str, mapping: Mapping, where: str) -> tuple:
     """DogStatsD compiles ``"^" + match + "$"`` and uses ``FindStringSubmatchIndex``: a search."""
     try:
@@ -299,7 +313,9 @@ def _text(value, what: str) -> str:
 def _profile(index: int, profile) -> tuple[bytes, list]:
     """Validate one profile in DogStatsD's order of checks (spec §5.2) and compile it."""
     if not isinstance(profile, Mapping):
-        raise MapperConfigError(f"profile {index}: must be a mapping of name, prefix and mappings, not {type(profile).__name__}")
+        raise MapperConfigError(
+            f"profile {index}: must be a mapping of name, prefix and mappings, not {type(profile).__name__}"
+        )
     name = _text(profile.get("name"), f"profile {index}: name")
     if not name:
         raise MapperConfigError(f"missing profile name {index}")
@@ -335,10 +351,13 @@ def _profile(index: int, profile) -> tuple[bytes, list]:
             continue
         if not _is_allowed_wildcard(pattern):
             raise MapperConfigError(
-                f"{where}: invalid wildcard match pattern `{pattern}`, it does not match allowed match regex `{_ALLOWED_WILDCARD}`"
+                f"{where}: invalid wildcard match pattern `{pattern}`, "
+                f"it does not match allowed match regex `{_ALLOWED_WILDCARD}`"
             )
         if "**" in pattern:
-            raise MapperConfigError(f"{where}: invalid wildcard match pattern `{pattern}`, it should not contain consecutive `*`")
+            raise MapperConfigError(
+                f"{where}: invalid wildcard match pattern `{pattern}`, it should not contain consecutive `*`"
+            )
         run.append((pattern, mapping))
     return (b"" if prefix == "*" else prefix.encode("utf-8")), blocks + _wildcard_blocks(run)
 
@@ -348,7 +367,9 @@ class MetricMapper:
 
     def __init__(self, profiles, cache_size: int = 1000):
         if not isinstance(profiles, (list, tuple)):
-            raise MapperConfigError(f"dogstatsd_mapper_profiles must be a list of profiles, not {type(profiles).__name__}")
+            raise MapperConfigError(
+                f"dogstatsd_mapper_profiles must be a list of profiles, not {type(profiles).__name__}"
+            )
         if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
             raise MapperConfigError(f"dogstatsd_mapper_cache_size must be a non-negative integer, not {cache_size!r}")
         self._profiles = [_profile(i, p) for i, p in enumerate(profiles)]

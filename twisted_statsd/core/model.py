@@ -37,7 +37,7 @@ class MetricMessage:
     member in ``set_member`` instead.  ``timestamp`` is 0 for an on-time sample.
     """
 
-    __slots__ = ("name", "type", "values", "set_member", "rate", "tags", "timestamp", "container_id")
+    __slots__ = ("container_id", "name", "rate", "set_member", "tags", "timestamp", "type", "values")
 
     def __init__(self, name, type, values, set_member, rate, tags, timestamp, container_id):
         self.name: bytes = name
@@ -126,7 +126,7 @@ class Context:
     contexts to save memory.
     """
 
-    __slots__ = ("key", "name", "host", "tags")
+    __slots__ = ("host", "key", "name", "tags")
 
     def __init__(self, name: bytes, host: bytes, tags):
         unique = tuple(sorted(set(tags)))

@@ -23,8 +23,19 @@ from twisted_statsd.core.model import (
 )
 
 __all__ = [
-    "EVENT", "METRIC", "REASONS", "SERVICE_CHECK", "ParseError", "message_kind", "parse_event",
-    "parse_float", "parse_metric", "parse_service_check", "parse_tags", "parse_values", "split_lines",
+    "EVENT",
+    "METRIC",
+    "REASONS",
+    "SERVICE_CHECK",
+    "ParseError",
+    "message_kind",
+    "parse_event",
+    "parse_float",
+    "parse_metric",
+    "parse_service_check",
+    "parse_tags",
+    "parse_values",
+    "split_lines",
 ]
 
 # Message kinds returned by message_kind().

@@ -132,7 +132,7 @@ class Sketch:
     # * _floor is the lowest kept key once a trim has happened, else None; it
     #   only rises, and _bins always holds it.
     # * _min/_max are +inf/-inf while the sketch is empty.
-    __slots__ = ("_bins", "_floor", "_count", "_sum", "_min", "_max")
+    __slots__ = ("_bins", "_count", "_floor", "_max", "_min", "_sum")
 
     def __init__(self) -> None:
         self._bins: dict[int, int] = {}
@@ -356,6 +356,5 @@ class Sketch:
 
     def __repr__(self) -> str:
         return (
-            f"<Sketch count={self.count!r} sum={self.sum!r} min={self.min!r} "
-            f"max={self.max!r} bins={len(self._bins)}>"
+            f"<Sketch count={self.count!r} sum={self.sum!r} min={self.min!r} max={self.max!r} bins={len(self._bins)}>"
         )

@@ -9,7 +9,7 @@ also handed to the forwarder as it arrives, before any parsing (spec §4).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.logger import Logger
 from zope.interface import implementer

@@ -38,8 +38,8 @@ from operator import itemgetter, truediv
 
 from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd.core import parser
-from twisted_statsd.core.aggregator import METRIC_CLASSES, Aggregator, Counter, Gauge, Histogram, Set
-from twisted_statsd.core.enrich import Enricher
+from twisted_statsd.core.aggregator import METRIC_CLASSES, Aggregator, Counter, Gauge, Set
+from twisted_statsd.core.enrich import Enricher, Target
 from twisted_statsd.core.model import COUNTER, DISTRIBUTION, GAUGE, SET, forget_shared_tag_sets
 from twisted_statsd.core.parser import ParseError, parse_values
 from twisted_statsd.telemetry import Telemetry
@@ -83,7 +83,7 @@ class Slot(list):
     cache key it was learnt under, kept to rebuild a line for error reports.
     """
 
-    __slots__ = ("type", "context", "rate", "copy", "shape")
+    __slots__ = ("context", "copy", "rate", "shape", "type")
 
     def __init__(self, target, shape: bytes):
         super().__init__()
@@ -101,7 +101,6 @@ class Slot(list):
     def shares(self, target) -> bool:
         """Whether ``target``'s values may go into this slot: same type, and same rate where it matters."""
         return target.type == self.type and (self.type in (GAUGE, SET) or target.rate == self.rate)
-
 
 
 class Pipeline:
@@ -186,7 +185,7 @@ class Pipeline:
         # in the cache means the same shape.
         heads = list(map(_partition, lines, repeat(b":")))
         tails = list(map(_partition, map(_third, heads), repeat(b"|")))
-        keys = list(map(_key, zip(map(_first, heads), map(_third, tails))))
+        keys = list(map(_key, zip(map(_first, heads), map(_third, tails), strict=False)))
         if origin is not None:
             keys = list(map(_concat, repeat(b"\n" + origin + b"\n"), keys))
         slots = list(map(self._cache.get, keys))
@@ -201,7 +200,7 @@ class Pipeline:
         if marked:
             marked.clear()
             kept = 0
-            for line, key, slot in zip(lines, keys, slots):
+            for line, key, slot in zip(lines, keys, slots, strict=False):
                 if slot is marked:
                     kept += self._line(line, key, now, origin)
             self.telemetry.incr("metrics", kept)
@@ -504,7 +503,9 @@ class Pipeline:
             self.reporter.report("zero_sample_rate", _REFUSALS["zero_sample_rate"], line)
             return 0
         if self.refuse_new_contexts and not self._known(target.context, now):
-            self.reporter.report("memory_hard_limit", "memory use is above the hard limit; new contexts are refused", line)
+            self.reporter.report(
+                "memory_hard_limit", "memory use is above the hard limit; new contexts are refused", line
+            )
             return 0
         if target.type == SET:
             self.aggregator.add(target.context, SET, message.set_member, 1.0, now)

@@ -29,8 +29,8 @@ waiting for RSS to fall could stop intake forever.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
@@ -96,6 +96,7 @@ def decide(ratio: float, previous: MemoryState, thresholds: MemoryThresholds) ->
 
 
 # -- readings -----------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class MemoryReading:
@@ -198,6 +199,7 @@ class MemoryProbe:
 
 
 # -- acting on the state --------------------------------------------------------
+
 
 class ReadThrottle:
     """Pauses readers for the current delay after a read; one timer for all of them.
@@ -310,9 +312,7 @@ class MemoryMonitorService(Service):
 
     def startService(self):
         super().startService()
-        self._loop.start(self.interval, now=True).addErrback(
-            lambda f: self.log.failure("Memory check loop died", f)
-        )
+        self._loop.start(self.interval, now=True).addErrback(lambda f: self.log.failure("Memory check loop died", f))
 
     def stopService(self):
         super().stopService()

@@ -99,8 +99,7 @@ class OriginResolver:
             return None
         if pid == 0:
             self._fail(
-                "the sender's PID is 0: it belongs to another PID namespace "
-                "(run the server in the host PID namespace)",
+                "the sender's PID is 0: it belongs to another PID namespace (run the server in the host PID namespace)",
                 b"pid=0",
             )
             return None

@@ -23,7 +23,6 @@ from twisted_statsd._binding import BindingService
 from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd.interfaces import IPacketConsumer
 
-
 # doRead calls (256 KiB each) when draining the socket on demand: more than any receive buffer.
 MAX_DRAIN_READS = 1024
 

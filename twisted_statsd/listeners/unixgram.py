@@ -18,7 +18,7 @@ rather than reading one extra byte), and nothing of Twisted's private port API.
 from __future__ import annotations
 
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReadDescriptor

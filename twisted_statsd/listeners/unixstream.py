@@ -290,9 +290,7 @@ class FramedStreamFactory(Factory):
         try:
             credentials = sockets.peer_credentials(transport.getHandle())
         except OSError as e:
-            self.reporter.report(
-                "origin_detection_failed", f"SO_PEERCRED failed: {e.strerror or e}", dropped=False
-            )
+            self.reporter.report("origin_detection_failed", f"SO_PEERCRED failed: {e.strerror or e}", dropped=False)
             return None
         return self.resolver.origin(credentials.pid, self.clock.seconds())
 

@@ -39,9 +39,7 @@ def format_batch(batch: FlushBatch, max_rows: int = MAX_ROWS) -> str:
     )
     shown = rows[:max_rows]
     widths = [max((len(r[i]) for r in shown), default=0) for i in range(3)]
-    lines = [header] + [
-        f"  {r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}" for r in shown
-    ]
+    lines = [header] + [f"  {r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}" for r in shown]
     if len(rows) > max_rows:
         lines.append(f"  ... and {len(rows) - max_rows} more")
     return "\n".join(lines)

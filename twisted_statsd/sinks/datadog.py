@@ -129,7 +129,7 @@ class _Delivery:
 class _Pending:
     """One queued payload; ``sending`` is true while its request is in flight."""
 
-    __slots__ = ("payload", "delivery", "created", "sending", "request")
+    __slots__ = ("created", "delivery", "payload", "request", "sending")
 
     def __init__(self, payload: Payload, delivery: _Delivery, created: float):
         self.payload = payload

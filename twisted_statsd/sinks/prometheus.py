@@ -45,7 +45,7 @@ from twisted_statsd.core.model import SERIES_COUNT, SERIES_RATE, FlushBatch
 from twisted_statsd.core.sketch import value_of
 from twisted_statsd.interfaces import IMetricSink
 
-__all__ = ["DEFAULT_BUCKETS", "DEFAULT_QUANTILES", "PrometheusSink", "PrometheusState", "Outcome"]
+__all__ = ["DEFAULT_BUCKETS", "DEFAULT_QUANTILES", "Outcome", "PrometheusSink", "PrometheusState"]
 
 # The Prometheus client libraries' default buckets, and the usual quantiles.
 # Series folded in between two yields of a cooperative update.
@@ -61,8 +61,12 @@ _CACHE_LIMIT = 65536
 _LOGGED_CONFLICTS_LIMIT = 1000
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 _RESERVED = frozenset(("le", "quantile"))
-_SUFFIXES = {"counter": ("",), "gauge": ("",), "summary": ("", "_sum", "_count"),
-             "histogram": ("", "_bucket", "_sum", "_count")}
+_SUFFIXES = {
+    "counter": ("",),
+    "gauge": ("",),
+    "summary": ("", "_sum", "_count"),
+    "histogram": ("", "_bucket", "_sum", "_count"),
+}
 
 
 def sanitise_name(name: str) -> str:
@@ -122,7 +126,7 @@ class _Series:
     """One labelled series: ``value`` for counters and gauges (``ts`` orders gauge points),
     ``count``/``sum``/``values`` (quantiles or bucket counts) for summaries and histograms."""
 
-    __slots__ = ("labels", "value", "ts", "count", "sum", "values", "seen")
+    __slots__ = ("count", "labels", "seen", "sum", "ts", "value", "values")
 
     def __init__(self, labels: str, size: int):
         self.labels, self.values, self.ts = labels, [0.0] * size, -inf
@@ -130,7 +134,7 @@ class _Series:
 
 
 class _Family:
-    __slots__ = ("name", "kind", "help", "series")
+    __slots__ = ("help", "kind", "name", "series")
 
     def __init__(self, name: str, kind: str, help: str):
         self.name, self.kind, self.help = name, kind, help
@@ -147,16 +151,24 @@ class PrometheusState:
     rendering and is reset by every change.
     """
 
-    def __init__(self, *, ttl: float = 300.0, buckets=DEFAULT_BUCKETS, quantiles=DEFAULT_QUANTILES,
-                 distribution_as: str = "summary", bare_tag_value: str = "true", host_label: str = "host",
-                 counter_suffix: str = "_total"):
+    def __init__(
+        self,
+        *,
+        ttl: float = 300.0,
+        buckets=DEFAULT_BUCKETS,
+        quantiles=DEFAULT_QUANTILES,
+        distribution_as: str = "summary",
+        bare_tag_value: str = "true",
+        host_label: str = "host",
+        counter_suffix: str = "_total",
+    ):
         if distribution_as not in ("summary", "histogram"):
             raise ValueError(f"distribution_as must be 'summary' or 'histogram', not {distribution_as!r}")
         buckets = tuple(sorted({float(b) for b in buckets if b != inf}))
         quantiles = tuple(sorted({float(q) for q in quantiles}))
         if any(b != b for b in buckets) or not all(0.0 <= q <= 1.0 for q in quantiles):
             raise ValueError("buckets must be numbers and quantiles must be in [0, 1]")
-        if host_label and sanitise_name(host_label) != host_label or _INVALID.search(counter_suffix):
+        if (host_label and sanitise_name(host_label) != host_label) or _INVALID.search(counter_suffix):
             raise ValueError("host_label must be a valid label name and counter_suffix valid in a name")
         if not ttl >= 0:
             raise ValueError("ttl must be a number of seconds >= 0")
@@ -225,7 +237,9 @@ class PrometheusState:
             if self.distribution_as == "summary":
                 series.values = [sketch.quantile(q) for q in self.quantiles]
             else:
-                series.values = [a + b for a, b in zip(series.values, histogram_counts(sketch, self.buckets))]
+                series.values = [
+                    a + b for a, b in zip(series.values, histogram_counts(sketch, self.buckets), strict=False)
+                ]
 
     def _series(self, kind: str, name: str, tags, host: str, now: float, out: Outcome, points: int):
         """The series a context's points go to, created if new and marked as updated at ``now``;
@@ -346,11 +360,15 @@ class PrometheusState:
                     lines.append(_line(name, s.labels, "", s.value))
                     continue
                 if kind == "summary":
-                    lines += [_line(name, s.labels, f'quantile="{format_value(q)}"', v)
-                              for q, v in zip(self.quantiles, s.values)]
+                    lines += [
+                        _line(name, s.labels, f'quantile="{format_value(q)}"', v)
+                        for q, v in zip(self.quantiles, s.values, strict=False)
+                    ]
                 else:
-                    lines += [_line(name + "_bucket", s.labels, f'le="{format_value(b)}"', v)
-                              for b, v in zip((*self.buckets, inf), (*s.values, s.count))]
+                    lines += [
+                        _line(name + "_bucket", s.labels, f'le="{format_value(b)}"', v)
+                        for b, v in zip((*self.buckets, inf), (*s.values, s.count), strict=False)
+                    ]
                 lines += [_line(name + "_sum", s.labels, "", s.sum), _line(name + "_count", s.labels, "", s.count)]
         self._page = "".join(lines).encode("utf-8")
         return self._page
@@ -472,7 +490,10 @@ class PrometheusSink(BindingService):
         for name, kind, holder in outcome.conflicts:
             self.log.warn(
                 "Prometheus name {name} is already a {holder}; dropping its {kind} points while it lasts",
-                name=name, kind=kind, holder=holder, log_category="PROMETHEUS_NAME_CONFLICT",
+                name=name,
+                kind=kind,
+                holder=holder,
+                log_category="PROMETHEUS_NAME_CONFLICT",
             )
         self._expire(now)
 
