@@ -16,6 +16,17 @@ async def wait_for(reactor, predicate, timeout: float = 10.0, interval: float = 
         await task.deferLater(reactor, interval, lambda: None)
 
 
+def counted(service, name: str = "metrics") -> int:
+    """``name``'s telemetry count once what was read is folded in, as every reader of the aggregator does.
+
+    Samples are counted when the pipeline folds them, which the intake timer does only once
+    they are a second old: a test that polled the bare counter waited up to that second.
+    """
+    service.intake.drain()
+    service.pipeline.fold()
+    return service.telemetry.get(name)
+
+
 async def early_in_a_bucket(reactor, margin: float = 4.0):
     """Wait until at least ``margin`` seconds are left in the current 10 s bucket.
 

@@ -6,7 +6,7 @@ import json
 
 import pytest_twisted
 from datadog.dogstatsd import DogStatsd
-from helpers import start_jsonl_server, wait_for, with_deadline
+from helpers import counted, start_jsonl_server, wait_for, with_deadline
 
 
 def series_of(path):
@@ -38,14 +38,12 @@ async def test_second_server_sees_every_line_once(reactor, tmp_path):
             statsd.histogram("fwd.hist", i)
         statsd.close_socket()
         # forwarded copies leave before the first server's own buffer drains
-        await wait_for(
-            reactor, lambda: second.telemetry.get("metrics") >= 150 and first.telemetry.get("metrics") >= 150
-        )
+        await wait_for(reactor, lambda: counted(second) >= 150 and counted(first) >= 150)
         assert first.telemetry.get("forwarded_packets") == first.telemetry.get("packets", "transport:udp")
     finally:
         await with_deadline(reactor, first.stopService())
         await with_deadline(reactor, second.stopService())
-    assert second.telemetry.get("metrics") == 150
+    assert counted(second) == 150
     assert series_of(first_out) == series_of(second_out) != []
 
 
@@ -62,7 +60,7 @@ async def test_unresolvable_target_is_counted_and_intake_goes_on(reactor, tmp_pa
         statsd = DogStatsd(host="127.0.0.1", port=first.udp.address.port, disable_telemetry=True)
         statsd.gauge("still.works", 1)
         statsd.close_socket()
-        await wait_for(reactor, lambda: first.telemetry.get("metrics") == 1)
+        await wait_for(reactor, lambda: counted(first) == 1)
         assert first.telemetry.dropped("forward_unresolved") == 1
     finally:
         await with_deadline(reactor, first.stopService())

@@ -7,7 +7,7 @@ import json
 import pytest
 import pytest_twisted
 from datadog.dogstatsd import DogStatsd
-from helpers import early_in_a_bucket, start_jsonl_server, wait_for, with_deadline
+from helpers import counted, early_in_a_bucket, start_jsonl_server, wait_for, with_deadline
 
 from twisted_statsd import build_service, load_config
 from twisted_statsd.intake.service import IntakeService
@@ -59,7 +59,7 @@ async def test_datadog_client_metrics_are_aggregated_exactly(reactor, tmp_path):
         statsd.set("users.unique", "alice")
         statsd.increment("sampled", 1, sample_rate=1.0, tags=["host:elsewhere"])
         statsd.close_socket()
-        await wait_for(reactor, lambda: service.telemetry.get("metrics") >= 13)
+        await wait_for(reactor, lambda: counted(service) >= 13)
     finally:
         await stop(reactor, service)
 
@@ -105,7 +105,7 @@ async def test_distribution_event_and_service_check(reactor, tmp_path):
         await wait_for(
             reactor,
             lambda: (
-                service.telemetry.get("metrics") >= 100
+                counted(service) >= 100
                 and service.telemetry.get("events") == 1
                 and service.telemetry.get("service_checks") == 1
             ),
@@ -148,9 +148,7 @@ async def test_bad_lines_are_counted_and_the_rest_of_the_packet_goes_through(rea
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.sendto(b"good:1|c\nbad:abc|g\nnopipe\nalso.good:2|g\nnan:NaN|g", ("127.0.0.1", service.udp.address.port))
         sock.close()
-        await wait_for(
-            reactor, lambda: service.telemetry.get("metrics") >= 2 and service.telemetry.total_dropped() >= 3
-        )
+        await wait_for(reactor, lambda: counted(service) >= 2 and service.telemetry.total_dropped() >= 3)
         assert service.telemetry.dropped("metric_bad_value") == 1
         assert service.telemetry.dropped("non_finite_value") == 1
     finally:
@@ -178,7 +176,7 @@ async def test_stop_leaves_no_port_and_flushes_open_buckets(reactor, tmp_path):
 def _received(service) -> bool:
     """True once the datagram sits in a packet buffer or has been aggregated."""
     intake = next(s for s in service if isinstance(s, IntakeService))
-    return any(b.packets for b in intake.buffers) or service.telemetry.get("metrics") > 0
+    return any(b.packets for b in intake.buffers) or counted(service) > 0
 
 
 def send_raw(service, payload: bytes) -> None:
@@ -197,7 +195,7 @@ async def test_eol_required_over_udp(reactor, tmp_path, eol, expected):
         send_raw(service, b"daemon:666|g|#foo:bar\ndaemon:666|g|#foo:bar")
         await wait_for(reactor, lambda: service.telemetry.get("packets", "transport:udp") == 1)
         await with_deadline(reactor, service.flush(), 10)  # samples are counted as they are folded in
-        assert service.telemetry.get("metrics") == expected
+        assert counted(service) == expected
         assert service.telemetry.dropped("unterminated_line") == 2 - expected
     finally:
         await stop(reactor, service)
@@ -222,7 +220,7 @@ async def test_timestamped_metrics_pass_through_unaggregated(reactor, tmp_path):
     service, out = await start(reactor, tmp_path)
     try:
         send_raw(service, b"ts.gauge:5|g|T1657100430\nts.count:20|c|T1657100440\nts.hist:1|h|T1657100440")
-        await wait_for(reactor, lambda: service.telemetry.get("metrics") == 2)
+        await wait_for(reactor, lambda: counted(service) == 2)
         assert service.telemetry.dropped("timestamped_unsupported_type") == 1
     finally:
         await stop(reactor, service)
@@ -311,5 +309,5 @@ async def test_stop_reads_everything_queued_not_just_one_read_budget(reactor, tm
         for _ in range(count):  # the reactor cannot read meanwhile: this coroutine holds it
             sock.sendto(line, ("127.0.0.1", service.udp.address.port))
     await stop(reactor, service)
-    assert service.telemetry.get("metrics") == count * 200
+    assert counted(service) == count * 200
     assert service.telemetry.dropped("udp_kernel") == 0

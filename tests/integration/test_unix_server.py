@@ -11,7 +11,7 @@ import struct
 import pytest
 import pytest_twisted
 from datadog.dogstatsd import DogStatsd
-from helpers import wait_for, with_deadline
+from helpers import counted, wait_for, with_deadline
 from twisted.internet import threads
 
 from twisted_statsd import build_service, load_config
@@ -105,7 +105,7 @@ async def test_datadog_client_over_unixgram(reactor, tmp_path, paths):
         statsd.service_check("gram.up", DogStatsd.OK)
         assert statsd._transport == "uds"
         statsd.close_socket()
-        await wait_for(reactor, lambda: service.telemetry.get("metrics") == 3)
+        await wait_for(reactor, lambda: counted(service) == 3)
     finally:
         await stop(reactor, service)
     assert values(out) == {"gram.count": (0.5, ["a:b", "env:test"]), "gram.gauge": (7.0, ["env:test"])}
@@ -123,9 +123,7 @@ async def test_datadog_client_over_unixstream(reactor, tmp_path, paths):
         statsd.event("Deploy", "done", tags=["team:a"])
         statsd.flush()
         assert statsd._transport == "uds-stream"
-        await wait_for(
-            reactor, lambda: service.telemetry.get("metrics") == 500 and service.telemetry.get("events") == 1
-        )
+        await wait_for(reactor, lambda: counted(service) == 500 and service.telemetry.get("events") == 1)
         statsd.close_socket()
         await wait_for(reactor, lambda: len(service.unixstream.tracker) == 0)
     finally:
@@ -144,7 +142,7 @@ async def test_many_concurrent_stream_connections(reactor, tmp_path, paths):
         for n, statsd in enumerate(clients):
             for _ in range(10):
                 statsd.increment("conc", tags=[f"client:{n % 4}"])
-        await wait_for(reactor, lambda: service.telemetry.get("metrics") == 2000)
+        await wait_for(reactor, lambda: counted(service) == 2000)
         assert service.telemetry.gauges[("uds_connections", ())] == 200
         await with_deadline(reactor, service.flush(final=True))
         for statsd in clients:
@@ -174,7 +172,7 @@ async def test_frames_sent_byte_by_byte(reactor, tmp_path, paths):
             sock.send(data[i : i + 1])
             held = (i + 1) % first if i < first else (i + 1 - first) % (len(data) - first)
             await wait_for(reactor, lambda held=held: protocol.decoder.pending == held)
-        await wait_for(reactor, lambda: service.telemetry.get("metrics") == 3)
+        await wait_for(reactor, lambda: counted(service) == 3)
     finally:
         sock.close()
         await stop(reactor, service)
@@ -194,7 +192,7 @@ async def test_an_oversized_frame_closes_only_that_connection(reactor, tmp_path,
         await wait_for(reactor, lambda: closed_by_peer(bad))
         assert service.telemetry.dropped("stream_frame_too_large") == 1
         good.send(frame(b"good:1|c"))
-        await wait_for(reactor, lambda: service.telemetry.get("metrics") == 3)
+        await wait_for(reactor, lambda: counted(service) == 3)
         assert len(service.unixstream.tracker) == 1
     finally:
         bad.close()
@@ -215,7 +213,7 @@ async def test_connections_over_the_cap_are_refused(reactor, tmp_path, paths):
         assert service.telemetry.dropped("stream_connection_refused") == 1
         for sock in socks[:2]:
             sock.send(frame(b"ok:1|c"))
-        await wait_for(reactor, lambda: service.telemetry.get("metrics") == 2)
+        await wait_for(reactor, lambda: counted(service) == 2)
     finally:
         for sock in socks:
             sock.close()
@@ -266,7 +264,7 @@ async def test_stale_socket_files_are_replaced_and_the_mode_is_configurable(reac
             assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as gram:
             gram.sendto(b"after.crash:1|c", paths[0])
-        await wait_for(reactor, lambda: service.telemetry.get("metrics") == 1)
+        await wait_for(reactor, lambda: counted(service) == 1)
     finally:
         await stop(reactor, service)
 
@@ -332,7 +330,7 @@ async def test_origin_detection_tags_metrics_with_the_senders_container(reactor,
         gram._send_to_server("o.client:1|c|c:ci-abc")  # a c: field from the client wins
         gram.close_socket()
         stream.close_socket()
-        await wait_for(reactor, lambda: service.telemetry.get("metrics") == 3)
+        await wait_for(reactor, lambda: counted(service) == 3)
     finally:
         await stop(reactor, service)
     tags = {name: t for name, (_, t) in values(out).items()}
@@ -352,7 +350,7 @@ async def test_origin_detection_failures_leave_packets_untagged(reactor, tmp_pat
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as gram:
             gram.sendto(b"untagged:1|c", paths[0])
-        await wait_for(reactor, lambda: service.telemetry.get("metrics") == 1)
+        await wait_for(reactor, lambda: counted(service) == 1)
         assert service.telemetry.get("errors", "reason:origin_detection_failed") == 1
     finally:
         await stop(reactor, service)
@@ -366,7 +364,7 @@ async def test_origin_detection_on_this_host(reactor, tmp_path, paths):
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as gram:
             gram.sendto(b"host.proc:1|c", paths[0])
-        await wait_for(reactor, lambda: service.telemetry.get("metrics") == 1)
+        await wait_for(reactor, lambda: counted(service) == 1)
     finally:
         await stop(reactor, service)
     assert service.telemetry.total_dropped() == 0
@@ -389,7 +387,7 @@ async def test_a_blocking_datagram_burst_loses_nothing(reactor, tmp_path, paths)
     service, _out = await start(reactor, tmp_path, paths)
     try:
         await with_deadline(reactor, threads.deferToThread(blocking_burst, paths[0], 20_000, 10), timeout=60)
-        await wait_for(reactor, lambda: service.telemetry.get("metrics") == 200_000, timeout=30)
+        await wait_for(reactor, lambda: counted(service) == 200_000, timeout=30)
     finally:
         await stop(reactor, service)
     assert service.telemetry.get("packets", "transport:uds") == 20_000
@@ -405,7 +403,7 @@ async def test_memory_pressure_slows_reading_but_delivers(reactor, tmp_path, pat
         await with_deadline(reactor, threads.deferToThread(blocking_burst, paths[0], 200, 5), timeout=30)
         for _ in range(50):
             sock.send(frame(b"pressed:1|c"))
-        await wait_for(reactor, lambda: service.telemetry.get("metrics") == 1050)
+        await wait_for(reactor, lambda: counted(service) == 1050)
         assert service.telemetry.get("uds_read_holds") > 0
         assert service.telemetry.gauges[("memory_pressure_level", ())] == 1
     finally:
