@@ -17,6 +17,8 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -72,8 +74,10 @@ class CapturingServer:
         self.sink = MemorySink()
         self.service = build_service(load_config(data=data), reactor, sinks=[self.sink])
         # Tests want flushes to finish at once, however many contexts they hold.
-        self.service.flusher.inline_steps = sys.maxsize
-        self.service.flusher.inline_seconds = math.inf
+        flusher = self.service.flusher
+        assert flusher is not None
+        flusher.inline_steps = sys.maxsize
+        flusher.inline_seconds = math.inf
         self.packets: list[bytes] = []
         pipeline = self.service.pipeline
         process = pipeline.process
@@ -82,7 +86,8 @@ class CapturingServer:
             self.packets.extend(packets)
             return process(packets, now, **options)
 
-        pipeline.process = recording
+        # Records what the server read, in front of the pipeline, for the failure message.
+        pipeline.process = recording  # type: ignore[method-assign]
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -94,8 +99,14 @@ class CapturingServer:
     def stop(self) -> defer.Deferred:
         """Stop, closing the sockets; fires when everything is closed."""
         d = self.service.stopService()
-        if self._directory is not None:
-            d.addBoth(lambda result: (shutil.rmtree(self._directory, ignore_errors=True), result)[1])
+        directory = self._directory
+        if directory is not None:
+
+            def remove_directory(result):
+                shutil.rmtree(directory, ignore_errors=True)
+                return result
+
+            d.addBoth(remove_directory)
         return d
 
     @property
@@ -109,6 +120,7 @@ class CapturingServer:
 
     @property
     def port(self) -> int:
+        assert self.service.udp is not None
         return self.service.udp.address.port
 
     def flush(self) -> defer.Deferred:
@@ -120,7 +132,7 @@ class CapturingServer:
 
         The capturing sink takes a batch at once, so no reactor turn is needed.
         """
-        outcome = []
+        outcome: list[FlushBatch | Failure] = []
         self.flush().addBoth(outcome.append)
         (result,) = outcome
         if isinstance(result, Failure):
@@ -213,6 +225,10 @@ class StatsdServerMixin:
     Call :meth:`start_statsd_server` in ``setUp``; the server is stopped by a
     cleanup, so trial reports no dirty reactor.
     """
+
+    if TYPE_CHECKING:  # provided by the TestCase this is mixed into
+
+        def addCleanup(self, f: Callable[..., object], *args: object, **kwargs: object) -> None: ...
 
     def start_statsd_server(self, **settings) -> CapturingServer:
         self.statsd_server = CapturingServer(**settings).start()

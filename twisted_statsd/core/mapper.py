@@ -91,7 +91,9 @@ def _escape(pattern: str, i: int, in_class: bool) -> tuple[str, int]:
     if c in "pP":
         raise _BadRegex(f"Unicode class `\\{c}` is not supported (bytes matching)")
     if c in "01234567":  # octal, but a lone \1-\7 would be a back-reference, which RE2 lacks
-        digits = re.match(r"[0-7]{1,3}", pattern[i + 1 :]).group()
+        octal = re.match(r"[0-7]{1,3}", pattern[i + 1 :])
+        assert octal is not None  # pattern[i + 1] is c, an octal digit
+        digits = octal.group()
         if c != "0" and len(digits) == 1:
             raise _BadRegex(f"invalid escape sequence: `\\{c}`")
         return _literal(chr(int(digits, 8)), in_class), i + 1 + len(digits)
@@ -222,7 +224,7 @@ class _Template(NamedTuple):
         return self.fmt % tuple(match.group(g) or b"" for g in self.groups)
 
 
-def _template(template: str, prefix: str, groups: int, names: dict[str, int], offset: int) -> _Template:
+def _template(template: str, prefix: str, groups: int, names: Mapping[str, int], offset: int) -> _Template:
     """Compile ``prefix`` + template; ``offset`` moves $1… to a mapping's groups in a combined regex.
 
     References to unknown or out-of-range groups expand to nothing in Go, so they are dropped.
@@ -261,7 +263,7 @@ class _Rule(NamedTuple):
             return name.expand(match), tuple([tag.expand(match) for tag in self.tags])
 
 
-def _rule(mapping: Mapping, groups: int, names: dict[str, int], offset: int) -> _Rule:
+def _rule(mapping: Mapping, groups: int, names: Mapping[str, int], offset: int) -> _Rule:
     tags = (mapping.get("tags") or {}).items()
     return _Rule(
         _template(mapping["name"], "", groups, names, offset),

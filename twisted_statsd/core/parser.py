@@ -246,6 +246,8 @@ def parse_metric(line: bytes, *, timestamps: bool = True, origin_client: bool = 
     metric_type = _METRIC_TYPES.get(fields[1])
     if metric_type is None:
         raise ParseError("metric_bad_type", f"invalid metric type: {fields[1]!r}")
+    values: tuple[float, ...]
+    set_member: bytes | None
     if metric_type is SET:
         values, set_member = (), raw_value
     elif b":" in raw_value:

@@ -88,7 +88,7 @@ class OriginResolver:
 
     def origin(self, pid: int | None, now: float) -> bytes | None:
         """The container ID of process ``pid`` as bytes, or None (no container, or a failure)."""
-        entry = self._cache.get(pid)
+        entry = self._cache.get(pid) if pid is not None else None
         if entry is not None and entry[1] > now:
             return entry[0]
         return self._lookup(pid, now)

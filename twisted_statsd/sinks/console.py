@@ -25,10 +25,10 @@ def format_batch(batch: FlushBatch, max_rows: int = MAX_ROWS) -> str:
     for s in sorted(batch.series, key=lambda s: (s.name, s.tags)):
         ts, value = s.points[-1]
         rows.append((_label(s.name, s.tags), _TYPE_NAMES.get(s.type, "?"), f"{value:.6g}", f"@{ts} x{len(s.points)}"))
-    for s in sorted(batch.sketches, key=lambda s: (s.name, s.tags)):
-        ts, sketch = s.points[-1]
+    for d in sorted(batch.sketches, key=lambda d: (d.name, d.tags)):
+        ts, sketch = d.points[-1]
         summary = f"n={sketch.count:g} p50={sketch.quantile(0.5):.6g} max={sketch.max:.6g}"
-        rows.append((_label(s.name, s.tags), "dist", summary, f"@{ts} x{len(s.points)}"))
+        rows.append((_label(d.name, d.tags), "dist", summary, f"@{ts} x{len(d.points)}"))
     for e in batch.events:
         rows.append((_label(e.title, e.tags), "event", e.alert_type, f"@{e.timestamp}"))
     for c in batch.service_checks:
