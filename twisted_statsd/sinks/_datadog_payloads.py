@@ -105,6 +105,14 @@ class Payload:
     items: int
     size: int  # uncompressed bytes
 
+    @property
+    def path(self) -> str:
+        return self.endpoint.path
+
+    @property
+    def max_age(self) -> float:
+        return self.endpoint.max_age
+
 
 def _deflate_bound(n: int) -> int:
     """An upper bound on what ``n`` not-yet-emitted input bytes can still add to deflate's output."""
