@@ -229,7 +229,8 @@ class SinkConfig:
     options: Mapping[str, Any]
 
     def __repr__(self) -> str:
-        shown = {k: ("***" if k == "api_key" and v else v) for k, v in self.options.items()}
+        # API keys and HTTP headers (which carry credentials) are not shown.
+        shown = {k: ("***" if k in ("api_key", "headers") and v else v) for k, v in self.options.items()}
         return f"SinkConfig(type={self.type!r}, options={shown!r})"
 
 
@@ -262,6 +263,18 @@ def _tcp_port(value: Any) -> int:
     if not 0 <= port <= 65535:
         raise _Invalid(f"must be between 0 and 65535, got {port}")
     return port
+
+
+def _string_map(value: Any) -> Mapping[str, str]:
+    """A mapping of strings to strings (HTTP headers, OTLP resource attributes); numbers are taken as text."""
+    if not isinstance(value, Mapping):
+        raise _Invalid(f"expected a mapping of strings, got {value!r}")
+    result = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or isinstance(item, (bool, Mapping, list, tuple)) or item is None:
+            raise _Invalid(f"expected a string, got {item!r}", f".{key}")
+        result[key] = str(item)
+    return types.MappingProxyType(result)
 
 
 # Sink types and their options: name -> (converter, default).  A new sink type
@@ -307,6 +320,17 @@ _SINK_TYPES: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "backoff_max": (_POSITIVE_SECONDS, 64.0),
         "max_concurrent_requests": (_POSITIVE_INT, 2),
         "distribution_max_values": (_POSITIVE_INT, 100_000),
+    },
+    "otlp": {
+        "endpoint": (_string, "http://127.0.0.1:4318/v1/metrics"),
+        "temporality": (_one_of(("delta", "cumulative")), "delta"),
+        "headers": (_string_map, types.MappingProxyType({})),
+        "resource_attributes": (_string_map, types.MappingProxyType({})),
+        "timeout": (_POSITIVE_SECONDS, 10.0),
+        "retry_queue_max_bytes": (_POSITIVE_INT, 15 * 1024 * 1024),
+        "backoff_base": (_POSITIVE_SECONDS, 2.0),
+        "backoff_max": (_POSITIVE_SECONDS, 64.0),
+        "max_concurrent_requests": (_POSITIVE_INT, 2),
     },
 }
 

@@ -30,4 +30,8 @@ def build_sink(sink_config, reactor, telemetry):
         from twisted_statsd.sinks.datadog import DatadogSink
 
         return DatadogSink(reactor, telemetry, **options)
+    if kind == "otlp":
+        from twisted_statsd.sinks.otlp import OtlpSink
+
+        return OtlpSink(reactor, telemetry, **options)
     raise ValueError(f"unknown sink type {kind!r}")

@@ -1,0 +1,161 @@
+"""The ``otlp`` sink: posts every flush to an OpenTelemetry Collector (or any OTLP/HTTP receiver).
+
+Each flush becomes one or more ``ExportMetricsServiceRequest`` protobufs
+(:mod:`twisted_statsd.sinks._otlp_payloads` has the mapping), built in slices
+through a Cooperator, gzipped and POSTed as ``application/x-protobuf`` to the
+configured endpoint.  Queueing, retries, back-off and concurrency are the
+Datadog sink's (:mod:`twisted_statsd.sinks._http_delivery`); what is retried
+follows the OTLP/HTTP specification: 429, 502, 503 and 504, network errors and
+timeouts, honouring ``Retry-After``.  A 2xx answer's ``partial_success``
+counts its rejected data points as drops.
+
+The generated classes come from the ``opentelemetry-proto`` package (the
+``otlp`` extra), imported only when an otlp sink is configured.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web.http_headers import Headers
+from zope.interface import implementer
+
+from twisted_statsd import __version__
+from twisted_statsd.core.model import FlushBatch
+from twisted_statsd.flush import SINK_STOP_TIMEOUT
+from twisted_statsd.interfaces import IMetricSink
+from twisted_statsd.sinks._http_delivery import HttpDelivery
+from twisted_statsd.telemetry import Telemetry
+
+__all__ = ["OtlpSink", "retryable_per_otlp"]
+
+# OTLP/HTTP: "the client SHOULD retry" on these; every other failure status is final.
+RETRYABLE = frozenset((429, 502, 503, 504))
+# Partial-success answers are small; a longer body is not an ExportMetricsServiceResponse worth parsing.
+RESPONSE_LIMIT = 64 * 1024
+# At most one partial-success log line in this many seconds.
+PARTIAL_LOG_INTERVAL = 60.0
+
+
+def retryable_per_otlp(code: int) -> bool:
+    return code in RETRYABLE
+
+
+def _payloads():
+    """The payload module, whose import needs opentelemetry-proto: a clear start error when it is missing."""
+    try:
+        from twisted_statsd.sinks import _otlp_payloads
+    except ImportError as error:
+        raise RuntimeError(
+            f"the otlp sink needs the opentelemetry-proto package: install twisted-statsd[otlp] ({error})"
+        ) from None
+    return _otlp_payloads
+
+
+@implementer(IMetricSink)
+class OtlpSink(Service):
+    """Sends flushes as OTLP/HTTP protobuf with gzip, retries and a byte-bounded queue."""
+
+    name = "otlp"
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor,
+        telemetry: Telemetry,
+        *,
+        endpoint: str = "http://127.0.0.1:4318/v1/metrics",
+        temporality: str = "delta",
+        headers: Mapping[str, str] | None = None,
+        resource_attributes: Mapping[str, str] | None = None,
+        retry_queue_max_bytes: int = 15 * 1024 * 1024,
+        timeout: float = 10.0,
+        backoff_base: float = 2.0,
+        backoff_max: float = 64.0,
+        max_concurrent_requests: int = 2,
+        _agent=None,
+        _random=random.random,
+        _stop_timeout: float = SINK_STOP_TIMEOUT,
+    ):
+        payloads = _payloads()
+        if temporality not in ("delta", "cumulative"):
+            raise ValueError(f"otlp sink temporality must be delta or cumulative, got {temporality!r}")
+        self._payloads = payloads
+        self.telemetry = telemetry
+        self.reactor = reactor
+        self.endpoint = endpoint
+        self.temporality = payloads.CUMULATIVE if temporality == "cumulative" else payloads.DELTA
+        self._cumulative = payloads.CumulativeSums() if temporality == "cumulative" else None
+        self.resource_attributes = dict(resource_attributes or {})
+        sent = Headers(
+            {
+                b"Content-Type": [b"application/x-protobuf"],
+                b"Content-Encoding": [b"gzip"],
+                b"User-Agent": [f"twisted-statsd/{__version__}".encode()],
+            }
+        )
+        for name, value in (headers or {}).items():
+            sent.setRawHeaders(name.encode("latin-1"), [value.encode("latin-1")])
+        self._delivery = HttpDelivery(
+            reactor,
+            telemetry,
+            sink="otlp",
+            display="OTLP receiver",
+            base_url=endpoint,
+            headers=sent,
+            retry_queue_max_bytes=retry_queue_max_bytes,
+            timeout=timeout,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+            max_concurrent_requests=max_concurrent_requests,
+            retryable=retryable_per_otlp,
+            on_accepted=self._accepted,
+            body_limit=RESPONSE_LIMIT,
+            _agent=_agent,
+            _random=_random,
+            _stop_timeout=_stop_timeout,
+        )
+        self._partial_logged: tuple[float, int] | None = None
+
+    def write(self, batch: FlushBatch) -> defer.Deferred:
+        """Queue the batch's requests; fires when each one is sent or given up (counted, not raised)."""
+        steps = self._payloads.build_payloads(
+            batch,
+            temporality=self.temporality,
+            cumulative=self._cumulative,
+            resource_attributes=self.resource_attributes,
+            on_drop=self.telemetry.drop,
+        )
+        return self._delivery.submit(steps)
+
+    def _accepted(self, payload, body: bytes) -> None:
+        """Count the data points a 2xx answer's ``partial_success`` says were rejected."""
+        partial = self._payloads.partial_success(body)
+        if partial is None:
+            return
+        rejected, message = partial
+        if rejected:
+            self.telemetry.drop("otlp_rejected_points", rejected)
+        now = self.reactor.seconds()
+        last, suppressed = self._partial_logged or (None, 0)
+        if last is None or now - last >= PARTIAL_LOG_INTERVAL:
+            self.log.warn(
+                "OTLP receiver rejected {rejected} of {points} data points "
+                "({suppressed} more partial answers since the last report): {message}",
+                log_category="OTLP_PARTIAL_SUCCESS",
+                rejected=rejected,
+                points=payload.points,
+                suppressed=suppressed,
+                message=message[:400],
+            )
+            self._partial_logged = (now, 0)
+        else:
+            self._partial_logged = (last, suppressed + 1)
+
+    def stopService(self):
+        super().stopService()
+        return self._delivery.stop()
