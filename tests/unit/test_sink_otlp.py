@@ -77,7 +77,7 @@ def test_gauges_are_gauge_points_at_the_bucket_start_with_tags_as_attributes_and
 
 
 def test_repeated_tag_keys_join_their_sorted_values():
-    assert {a.key: a.value.string_value for a in payloads.attributes(("env:b", "env:a", "x"))} == {
+    assert dict(payloads.attributes(("env:b", "env:a", "x"))) == {
         "env": "a,b",
         "x": "",
     }
@@ -154,6 +154,17 @@ def test_large_flushes_are_split_into_requests_of_bounded_points_with_slices_bet
         f["name"] for f in data_points(ExportMetricsServiceRequest.FromString(gzip.decompress(p.body)) for p in built)
     ]
     assert names == [f"m{i}" for i in range(n)]
+
+
+def test_wide_distributions_weigh_by_their_buckets_when_requests_are_split():
+    sketches = []
+    for i in range(120):
+        sketch = Sketch()
+        sketch.add(1e-6)
+        sketch.add(1e6)  # 40 octaves: about 2,550 buckets, weighing 1 + 2,550 // 64 = 40 points
+        sketches.append(SketchSeries(f"d{i}", [(10, sketch)], (), "h"))
+    built = [p for p in payloads.build_payloads(FlushBatch(20.0, sketches=sketches), on_drop=lambda r, n: None) if p]
+    assert [p.points for p in built] == [100, 20], "100 × 40 reaches MAX_POINTS (4,000)"
 
 
 # -- cumulative temporality ---------------------------------------------------------
