@@ -456,7 +456,8 @@ class HttpDelivery:
             if not pending.sending:
                 self._give_up(pending, f"{self.sink}_shutdown")
         for pending in list(self._sending):
-            pending.request.cancel()
+            if pending.request is not None:  # always set while sending
+                pending.request.cancel()
 
 
 class _BodyReader(Protocol):

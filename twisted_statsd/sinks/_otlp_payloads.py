@@ -282,7 +282,7 @@ class _Request:
 def build_payloads(
     batch: FlushBatch,
     *,
-    temporality: int = DELTA,
+    temporality: AggregationTemporality.ValueType = DELTA,
     cumulative: CumulativeSums | None = None,
     resource_attributes: Mapping[str, str] | None = None,
     on_drop: DropCounter,
