@@ -688,7 +688,7 @@ def test_jsonl_sink_options(write):
 def test_unknown_sink_type(write):
     path = write({"sinks": [{"type": "console"}, {"type": "foo"}]})
     assert error_of(path=path) == (
-        f"{path}: sinks[1]: unknown sink type 'foo' (known: console, jsonl, prometheus, graphite, datadog)"
+        f"{path}: sinks[1]: unknown sink type 'foo' (known: console, jsonl, prometheus, graphite, datadog, otlp)"
     )
 
 
