@@ -51,6 +51,8 @@ def encode(batch, **options):
     built = [p for p in payloads.build_payloads(batch, on_drop=lambda r, n: drops.append((r, n)), **options) if p]
     messages = [ExportMetricsServiceRequest.FromString(gzip.decompress(p.body)) for p in built]
     for p, m in zip(built, messages, strict=True):
+        # Round trip: the decoded message encodes back to the very bytes sent.
+        assert m.SerializeToString() == gzip.decompress(p.body)
         assert p.size == m.ByteSize()
     return messages, drops
 
@@ -314,6 +316,8 @@ def test_counts_and_sums_are_preserved(values, weight):
 def test_a_huge_magnitude_beyond_the_sketchs_last_bin_goes_to_the_bucket_of_the_max():
     _, found = histogram_of([1e250, 1.0])
     assert bucket_counts(found["point"].positive) == {bin_bucket(1.0): 1, payloads.bucket_index(1e250): 1}
+    _, found = histogram_of([-1e250, 1.0])
+    assert bucket_counts(found["point"].negative) == {payloads.bucket_index(1e250): 1}
 
 
 # -- partial success --------------------------------------------------------------
