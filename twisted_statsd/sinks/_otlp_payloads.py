@@ -17,7 +17,8 @@ The mapping (the README's table says the same):
   by commas); the host becomes the ``host.name`` resource attribute.
 
 Events and service checks have no OTLP metric form: they are counted as drops.
-Requests hold at most ``MAX_POINTS`` data points; the work is cut into slices
+Requests hold at most ``MAX_POINTS`` data points (a distribution's weighing
+one more per 64 buckets); the work is cut into slices
 (``None`` is yielded between them) for the caller's Cooperator.  Nothing here
 touches Twisted or a clock.
 """
