@@ -28,12 +28,12 @@ class RateLimitedReporter:
         self.level = LogLevel.warn if verbose else LogLevel.debug
         self._counts: dict[str, int] = {}
 
-    def report(self, reason: str, message: str, sample: bytes = b"", *, dropped: bool = True) -> None:
-        """Count and maybe log one problem; ``dropped=False`` for those that lose no input."""
+    def report(self, reason: str, message: str, sample: bytes = b"", *, dropped: bool = True, count: int = 1) -> None:
+        """Count and maybe log one problem, which lost ``count`` lines; ``dropped=False`` for those that lose none."""
         if dropped:
-            self.telemetry.drop(reason)
+            self.telemetry.drop(reason, count)
         else:
-            self.telemetry.incr(ERRORS, 1, ("reason:" + reason,))
+            self.telemetry.incr(ERRORS, count, ("reason:" + reason,))
         seen = self._counts.get(reason, 0) + 1
         self._counts[reason] = seen
         if seen <= self.per_interval:

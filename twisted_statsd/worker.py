@@ -35,7 +35,9 @@ def main() -> None:
     probe = socket.socket(fileno=os.dup(UDP_FD))
     family = probe.family
     probe.close()
-    port = reactor.adoptDatagramPort(UDP_FD, family, receiver, config.dogstatsd_buffer_size + 1)
+    port = reactor.adoptDatagramPort(
+        UDP_FD, family, receiver, max(receiver.read_size, config.dogstatsd_buffer_size + 1)
+    )
     os.close(UDP_FD)  # adoptDatagramPort holds its own copy
     out = os.fdopen(sys.stdout.fileno(), "wb", buffering=0)
 

@@ -161,6 +161,25 @@ async def test_bad_lines_are_counted_and_the_rest_of_the_packet_goes_through(rea
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_64_kb_datagram_keeps_what_fits_and_counts_each_line_lost(reactor, tmp_path):
+    """Lines beyond dogstatsd_buffer_size are dropped as DogStatsD drops them, and counted one by one."""
+    service, out = await start(reactor, tmp_path)
+    try:
+        import socket
+
+        line = b"big.packet:1|c|#k:v\n"  # 20 bytes
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.sendto(line * 3000, ("127.0.0.1", service.udp.address.port))
+        sock.close()
+        await wait_for(reactor, lambda: service.telemetry.dropped("datagram_truncated") > 0)
+        kept = service.config.dogstatsd_buffer_size // len(line)
+        assert counted(service) == kept
+        assert service.telemetry.dropped("datagram_truncated") == 3000 - kept
+    finally:
+        await stop(reactor, service)
+
+
+@pytest_twisted.ensureDeferred
 async def test_stop_leaves_no_port_and_flushes_open_buckets(reactor, tmp_path):
     service, out = await start(reactor, tmp_path)
     port = service.udp.address.port

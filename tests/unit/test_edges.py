@@ -86,6 +86,25 @@ def test_datagram_receiver_appends_and_cuts_oversized_datagrams():
     assert telemetry.dropped("datagram_truncated") == 2
 
 
+def test_a_truncated_datagram_counts_every_line_it_loses():
+    """A 64 KB datagram cut to dogstatsd_buffer_size loses thousands of lines: each is counted."""
+    received = []
+    telemetry = Telemetry()
+
+    @implementer(IPacketConsumer)
+    class Consumer:
+        def append(self, packet):
+            received.append(packet)
+
+    receiver = DatagramReceiver(Consumer(), 8192, RateLimitedReporter(telemetry, verbose=False))
+    line = b"page.views:1|c|#page:home\n"  # 26 bytes
+    datagram = line * 2500  # 65,000 bytes
+    receiver.datagramReceived(datagram[:-1], ("127.0.0.1", 1))  # no newline after the last line
+    (kept,) = received
+    assert kept == line * (8192 // len(line))
+    assert telemetry.dropped("datagram_truncated") == 2500 - 8192 // len(line)
+
+
 def make_flusher(sinks, interval=15.0):
     clock = Clock()
     clock.advance(1000)

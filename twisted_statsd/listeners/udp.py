@@ -30,9 +30,15 @@ MAX_DRAIN_READS = 1024
 class DatagramReceiver(DatagramProtocol):
     """Appends each datagram to a packet buffer; never parses, never raises.
 
-    The port reads one byte more than ``buffer_size`` so that a datagram the
-    kernel had to truncate can be told apart; only its complete lines are kept.
+    The port reads whole datagrams (``read_size``), so that what lies beyond
+    ``buffer_size`` can be counted line by line before it is dropped: only the
+    complete lines within ``buffer_size`` are kept, as DogStatsD keeps them.
+    Reading 64 KiB instead of ``buffer_size`` costs nothing per datagram
+    (recvfrom allocates the size asked for, then shrinks it in place).
     """
+
+    # The largest UDP payload (IPv6 jumbograms aside).
+    read_size = 65536
 
     noisy = False  # the service logs the bound address itself
 
@@ -43,12 +49,16 @@ class DatagramReceiver(DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr) -> None:
         if len(data) > self.buffer_size:
+            kept = data[: data.rfind(b"\n", 0, self.buffer_size) + 1]
+            lost = sum(1 for line in data[len(kept) :].split(b"\n") if line)
             self.reporter.report(
                 "datagram_truncated",
-                f"datagram longer than dogstatsd_buffer_size ({self.buffer_size}); its last line is lost",
+                f"datagram of {len(data)} bytes is longer than dogstatsd_buffer_size ({self.buffer_size}); "
+                f"{lost} lines beyond it are lost",
                 data,
+                count=lost,
             )
-            data = data[: data.rfind(b"\n", 0, self.buffer_size) + 1]
+            data = kept
             if not data:
                 return
         self.consumer.append(data)
@@ -86,7 +96,7 @@ class UDPListenerService(BindingService):
             self.port_number,
             self.protocol,
             interface=self.interface,
-            maxPacketSize=self.protocol.buffer_size + 1,
+            maxPacketSize=max(self.protocol.read_size, self.protocol.buffer_size + 1),
         )
         handle = self.port.getHandle()
         if self.so_rcvbuf:
