@@ -177,6 +177,8 @@ async def test_a_64_kb_datagram_keeps_what_fits_and_counts_each_line_lost(reacto
         assert service.telemetry.dropped("datagram_truncated") == 3000 - kept
     finally:
         await stop(reactor, service)
+    (flushed,) = [o for o in user_objects(out) if o["metric"] == "big.packet"]
+    assert sum(p["value"] for p in flushed["points"]) * 10 == pytest.approx(kept)
 
 
 @pytest_twisted.ensureDeferred
