@@ -154,7 +154,10 @@ class FlushService(Service):
                 self._record_self_metrics(now)
             batch = FlushBatch(timestamp=now)
             await self._run(self.aggregator.flush_steps(now, batch, final=final))
-            if not final:
+            if final:
+                # No later flush records them: counted now, they are logged at stop.
+                self._count_non_finite()
+            else:
                 self._record_self_metrics(now)
             if self.blocklist:
                 batch.series = [s for s in batch.series if not self.blocklist.blocks(s.name)]
@@ -193,13 +196,17 @@ class FlushService(Service):
         d.addBoth(lambda _: self._writes.discard(d))
         return d
 
+    def _count_non_finite(self) -> None:
+        """Count the points the aggregator left out of flushes as NaN or infinite as drops."""
+        dropped = self.aggregator.non_finite_points
+        if dropped:
+            self.aggregator.non_finite_points = 0
+            self.telemetry.drop("non_finite_point", dropped)
+
     def _record_self_metrics(self, now: float) -> None:
         """Feed the telemetry that changed since the last flush back in as metrics."""
         aggregator = self.aggregator
-        dropped = aggregator.non_finite_points
-        if dropped:
-            aggregator.non_finite_points = 0
-            self.telemetry.drop("non_finite_point", dropped)
+        self._count_non_finite()
         for name, tags, delta in self.telemetry.deltas():
             context = Context(SELF_METRIC_PREFIX + name.encode(), self.hostname, [t.encode() for t in tags])
             aggregator.add(context, COUNTER, float(delta), 1.0, now)

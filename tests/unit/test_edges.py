@@ -151,6 +151,18 @@ def test_flush_loop_runs_every_interval_and_final_flush_on_stop():
     assert not clock.getDelayedCalls()
 
 
+def test_a_counter_that_overflowed_in_the_final_flush_is_counted_as_dropped():
+    """Issue 12 defect 3: ``big.c:1e308|c`` twice vanished from the final flush without a count."""
+    sink = RecordingSink()
+    clock, aggregator, telemetry, flusher = make_flusher([sink])
+    flusher.startService()
+    for _ in range(2):
+        aggregator.add(Context(b"big.c", b"h", []), COUNTER, 1e308, 1.0, clock.seconds())
+    flusher.stopService()
+    assert "big.c" not in [s.name for s in sink.batches[-1].series]
+    assert telemetry.dropped("non_finite_point") == 1
+
+
 def test_self_metrics_are_flushed():
     sink = RecordingSink()
     clock, _aggregator, telemetry, flusher = make_flusher([sink])

@@ -16,6 +16,7 @@ import sys
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IWriteDescriptor
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from twisted_statsd._cooperate import cooperator
@@ -188,11 +189,53 @@ class PipeWriter:
         os.close(self.fd)
 
 
+class AppendFile:
+    """A file that each chunk of lines is appended to whole, or not at all.
+
+    A write cut short (a full disk, a file size limit) is undone by cutting the
+    file back to its size before the write, so a half line is never left to be
+    glued to the next one; the chunk's lines are dropped and counted.  Writes
+    are unbuffered: each chunk reaches the kernel at once, as a flush requires.
+    """
+
+    def __init__(self, path: str, telemetry: Telemetry):
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.telemetry = telemetry
+        # A cut-short write that could not be undone: the next chunk ends that line first.
+        self._torn = False
+        # The last write error, for the sink's one log line per flush.
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> None:
+        fd = self.fd
+        lines = data.count(b"\n")
+        if self._torn:
+            data = b"\n" + data
+        try:
+            size = os.fstat(fd).st_size
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            self._torn = False
+        except OSError as error:
+            self.error = error
+            self.telemetry.drop("jsonl_write_failed", lines)
+            try:
+                if os.fstat(fd).st_size != size:
+                    os.ftruncate(fd, size)
+            except OSError:
+                self._torn = True
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 @implementer(IMetricSink)
 class JsonlSink(Service):
     """Writes each flush as JSON lines to a file (appending) or to standard output (``-``)."""
 
     name = "jsonl"
+    log = Logger()
 
     def __init__(self, reactor, telemetry: Telemetry, path: str = "-", percentiles=(0.5, 0.75, 0.9, 0.95, 0.99)):
         self.reactor = reactor
@@ -209,25 +252,44 @@ class JsonlSink(Service):
             fd = os.dup(sys.__stdout__.fileno())
             self._file = PipeWriter(self.reactor, fd, STDOUT_BUFFER_LIMIT, self.telemetry)
         else:
-            self._file = open(self.path, "ab")
+            self._file = AppendFile(self.path, self.telemetry)
         super().startService()
 
     def write(self, batch: FlushBatch):
         return self._cooperator.coiterate(self._write_steps(batch_objects(batch, self.percentiles)))
 
     def _write_steps(self, objects):
+        """Encode and write a flush; an object JSON cannot carry is left out, never the whole flush."""
         out = self._file
         lines = []
+        unencodable = 0
         for obj in objects:
-            lines.append(_encode(obj))
+            try:
+                lines.append(_encode(obj))
+            except ValueError:  # NaN or infinity, e.g. the sum of a distribution that overflowed
+                unencodable += 1
+                continue
             if len(lines) >= LINES_PER_STEP:
                 out.write(("\n".join(lines) + "\n").encode())
                 lines = []
                 yield None
         if lines:
             out.write(("\n".join(lines) + "\n").encode())
-        if self._file is not None and not isinstance(out, PipeWriter):
-            out.flush()
+        if unencodable:
+            self.telemetry.drop("jsonl_unencodable", unencodable)
+            self.log.warn(
+                "Left {count} objects out of a flush: they hold values JSON cannot carry (NaN or infinity)",
+                log_category="JSONL_UNENCODABLE",
+                count=unencodable,
+            )
+        if isinstance(out, AppendFile) and out.error is not None:
+            error, out.error = out.error, None
+            self.log.error(
+                "Could not write whole lines to {path} ({error}); they were dropped and counted",
+                log_category="JSONL_WRITE_FAILED",
+                path=self.path,
+                error=error,
+            )
 
     def stopService(self):
         """Close the output; a slow reader of standard output gets a few seconds to catch up."""
