@@ -7,6 +7,7 @@ import gzip
 import json
 import math
 import random
+import sys
 from email.utils import formatdate
 
 import pytest
@@ -36,6 +37,7 @@ from twisted_statsd.core.model import (
     SketchSeries,
 )
 from twisted_statsd.core.sketch import BIAS, EPSILON, GAMMA, INF_KEY, MAX_KEY, MIN_VALUE, Sketch, key_of, value_of
+from twisted_statsd.errors import StartupError
 from twisted_statsd.interfaces import IMetricSink
 from twisted_statsd.sinks import _datadog_payloads as payloads
 from twisted_statsd.sinks._datadog_payloads import Endpoint, PayloadBuilder, build_payloads, distribution_values
@@ -720,12 +722,10 @@ def test_bad_options_fail_at_construction(options, message):
         DatadogSink(Clock(), Telemetry(), **options)
 
 
-def test_https_needs_tls_support_known_at_construction():
-    try:
-        import OpenSSL  # noqa: F401
-        import service_identity  # noqa: F401
-    except ImportError:
-        with pytest.raises(RuntimeError, match="twisted\\[tls\\]"):
-            DatadogSink(Clock(), Telemetry(), api_key="k")
-    else:
+def test_https_needs_tls_support_known_at_construction(monkeypatch):
+    """TLS is an extra: without it an https sink is a start-up error naming the extra, not a failure per request."""
+    DatadogSink(Clock(), Telemetry(), api_key="k")  # the test extra installs it
+    monkeypatch.setitem(sys.modules, "service_identity", None)  # import now raises ImportError
+    with pytest.raises(StartupError, match=r"^sinks: datadog: https needs TLS.*twisted-statsd\[tls\]"):
         DatadogSink(Clock(), Telemetry(), api_key="k")
+    DatadogSink(Clock(), Telemetry(), api_key="k", url="http://127.0.0.1:1")  # plain http needs none
