@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import tempfile
 
 import pytest
 from e2e.test_twistd import TWISTD, free_udp_port, start, stop, wait_for_text
@@ -75,14 +74,13 @@ def test_a_jsonl_path_that_cannot_be_opened_names_the_path(tmp_path, where, reas
     assert "Listening" not in out
 
 
-def test_a_unix_socket_in_a_missing_directory_names_the_key_and_path():
-    short = tempfile.mkdtemp(prefix="ts")  # AF_UNIX paths are short
-    path = f"{short}/missing/statsd.sock"
-    status, out, err = run(short, "--port", "0", "--socket", path)
+def test_a_unix_socket_in_a_missing_directory_names_the_key_and_path(short_tmpdir):
+    path = f"{short_tmpdir}/missing/statsd.sock"  # AF_UNIX paths are short
+    status, out, err = run(short_tmpdir, "--port", "0", "--socket", path)
     assert status == 1 and err == ""
     assert only_critical_line(out) == (
         f"Cannot start: dogstatsd_socket: cannot listen on unix datagram socket {path}: "
-        f"the directory {short}/missing does not exist"
+        f"the directory {short_tmpdir}/missing does not exist"
     )
 
 
