@@ -130,7 +130,7 @@ class ExitOnStartupError(MultiService):
     keeps its traceback.
     """
 
-    log = Logger(namespace="twisted_statsd")
+    log = Logger()
 
     def privilegedStartService(self):
         try:
@@ -194,7 +194,7 @@ def makeService(options):
 
     from twisted_statsd.service import build_service
 
-    log = Logger(namespace="twisted_statsd")
+    log = Logger()
     for warning in options.config.warnings:
         log.warn("Configuration: {warning}", warning=warning)
     try:
