@@ -3,26 +3,29 @@ command-line overrides merged into one frozen, validated :class:`Config`.
 
 Key names, defaults and ``DD_*`` environment variables follow DogStatsD (spec
 §10), so an agent's ``datadog.yaml`` works unchanged.  Such files carry many
-settings that are not ours, so unknown keys become warnings, not errors; a value
-of the wrong type or out of range is an error naming the key and its source.
+settings that are not ours, so unknown keys become warnings, not errors (with the
+nearest known key when one is close: a misspelling); a value of the wrong type or
+out of range is an error naming the key and its source, on one line.
 Every key is declared once, as a field of :class:`Config` that carries its
 default and its converter.  This module imports nothing from Twisted.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
 import socket
 import types
 from collections.abc import Callable, Mapping
-from dataclasses import Field, dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 
 import yaml
 
 from twisted_statsd.core.mapper import MapperConfigError, MetricMapper
+from twisted_statsd.errors import StartupError
 
 __all__ = [
     "EPHEMERAL_PORT",
@@ -31,6 +34,7 @@ __all__ = [
     "ConfigError",
     "MemoryLimiterConfig",
     "SinkConfig",
+    "key_help",
     "load_config",
 ]
 
@@ -66,8 +70,21 @@ HISTOGRAM_AGGREGATES = ("max", "min", "median", "avg", "sum", "count")
 EOL_TRANSPORTS = ("udp", "uds", "named_pipe")
 
 
-class ConfigError(Exception):
+class ConfigError(StartupError):
     """A configuration that cannot be used; the message names the key and its source."""
+
+
+# Close enough to be a misspelling (dogstatsd_prot -> dogstatsd_port scores 0.93), not so
+# loose that the agent's own keys get a suggestion (dogstatsd_stats_port scores 0.82).
+_SIMILARITY = 0.85
+
+
+def _did_you_mean(name: Any, known: Any) -> str:
+    """`` (did you mean 'x'?)`` naming the known name nearest to ``name``, or '' when none is close."""
+    if not isinstance(name, str):
+        return ""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=_SIMILARITY)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class _Invalid(Exception):
@@ -341,11 +358,15 @@ def _sink(entry: Any) -> SinkConfig:
     kind = entry["type"]
     options = _SINK_TYPES.get(kind) if isinstance(kind, str) else None
     if options is None:
-        raise _Invalid(f"unknown sink type {kind!r} (known: {', '.join(_SINK_TYPES)})")
+        raise _Invalid(
+            f"unknown sink type {kind!r}{_did_you_mean(kind, _SINK_TYPES)} (known: {', '.join(_SINK_TYPES)})"
+        )
     for name in entry:
         if name != "type" and name not in options:
             known = ", ".join(options) or "none"
-            raise _Invalid(f"unknown option {name!r} for sink type {kind!r} (known: {known})")
+            raise _Invalid(
+                f"unknown option {name!r} for sink type {kind!r}{_did_you_mean(name, options)} (known: {known})"
+            )
     values = {}
     for name, (convert, default) in options.items():
         try:
@@ -409,7 +430,10 @@ def _memory_limiter(value: Any, textual: bool, warn: Warn) -> MemoryLimiterConfi
         if name in _AGENT_ONLY_LIMITER_OPTIONS:
             warn(f"option {name!r} only tunes the Go agent; ignored")
         elif name not in _LIMITER_OPTIONS:
-            warn(f"unknown option {name!r} ignored (known: {', '.join(_LIMITER_OPTIONS)})")
+            warn(
+                f"unknown option {name!r} ignored{_did_you_mean(name, _LIMITER_OPTIONS)} "
+                f"(known: {', '.join(_LIMITER_OPTIONS)})"
+            )
         elif item is not None:
             try:
                 options[name] = _LIMITER_OPTIONS[name](item, textual, warn)
@@ -545,6 +569,13 @@ def _env_name(key: str) -> str:
     return "DD_" + key.upper()
 
 
+def key_help(key: str) -> tuple[Any, str | None]:
+    """A key's default and its ``DD_*`` variable (None when the environment cannot set it), for ``--help``."""
+    spec = _FIELDS[key]
+    default = spec.default_factory() if spec.default_factory is not MISSING else spec.default
+    return default, _env_name(key) if spec.metadata["env"] else None
+
+
 def _read_yaml(path: str) -> Mapping[Any, Any]:
     try:
         with open(path, encoding="utf-8") as stream:
@@ -553,8 +584,14 @@ def _read_yaml(path: str) -> Mapping[Any, Any]:
         raise ConfigError(f"{path}: cannot read the file: {error.strerror or error}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: cannot read the file: it is not UTF-8 text") from None
+    except yaml.MarkedYAMLError as error:
+        # PyYAML's own text spans several lines; one line says where and what.
+        mark = error.problem_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = ", ".join(part for part in (error.context, error.problem) if part)
+        raise ConfigError(f"{path}{where}: invalid YAML: {what}") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: invalid YAML: {error}") from None
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(error).split())}") from None
     return _mapping(path, {} if loaded is None else loaded)
 
 
@@ -590,7 +627,10 @@ def load_config(
         layers.append(_Layer("command line", _mapping("command line", overrides)))
 
     warnings = [
-        f"{layer.source}: unknown key {key!r} ignored" for layer in layers for key in layer.values if key not in _KEYS
+        f"{layer.source}: unknown key {key!r} ignored{_did_you_mean(key, _KEYS)}"
+        for layer in layers
+        for key in layer.values
+        if key not in _KEYS
     ]
     resolved: dict[str, Any] = {}
     for key, spec in _KEYS.items():

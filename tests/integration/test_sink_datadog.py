@@ -13,7 +13,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from twisted_statsd.core.model import SERIES_COUNT, SERIES_GAUGE, Event, FlushBatch, Series, ServiceCheck, SketchSeries
-from twisted_statsd.core.sketch import Sketch
+from twisted_statsd.core.sketch import Sketch, key_of, value_of
 from twisted_statsd.sinks.datadog import DatadogSink
 from twisted_statsd.telemetry import Telemetry
 
@@ -156,7 +156,8 @@ async def test_a_flush_arrives_complete_and_exact(reactor):
                     "type": "distribution",
                     "tags": ["env:test"],
                     "host": "web1",
-                    "points": [[1700000000, [1.0, 2.0, 2.0, 100.0]]],
+                    # 1.0 and 100.0 are min and max, sent exact; the two 2.0s go as their bin's value.
+                    "points": [[1700000000, [1.0, value_of(key_of(2.0)), value_of(key_of(2.0)), 100.0]]],
                 }
             ]
         }

@@ -15,7 +15,7 @@ from helpers import counted, wait_for, with_deadline
 from twisted.internet import threads
 
 from twisted_statsd import build_service, load_config
-from twisted_statsd.listeners.sockets import SocketPathError
+from twisted_statsd.errors import StartupError
 
 CID = "3726184226f5d3147c25fdeab5b60097e378e8a720503a5e19ecfdf29f869860"
 
@@ -280,8 +280,13 @@ async def test_a_socket_in_use_is_a_clear_error(reactor, tmp_path, paths, which)
             other.listen()
         only = [paths[0], ""] if which == 0 else ["", paths[1]]
         service, _ = build(tmp_path, only)
-        with pytest.raises(SocketPathError, match="address in use: another process is listening on it"):
+        key, kind = [("dogstatsd_socket", "datagram"), ("dogstatsd_stream_socket", "stream")][which]
+        with pytest.raises(StartupError) as info:
             service.privilegedStartService()
+        assert str(info.value) == (
+            f"{key}: cannot listen on unix {kind} socket {paths[which]}: "
+            "address in use: another process is listening on it"
+        )
         await with_deadline(reactor, service.abandoned)
         assert os.path.exists(paths[which])
 
@@ -291,7 +296,10 @@ async def test_a_path_that_is_not_a_socket_is_never_deleted(reactor, tmp_path, p
     with open(paths[1], "w") as f:
         f.write("not a socket")
     service, _ = build(tmp_path, ["", paths[1]])
-    with pytest.raises(SocketPathError, match="not a Unix socket"):
+    with pytest.raises(
+        StartupError,
+        match=f"^dogstatsd_stream_socket: cannot listen on unix stream socket {paths[1]}: .*not a Unix socket",
+    ):
         service.privilegedStartService()
     await with_deadline(reactor, service.abandoned)
     with open(paths[1]) as f:

@@ -498,6 +498,31 @@ def test_unknown_keys_are_warnings_naming_key_and_source(write):
     assert any("dogstatsd_prot" in w and w.startswith(path) for w in config.warnings)
 
 
+def test_a_misspelt_key_warns_with_the_nearest_known_key(write):
+    path = write({"dogstatsd_prot": 1, "flush_intervall": 5, "use_dogstatsd": True, "dogstatsd_stats_port": 5000})
+    assert set(load_config(path=path).warnings) == {
+        f"{path}: unknown key 'dogstatsd_prot' ignored (did you mean 'dogstatsd_port'?)",
+        f"{path}: unknown key 'flush_intervall' ignored (did you mean 'flush_interval'?)",
+        # The agent's own keys are not misspellings of ours: no suggestion.
+        f"{path}: unknown key 'use_dogstatsd' ignored",
+        f"{path}: unknown key 'dogstatsd_stats_port' ignored",
+    }
+
+
+def test_misspelt_sink_types_and_options_name_the_nearest_known_one(write):
+    path = write({"sinks": [{"type": "prometheus", "bindhost": "::1"}]})
+    assert error_of(path=path).startswith(
+        f"{path}: sinks[0]: unknown option 'bindhost' for sink type 'prometheus' (did you mean 'bind_host'?)"
+    )
+    path = write({"sinks": [{"type": "grahpite"}]})
+    assert error_of(path=path).startswith(f"{path}: sinks[0]: unknown sink type 'grahpite' (did you mean 'graphite'?)")
+    path = write({"dogstatsd_mem_based_rate_limiter": {"enabeld": True}})
+    (warning,) = load_config(path=path).warnings
+    assert warning.startswith(
+        f"{path}: dogstatsd_mem_based_rate_limiter: unknown option 'enabeld' ignored (did you mean 'enabled'?)"
+    )
+
+
 def test_strings_in_a_file_are_read_as_the_agent_reads_them(write):
     """Like the agent's loader, a file may quote numbers and booleans and give lists as words."""
     config = load_config(
@@ -559,8 +584,10 @@ def test_missing_file(tmp_path):
 
 def test_invalid_yaml(write):
     path = write("dogstatsd_port: [8125\nhostname: x\n")
-    message = error_of(path=path)
-    assert message.startswith(f"{path}: invalid YAML")
+    # One line saying where and what: PyYAML's own text spans several lines.
+    assert error_of(path=path) == (
+        f"{path}, line 2, column 9: invalid YAML: while parsing a flow sequence, expected ',' or ']', but got ':'"
+    )
 
 
 def test_non_utf8_file(write, tmp_path):

@@ -35,6 +35,7 @@ from twisted_statsd.core.model import (
     SketchSeries,
 )
 from twisted_statsd.core.sketch import BIAS, GAMMA, MIN_VALUE, Sketch, key_of, value_of
+from twisted_statsd.errors import StartupError
 from twisted_statsd.interfaces import IMetricSink
 from twisted_statsd.sinks import _otlp_payloads as payloads
 from twisted_statsd.sinks import build_sink
@@ -496,14 +497,10 @@ def test_bad_options_fail_at_construction(options, message):
         OtlpSink(Clock(), Telemetry(), **options)
 
 
-def test_https_needs_tls_support_known_at_construction():
-    try:
-        import OpenSSL  # noqa: F401
-        import service_identity  # noqa: F401
-    except ImportError:
-        with pytest.raises(RuntimeError, match="twisted\\[tls\\]"):
-            OtlpSink(Clock(), Telemetry(), endpoint="https://collector:4318/v1/metrics")
-    else:
+def test_https_needs_tls_support_known_at_construction(monkeypatch):
+    OtlpSink(Clock(), Telemetry(), endpoint="https://collector:4318/v1/metrics")  # the test extra installs it
+    monkeypatch.setitem(sys.modules, "service_identity", None)  # import now raises ImportError
+    with pytest.raises(StartupError, match=r"^sinks: otlp: https needs TLS.*twisted-statsd\[tls\]"):
         OtlpSink(Clock(), Telemetry(), endpoint="https://collector:4318/v1/metrics")
 
 
@@ -513,7 +510,7 @@ def test_without_opentelemetry_proto_the_sink_fails_to_start_with_a_clear_error(
     monkeypatch.delitem(sys.modules, "twisted_statsd.sinks._otlp_payloads")
     monkeypatch.delattr(twisted_statsd.sinks, "_otlp_payloads")
     monkeypatch.setitem(sys.modules, "opentelemetry.proto.collector.metrics.v1.metrics_service_pb2", None)
-    with pytest.raises(RuntimeError, match=r"opentelemetry-proto.*twisted-statsd\[otlp\]"):
+    with pytest.raises(StartupError, match=r"^sinks: otlp: needs the opentelemetry-proto.*twisted-statsd\[otlp\]"):
         OtlpSink(Clock(), Telemetry())
 
 

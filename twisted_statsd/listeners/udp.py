@@ -91,6 +91,9 @@ class UDPListenerService(BindingService):
     def bound(self) -> bool:
         return self.port is not None
 
+    def describe(self) -> tuple[str, str]:
+        return "dogstatsd_port", f"listen on udp {self.interface or '0.0.0.0'}:{self.port_number}"
+
     def bind(self) -> None:
         self.port = self.reactor.listenUDP(
             self.port_number,

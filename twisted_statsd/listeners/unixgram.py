@@ -248,6 +248,9 @@ class UnixDatagramListenerService(BindingService):
                 lambda f: self.log.failure("Origin expiry loop died", f)
             )
 
+    def describe(self) -> tuple[str, str]:
+        return "dogstatsd_socket", f"listen on unix datagram socket {self.path}"
+
     def bind(self) -> None:
         sockets.prepare_path(self.path)
         origin = self.receiver.resolver is not None

@@ -352,6 +352,9 @@ class UnixStreamListenerService(BindingService):
     def bound(self) -> bool:
         return self.port is not None
 
+    def describe(self) -> tuple[str, str]:
+        return "dogstatsd_stream_socket", f"listen on unix stream socket {self.path}"
+
     def bind(self) -> None:
         sockets.prepare_path(self.path)
         port = _StreamPort(self.path, self.factory, self.backlog, self.mode, self.reactor)

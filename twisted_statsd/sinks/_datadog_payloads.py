@@ -8,12 +8,15 @@ compressor, so a payload is closed exactly when the next item could push it
 over its endpoint's compressed or uncompressed size, never after the fact.
 
 A distribution point is the sketch's bins spelled out as raw values: each
-bin's value is repeated as many times as the bin counts, written as the
-shortest decimal that falls back into the same bin.  Every value sent is
-thus within the sketch's accuracy (1/128) of the samples it stands for and
-in the same order, so the percentiles Datadog computes are the sketch's, its
-count is the bins' total (the agent's count), min and max are exact (they
-are among the values) and the sum is within the accuracy.  A point whose
+bin's value is repeated as many times as the bin counts.  That value is the
+one every other sink reports for the bin, ``value_of(key)`` (the bin's
+log-midpoint, clamped to min and max in the extreme bins), written exactly.
+The log-midpoint is within the sketch's accuracy (1/128) of every sample the
+bin can hold; a shorter decimal that merely falls back into the bin is not
+(a bin is about 1.6 % wide).  So the values keep the samples' order, the
+percentiles Datadog computes are the sketch's, its count is the bins' total
+(the agent's count), min and max are exact (they are among the values) and
+the sum is within the accuracy.  A point whose
 bins count more than ``max_values`` is scaled down to ``max_values`` values,
 which moves ranks by under one value in ``max_values`` but loses the count;
 the values left out are reported to ``on_drop``.  Nothing here touches
@@ -261,32 +264,15 @@ def event_body(event: Event) -> bytes:
     return _dumps(obj)
 
 
-# The shortest text of each bin's value: the key space is bounded (|key| < 2**15),
-# so is this cache.
+# The text of each bin's value: the key space is bounded (|key| < 2**15), so is this cache.
 _BIN_TEXT: dict[int, str] = {}
 
 
-def _short(text: str) -> str:
-    # "1e+02" -> "1e2", "1e-05" -> "1e-5": still JSON numbers, fewer bytes.
-    mantissa, e, exponent = text.partition("e")
-    if not e:
-        return text
-    sign = "-" if exponent[0] == "-" else ""
-    return f"{mantissa}e{sign}{exponent.lstrip('+-').lstrip('0') or '0'}"
-
-
 def _bin_text(key: int) -> str:
-    """The shortest decimal text whose value falls in bin ``key``."""
+    """The exact decimal text of ``value_of(key)``, the value every sink reports for bin ``key``."""
     text = _BIN_TEXT.get(key)
     if text is None:
-        center = value_of(key)
-        for digits in range(1, 18):
-            text = _short(f"{center:.{digits}g}")
-            if key_of(float(text)) == key:
-                break
-        else:
-            text = repr(center)
-        _BIN_TEXT[key] = text
+        text = _BIN_TEXT[key] = repr(value_of(key))
     return text
 
 
@@ -309,8 +295,8 @@ def _scale(counts: list[int], total: int, target: int) -> list[int]:
 def distribution_values(sketch: Sketch, max_values: int) -> tuple[str, int]:
     """The sketch as the JSON text of a list of raw values, and how many values were left out.
 
-    Each bin's shortest in-bin text is repeated ``count`` times (``max_values``
-    at most, scaled down as a whole), so Datadog rebuilds the same bins.  The
+    Each bin's value is repeated ``count`` times (``max_values`` at most,
+    scaled down as a whole), so Datadog rebuilds the same bins.  The
     exact min and max replace values of the lowest and highest bins when they
     belong to them (the agent's collapsing of the lowest bins past 4096 can
     move the min below the lowest bin).

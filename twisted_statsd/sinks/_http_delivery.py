@@ -34,6 +34,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import implementer
 
+from twisted_statsd.errors import StartupError
 from twisted_statsd.flush import SINK_STOP_TIMEOUT
 from twisted_statsd.telemetry import Telemetry
 
@@ -502,11 +503,12 @@ def _read_response(response, limit: int = BODY_LOG_LIMIT):
 
 
 def _require_tls(sink: str) -> None:
-    """HTTPS needs pyOpenSSL and service_identity (Twisted's ``tls`` extra): fail at start, not per request."""
+    """HTTPS needs pyOpenSSL and service_identity (the ``tls`` extra): fail at start, not per request."""
     try:
         import service_identity  # noqa: F401
         from twisted.internet import ssl  # noqa: F401
     except ImportError as error:
-        raise RuntimeError(
-            f"the {sink} sink needs TLS support for https URLs: install twisted[tls] ({error})"
+        raise StartupError(
+            f"sinks: {sink}: https needs TLS support, which is not installed ({error}): "
+            "pip install 'twisted-statsd[tls]'"
         ) from None

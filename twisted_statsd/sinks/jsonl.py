@@ -13,12 +13,12 @@ import json
 import os
 import sys
 
-from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IWriteDescriptor
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from twisted_statsd._binding import BindingService
 from twisted_statsd._cooperate import cooperator
 from twisted_statsd.core.model import FlushBatch
 from twisted_statsd.interfaces import IMetricSink
@@ -211,8 +211,8 @@ class AppendFile:
         lines = data.count(b"\n")
         if self._torn:
             data = b"\n" + data
+        size = os.fstat(fd).st_size
         try:
-            size = os.fstat(fd).st_size
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
@@ -231,8 +231,13 @@ class AppendFile:
 
 
 @implementer(IMetricSink)
-class JsonlSink(Service):
-    """Writes each flush as JSON lines to a file (appending) or to standard output (``-``)."""
+class JsonlSink(BindingService):
+    """Writes each flush as JSON lines to a file (appending) or to standard output (``-``).
+
+    The output is opened like a listener's socket, in ``privilegedStartService``
+    (sinks start before listeners): a path that cannot be written stops the
+    server before it listens, and a path only root may write works.
+    """
 
     name = "jsonl"
     log = Logger()
@@ -245,15 +250,20 @@ class JsonlSink(Service):
         self._cooperator = cooperator(reactor)
         self._file = None
 
-    def startService(self):
-        """Open the output now, so an unwritable path stops the server at start."""
+    @property
+    def bound(self) -> bool:
+        return self._file is not None
+
+    def describe(self) -> tuple[str, str]:
+        return f"sinks: {self.name}", f"open {self.path} for appending"
+
+    def bind(self) -> None:
         if self.path == "-":
             # twistd redirects sys.stdout into the log; write to the real descriptor.
             fd = os.dup(sys.__stdout__.fileno())
             self._file = PipeWriter(self.reactor, fd, STDOUT_BUFFER_LIMIT, self.telemetry)
         else:
             self._file = AppendFile(self.path, self.telemetry)
-        super().startService()
 
     def write(self, batch: FlushBatch):
         return self._cooperator.coiterate(self._write_steps(batch_objects(batch, self.percentiles)))

@@ -26,6 +26,7 @@ from zope.interface import implementer
 
 from twisted_statsd import __version__
 from twisted_statsd.core.model import FlushBatch
+from twisted_statsd.errors import StartupError
 from twisted_statsd.flush import SINK_STOP_TIMEOUT
 from twisted_statsd.interfaces import IMetricSink
 from twisted_statsd.sinks._http_delivery import HttpDelivery
@@ -50,8 +51,9 @@ def _payloads():
     try:
         from twisted_statsd.sinks import _otlp_payloads
     except ImportError as error:
-        raise RuntimeError(
-            f"the otlp sink needs the opentelemetry-proto package: install twisted-statsd[otlp] ({error})"
+        raise StartupError(
+            f"sinks: otlp: needs the opentelemetry-proto package, which is not installed ({error}): "
+            "pip install 'twisted-statsd[otlp]'"
         ) from None
     return _otlp_payloads
 

@@ -469,6 +469,9 @@ class PrometheusSink(BindingService):
     def bound(self) -> bool:
         return self._listening is not None
 
+    def describe(self) -> tuple[str, str]:
+        return f"sinks: {self.name}", f"listen on http {self.bind_host}:{self.port}"
+
     def bind(self) -> None:
         self._site = _Site(_MetricsResource(self.scrape), self.reactor)
         self._listening = self.reactor.listenTCP(self.port, self._site, interface=self.bind_host)
