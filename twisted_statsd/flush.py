@@ -28,6 +28,7 @@ from twisted.logger import Logger
 
 from twisted_statsd._cooperate import SLICE_SECONDS, cooperator, run_in_slices
 from twisted_statsd._ratelimit import RateLimitedReporter
+from twisted_statsd._twisted_helpers import deadline
 from twisted_statsd.core.aggregator import Aggregator
 from twisted_statsd.core.enrich import Blocklist
 from twisted_statsd.core.model import COUNTER, GAUGE, Context, FlushBatch
@@ -221,11 +222,9 @@ class FlushService(Service):
         # Wait for the writes or the deadline, whichever comes first; the writes
         # are not cancelled, a sink may still finish while the process exits.
         outcome = defer.Deferred()
-        deadline = self.clock.callLater(SINK_STOP_TIMEOUT, lambda: outcome.called or outcome.callback(False))
+        cancel = deadline(self.clock, SINK_STOP_TIMEOUT, lambda: outcome.called or outcome.callback(False))
         defer.DeferredList(list(self._writes)).addBoth(lambda _: outcome.called or outcome.callback(True))
-        if await outcome:
-            deadline.cancel()
-        else:
+        if not await outcome.addBoth(cancel):
             self.telemetry.incr("sink_stop_timeouts")
             self.log.error(
                 "Gave up waiting for {count} sink writes after {timeout} s at shutdown",

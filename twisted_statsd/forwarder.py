@@ -17,10 +17,10 @@ import errno
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from twisted_statsd._ratelimit import RateLimitedReporter
+from twisted_statsd._twisted_helpers import periodic
 
 RESOLVE_INTERVAL = 60.0
 
@@ -43,15 +43,12 @@ class ForwarderService(Service):
         self.port = port
         self._udp = None
         self._address: tuple[str, int] | None = None
-        self._resolver = LoopingCall(self._resolve)
-        self._resolver.clock = reactor
+        self._resolver = periodic(reactor, RESOLVE_INTERVAL, self._resolve, reporter.telemetry, "forward_resolve")
 
     def startService(self):
         super().startService()
         self._udp = self.reactor.listenUDP(0, _SendOnly(), interface="")
-        self._resolver.start(RESOLVE_INTERVAL, now=True).addErrback(
-            lambda f: self.log.failure("Forward target resolution loop died", f)
-        )
+        self._resolver.startService()
 
     async def _resolve_address(self) -> None:
         try:
@@ -83,9 +80,12 @@ class ForwarderService(Service):
             self.reporter.telemetry.incr("forwarded_packets")
 
     def stopService(self):
+        """Stop resolving (waiting for a resolution in flight) and close the socket."""
         super().stopService()
+        waits = []
         if self._resolver.running:
-            self._resolver.stop()
+            waits.append(self._resolver.stopService())
         udp, self._udp = self._udp, None
         if udp is not None:
-            return udp.stopListening()
+            waits.append(defer.maybeDeferred(udp.stopListening))
+        return defer.gatherResults(waits).addCallback(lambda _: None)

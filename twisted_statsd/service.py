@@ -11,9 +11,9 @@ from __future__ import annotations
 from twisted.application.service import IService, MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from twisted_statsd._ratelimit import RateLimitedReporter
+from twisted_statsd._twisted_helpers import Waiters
 from twisted_statsd.config import EPHEMERAL_PORT, Config
 from twisted_statsd.core.aggregator import Aggregator
 from twisted_statsd.core.enrich import Blocklist, Enricher
@@ -54,7 +54,7 @@ class StatsdService(MultiService):
         self.intake: IntakeService | None = None
         self.forwarder: ForwarderService | None = None
         self.udp: UDPListenerService | None = None
-        self._stop_waiters: list[defer.Deferred] = []
+        self._stop_waiters = Waiters()
         self.workers: WorkerPoolService | None = None
         self.unixgram: UnixDatagramListenerService | None = None
         self.unixstream: UnixStreamListenerService | None = None
@@ -119,21 +119,13 @@ class StatsdService(MultiService):
 
     def stopService(self):
         """Stop the children in order; a call while stopping waits for the same stop."""
-        waiter = defer.Deferred()
-        self._stop_waiters.append(waiter)
-        if len(self._stop_waiters) == 1:
+        stopping = len(self._stop_waiters)
+        waiter = self._stop_waiters.wait()
+        if not stopping:
             # Service.stopService, not MultiService's: the children are stopped here, in order.
             super(MultiService, self).stopService()
-            defer.ensureDeferred(self._stop_children()).addBoth(self._release_stop_waiters)
+            defer.ensureDeferred(self._stop_children()).addBoth(self._stop_waiters.fire)
         return waiter
-
-    def _release_stop_waiters(self, result) -> None:
-        waiters, self._stop_waiters = self._stop_waiters, []
-        for waiter in waiters:
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(None)
 
     async def _stop_children(self, everything: bool = False) -> None:
         for service in reversed(list(self)):

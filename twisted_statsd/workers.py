@@ -24,6 +24,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
+from twisted_statsd._twisted_helpers import deadline
 from twisted_statsd.config import Config
 from twisted_statsd.core.aggregator import Aggregator
 from twisted_statsd.telemetry import Telemetry
@@ -155,11 +156,9 @@ class WorkerPoolService(Service):
 
     async def _stop(self) -> None:
         await self.collect(b"stop")  # each worker ships a last time, then exits
-        ended = defer.DeferredList([w.ended for w in self.workers])
-        deadline = self.reactor.callLater(SHIP_TIMEOUT, self._kill)
-        await ended
-        if deadline.active():
-            deadline.cancel()
+        await defer.DeferredList([w.ended for w in self.workers]).addBoth(
+            deadline(self.reactor, SHIP_TIMEOUT, self._kill)
+        )
 
     def _kill(self) -> None:
         for worker in self.workers:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from twisted.application.service import Service
-from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
+from twisted_statsd._twisted_helpers import periodic
 from twisted_statsd.intake.buffer import PacketBuffer
 from twisted_statsd.intake.pipeline import Pipeline
 
@@ -15,15 +14,15 @@ FOLD_AGE = 1.0
 class IntakeService(Service):
     """Creates one packet buffer per listener and drains them all every ``flush_timeout``.
 
-    On stop the timer stops and every buffer is drained once more, so packets
+    The timer is a :func:`periodic` TimerService (a failing drain is counted
+    and logged, and the next tick runs).  On stop the timer stops and every
+    buffer is drained once more, so packets
     that were read are aggregated before the final flush.  A drain also folds
     the pipeline's staged values once the oldest is ``FOLD_AGE`` seconds old:
     readers of the aggregator fold anyway, so this only bounds how long the
     ``metrics`` telemetry lags, while a longer window folds more values per
     context at once.
     """
-
-    log = Logger()
 
     def __init__(
         self, clock, pipeline: Pipeline, *, buffer_size: int, flush_timeout: float, eol_required=(), forward=None
@@ -35,8 +34,7 @@ class IntakeService(Service):
         self.eol_required = frozenset(eol_required)
         self.forward = forward  # called with every packet as it arrives, when forwarding is on
         self.buffers: list[PacketBuffer] = []
-        self._loop = LoopingCall(self.drain)
-        self._loop.clock = clock
+        self._timer = periodic(clock, flush_timeout, self.drain, pipeline.telemetry, "drain")
 
     def buffer_for(self, transport: str, origin: bytes | None = None) -> PacketBuffer:
         """A new buffer for one listener, connection or sender.
@@ -69,13 +67,11 @@ class IntakeService(Service):
 
     def startService(self):
         super().startService()
-        self._loop.start(self.flush_timeout, now=False).addErrback(
-            lambda f: self.log.failure("Packet buffer drain loop died", f)
-        )
+        self._timer.startService()
 
     def stopService(self):
         super().stopService()
-        if self._loop.running:
-            self._loop.stop()
+        if self._timer.running:
+            self._timer.stopService()  # the drain is synchronous: stopped at once
         self.drain()
         self.pipeline.fold()

@@ -16,7 +16,7 @@ The parts, each testable alone:
 * :func:`decide`: pure, from a usage ratio and the previous state to a new
   :class:`MemoryState` (a level and a read delay);
 * :class:`ReadThrottle`: pauses readers for the current delay after each read;
-* :class:`MemoryMonitorService`: polls on a LoopingCall of the injected clock.
+* :class:`MemoryMonitorService`: polls on a TimerService of the injected clock.
 
 Levels: above ``low_soft_limit`` every read is followed by a pause that starts
 at 1 ms and doubles at every check up to 50 ms; above ``high_soft_limit`` the
@@ -33,9 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from twisted.application.service import Service
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
 
+from twisted_statsd._twisted_helpers import periodic
 from twisted_statsd.telemetry import Telemetry
 
 OK, SOFT, HIGH, HARD = 0, 1, 2, 3
@@ -274,8 +274,7 @@ class MemoryMonitorService(Service):
         self.on_change = on_change
         self.state = MemoryState()
         self._failing = False
-        self._loop = LoopingCall(self.check)
-        self._loop.clock = clock
+        self._timer = periodic(clock, interval, self.check, telemetry, "memory_check")
 
     def check(self) -> MemoryState:
         try:
@@ -312,10 +311,10 @@ class MemoryMonitorService(Service):
 
     def startService(self):
         super().startService()
-        self._loop.start(self.interval, now=True).addErrback(lambda f: self.log.failure("Memory check loop died", f))
+        self._timer.startService()
 
     def stopService(self):
         super().stopService()
-        if self._loop.running:
-            self._loop.stop()
+        if self._timer.running:
+            self._timer.stopService()  # the check is synchronous: stopped at once
         self.throttle.release()

@@ -22,12 +22,12 @@ from collections.abc import Callable
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReadDescriptor
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from twisted_statsd._binding import BindingService
 from twisted_statsd._ratelimit import RateLimitedReporter
+from twisted_statsd._twisted_helpers import periodic
 from twisted_statsd.listeners import sockets
 from twisted_statsd.listeners.memory import ReadThrottle
 from twisted_statsd.listeners.origin import ORIGIN_TTL, OriginResolver
@@ -233,9 +233,13 @@ class UnixDatagramListenerService(BindingService):
         self.reader: DatagramSocketReader | None = None
         self.granted_rcvbuf: int | None = None
         self._identity = None
-        self._sweep = LoopingCall(lambda: receiver.expire_origins(reactor.seconds()))
-        self._sweep.clock = reactor
-        self._sweep_interval = origin_sweep_interval
+        self._sweep = periodic(
+            reactor,
+            origin_sweep_interval,
+            lambda: receiver.expire_origins(reactor.seconds()),
+            receiver.reporter.telemetry,
+            "origin_expiry",
+        )
 
     @property
     def bound(self) -> bool:
@@ -244,9 +248,7 @@ class UnixDatagramListenerService(BindingService):
     def startService(self):
         super().startService()
         if self.receiver.resolver is not None and not self._sweep.running:
-            self._sweep.start(self._sweep_interval, now=False).addErrback(
-                lambda f: self.log.failure("Origin expiry loop died", f)
-            )
+            self._sweep.startService()
 
     def describe(self) -> tuple[str, str]:
         return "dogstatsd_socket", f"listen on unix datagram socket {self.path}"
@@ -298,7 +300,7 @@ class UnixDatagramListenerService(BindingService):
         """Remove the file (no new senders), read what is queued, close, flush the buffers."""
         super().stopService()
         if self._sweep.running:
-            self._sweep.stop()
+            self._sweep.stopService()  # the sweep is synchronous: stopped at once
         reader, self.reader = self.reader, None
         if reader is not None:
             reader.stop_reading()

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 
 from twisted_statsd._binding import BindingService
 from twisted_statsd._ratelimit import RateLimitedReporter
+from twisted_statsd._twisted_helpers import Waiters
 from twisted_statsd.listeners import sockets
 from twisted_statsd.listeners.memory import ReadThrottle
 from twisted_statsd.listeners.origin import OriginResolver
@@ -122,7 +123,7 @@ class ConnectionTracker:
     def __init__(self, telemetry: Telemetry):
         self.telemetry = telemetry
         self.connections: set = set()
-        self._waiters: list[defer.Deferred] = []
+        self._empty = Waiters()
         telemetry.set_gauge("uds_connections", 0)
 
     def __len__(self) -> int:
@@ -136,17 +137,13 @@ class ConnectionTracker:
         self.connections.discard(protocol)
         self.telemetry.set_gauge("uds_connections", len(self.connections))
         if not self.connections:
-            waiters, self._waiters = self._waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
+            self._empty.fire()
 
     def wait_empty(self) -> defer.Deferred:
         """A Deferred that fires once no connection is open."""
         if not self.connections:
             return defer.succeed(None)
-        waiter = defer.Deferred()
-        self._waiters.append(waiter)
-        return waiter
+        return self._empty.wait()
 
     def close_all(self) -> defer.Deferred:
         """Read what each connection has queued, close them all, and wait until they are gone."""

@@ -26,7 +26,6 @@ from __future__ import annotations
 import random
 import re
 from collections import deque
-from functools import partial
 from itertools import islice
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -35,10 +34,11 @@ from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from twisted_statsd._cooperate import cooperator
+from twisted_statsd._twisted_helpers import deadline
 from twisted_statsd.core.model import FlushBatch
 from twisted_statsd.interfaces import IMetricSink
 
@@ -249,7 +249,7 @@ class GraphiteSink(Service):
         endpoint = _endpoint if _endpoint is not None else HostnameEndpoint(reactor, host, port, timeout=10)
         policy = backoffPolicy(reconnect_initial_delay, reconnect_max_delay, jitter=_jitter or random.random)
         self._client = ClientService(endpoint, _CarbonFactory(self), retryPolicy=policy, clock=reactor)
-        self._cooperator = Cooperator(scheduler=partial(reactor.callLater, 0))
+        self._cooperator = cooperator(reactor)
         # Invariant: the buffer is empty whenever a connection is up and not
         # paused; lines wait only for a connection or for the transport to resume.
         self._buffer: deque[str] = deque(maxlen=max_buffered_lines)
@@ -388,12 +388,7 @@ class GraphiteSink(Service):
                 count=unsent,
                 log_category="GRAPHITE_UNSENT",
             )
-        deadline = self.clock.callLater(self.stop_timeout, self._abort)
-        try:
-            await self._client.stopService()
-        finally:
-            if deadline.active():
-                deadline.cancel()
+        await self._client.stopService().addBoth(deadline(self.clock, self.stop_timeout, self._abort))
 
     def _abort(self) -> None:
         protocol = self._protocol
