@@ -18,21 +18,22 @@ from twisted.python.failure import Failure
 
 from twisted_statsd.telemetry import Telemetry
 
-__all__ = ["Waiters", "deadline", "periodic"]
+__all__ = ["PeriodicService", "Waiters", "deadline", "periodic"]
 
 log = Logger()
 
 LOOP_FAILED = "The {loop} loop failed; it keeps running (later failures in a row are only counted)"
 
 
-def periodic(clock, interval: float, call: Callable[[], Any], telemetry: Telemetry, name: str) -> TimerService:
+def periodic(clock, interval: float, call: Callable[[], Any], telemetry: Telemetry, name: str) -> PeriodicService:
     """A TimerService on ``clock`` that runs ``call`` now and every ``interval`` seconds, and cannot die.
 
     TimerService stops its loop when the callable fails; here a failure is
     caught instead, counted as ``loop_errors`` tagged ``loop:<name>``, and
     logged once per run of failures, and the next tick runs as usual.  A
     Deferred returned by ``call`` holds the next tick back until it fires, and
-    ``stopService`` waits for it.  Only call ``stopService`` on a running one.
+    ``stopService`` waits for it; stopping one that never started does nothing
+    (TimerService's own would raise), as a root stopping after a failed start does.
     """
     tags = ("loop:" + name,)
     failing = False
@@ -51,9 +52,19 @@ def periodic(clock, interval: float, call: Callable[[], Any], telemetry: Telemet
     def tick() -> defer.Deferred:
         return defer.maybeDeferred(call).addCallbacks(succeeded, failed)
 
-    service = TimerService(interval, tick)
+    service = PeriodicService(interval, tick)
+    service.setName(name)
     service.clock = clock
     return service
+
+
+class PeriodicService(TimerService):
+    """What :func:`periodic` returns."""
+
+    def stopService(self) -> defer.Deferred:
+        if not self.running:
+            return defer.succeed(None)
+        return super().stopService()
 
 
 def deadline(clock, seconds: float, on_timeout: Callable[[], object]) -> Callable[..., Any]:

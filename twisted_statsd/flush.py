@@ -15,6 +15,16 @@ since it affects their whole process.  Sinks are written to independently, and t
 for them, so a slow sink never holds back the others or the next flush.  On
 stop the final flush closes every bucket, open ones included, and the service
 reports stopped only when every sink has taken it: nothing accepted is lost.
+
+The loop is a LoopingCall rather than a TimerService (which the other
+periodic loops use, see :mod:`twisted_statsd._twisted_helpers`): a
+TimerService always runs at start, and a flush at start would hand every sink
+an empty batch and count a flush that closed nothing; the first flush is due
+one interval after the start.
+
+Each flush sets the gauge ``flush_duration``: seconds from the flush's start
+until its batch is complete (buffers drained, workers collected, buckets
+closed, blocklist applied); the sink writes that follow are not included.
 """
 
 from __future__ import annotations
@@ -143,6 +153,7 @@ class FlushService(Service):
         gc.freeze()
 
     async def _flush_batch(self, final: bool) -> tuple[FlushBatch | None, list[defer.Deferred]]:
+        started = self.clock.seconds()
         try:
             for prepare in self.before_flush:
                 await defer.maybeDeferred(prepare)
@@ -155,13 +166,14 @@ class FlushService(Service):
                 self._record_self_metrics(now)
             batch = FlushBatch(timestamp=now)
             await self._run(self.aggregator.flush_steps(now, batch, final=final))
+            if self.blocklist:
+                batch.series = [s for s in batch.series if not self.blocklist.blocks(s.name)]
+            self.telemetry.set_gauge("flush_duration", self.clock.seconds() - started)
             if final:
                 # No later flush records them: counted now, they are logged at stop.
                 self._count_non_finite()
             else:
                 self._record_self_metrics(now)
-            if self.blocklist:
-                batch.series = [s for s in batch.series if not self.blocklist.blocks(s.name)]
             self.reporter.end_interval()
         except Exception:
             # The buckets this flush had closed are gone with it: counted as a loss.

@@ -13,7 +13,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from twisted_statsd._ratelimit import RateLimitedReporter
-from twisted_statsd._twisted_helpers import Waiters
+from twisted_statsd._twisted_helpers import Waiters, periodic
 from twisted_statsd.config import EPHEMERAL_PORT, Config
 from twisted_statsd.core.aggregator import Aggregator
 from twisted_statsd.core.enrich import Blocklist, Enricher
@@ -28,8 +28,12 @@ from twisted_statsd.listeners.udp import DatagramReceiver, UDPListenerService
 from twisted_statsd.listeners.unixgram import UnixDatagramListenerService, UnixDatagramReceiver
 from twisted_statsd.listeners.unixstream import FramedStreamFactory, UnixStreamListenerService
 from twisted_statsd.sinks import ConsoleSink, build_sink
-from twisted_statsd.telemetry import DROPPED, Telemetry
+from twisted_statsd.telemetry import DROPPED, ReactorLag, Telemetry
 from twisted_statsd.workers import WorkerPoolService
+
+# How often the reactor's lag is sampled: a stall shorter than this is seen
+# only when a tick falls due during it.
+LAG_PROBE_INTERVAL = 0.1
 
 
 class StatsdService(MultiService):
@@ -228,6 +232,11 @@ def build_service(
         root.forwarder = ForwarderService(reactor, reporter, config.statsd_forward_host, config.statsd_forward_port)
         root.forwarder.setServiceParent(root)
 
+    lag = ReactorLag(telemetry, LAG_PROBE_INTERVAL)
+    periodic(
+        reactor, LAG_PROBE_INTERVAL, lambda: lag.tick(reactor.seconds()), telemetry, "reactor_lag"
+    ).setServiceParent(root)
+
     intake = build_intake(config, reactor, pipeline, forward=root.forwarder.forward if root.forwarder else None)
     root.flusher = FlushService(
         reactor,
@@ -240,7 +249,7 @@ def build_service(
         blocklist=blocklist,
         # Folded before the flush records the server's own telemetry, so its
         # metrics count includes every sample this flush sends.
-        before_flush=[intake.drain, pipeline.fold],
+        before_flush=[intake.drain, pipeline.fold, lag.report],
         freeze_gc=freeze_gc,
     )
     root.flusher.setServiceParent(root)

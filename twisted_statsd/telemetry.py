@@ -1,4 +1,4 @@
-"""The server's own counters: packets, bytes, samples, and every drop by reason.
+"""The server's own counters: packets, bytes, samples, every drop by reason, and the reactor's lag.
 
 Counters are cumulative and cheap to bump; :meth:`Telemetry.deltas` hands the
 flush loop what changed since its previous call, so the server can report on
@@ -48,3 +48,39 @@ class Telemetry:
                 changed.append((key[0], key[1], delta))
                 self._reported[key] = value
         return changed
+
+
+class ReactorLag:
+    """How late a periodic tick runs: the reactor's lag, the worst since the last report, in seconds.
+
+    :meth:`tick` is called by a loop that runs every ``interval`` seconds on the
+    grid of its first tick, as a LoopingCall (and so a TimerService) does; a
+    tick that comes late comes late because the reactor was busy, so its
+    lateness is how long anything else waiting for the reactor (a read, a
+    timer) waited too.  :meth:`report` publishes the worst lateness seen since
+    the previous report as the gauge ``reactor_lag`` and starts over.  Pure:
+    the time comes as an argument.
+    """
+
+    def __init__(self, telemetry: Telemetry, interval: float):
+        self.telemetry = telemetry
+        self.interval = interval
+        self.worst = 0.0
+        self._origin: float | None = None
+        self._due = 0.0
+
+    def tick(self, now: float) -> None:
+        if self._origin is None:
+            self._origin = now
+        else:
+            self.worst = max(self.worst, now - self._due)
+        # The next tick is due at the first grid point after now (after a long
+        # stall the loop skips the points it missed).
+        due = self._origin + (int((now - self._origin) / self.interval) + 1) * self.interval
+        if due - now < self.interval * 1e-6:  # now was on a grid point, rounded down
+            due += self.interval
+        self._due = due
+
+    def report(self) -> None:
+        self.telemetry.set_gauge("reactor_lag", self.worst)
+        self.worst = 0.0

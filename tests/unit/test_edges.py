@@ -227,10 +227,11 @@ def test_service_tree_order_and_clean_stop_with_memory_reactor(tmp_path):
     config = load_config(data={"dogstatsd_port": 0, "sinks": [{"type": "jsonl", "path": str(tmp_path / "o")}]})
     root = build_service(config, reactor)
     assert root.name == "statsd"
-    assert [type(s).__name__ for s in root] == ["JsonlSink", "FlushService", "IntakeService"]
+    assert [type(s).__name__ for s in root] == ["JsonlSink", "PeriodicService", "FlushService", "IntakeService"]
+    assert root.getServiceNamed("reactor_lag") in root
     root.privilegedStartService()
     root.startService()
-    assert len(reactor.getDelayedCalls()) == 2  # buffer drain and flush loops
+    assert len(reactor.getDelayedCalls()) == 3  # reactor lag probe, buffer drain and flush loops
     d = root.stopService()
     reactor.advance(0)  # the jsonl sink writes through a Cooperator
     assert d.called

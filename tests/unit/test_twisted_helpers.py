@@ -102,3 +102,10 @@ def test_waiters_fire_a_failure_as_errbacks():
         failures = []
         waiter.addErrback(failures.append)
         assert failures[0].check(ValueError)
+
+
+def test_stopping_a_periodic_loop_that_never_started_does_nothing():
+    clock = task.Clock()
+    timer = periodic(clock, 1.0, lambda: None, Telemetry(), "test")
+    assert timer.stopService().called
+    assert clock.getDelayedCalls() == []
