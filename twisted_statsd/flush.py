@@ -33,10 +33,11 @@ import gc
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import Cooperator, LoopingCall
 from twisted.logger import Logger
 
-from twisted_statsd._cooperate import SLICE_SECONDS, cooperator, run_in_slices
+from twisted_statsd import _cooperate
+from twisted_statsd._cooperate import SLICE_SECONDS, run_in_slices
 from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd._twisted_helpers import deadline
 from twisted_statsd.core.aggregator import Aggregator
@@ -77,6 +78,7 @@ class FlushService(Service):
         blocklist: Blocklist | None = None,
         before_flush=(),
         freeze_gc: bool = False,
+        cooperator: Cooperator | None = None,
     ):
         self.clock = clock
         self.aggregator = aggregator
@@ -98,7 +100,8 @@ class FlushService(Service):
         self._loop = LoopingCall(self.flush)
         self._loop.clock = clock
         self._lock = defer.DeferredLock()
-        self._cooperator = cooperator(clock)
+        # The server's shared Cooperator; one of its own when built alone.
+        self._cooperator = cooperator or _cooperate.cooperator(clock)
         self._writes: set[defer.Deferred] = set()
 
     def startService(self):

@@ -12,6 +12,7 @@ from twisted.application.service import IService, MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from twisted_statsd._cooperate import SharedCooperatorService
 from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd._twisted_helpers import Waiters, periodic
 from twisted_statsd.config import EPHEMERAL_PORT, Config
@@ -216,9 +217,12 @@ def build_service(
     telemetry, reporter, aggregator = pipeline.telemetry, pipeline.reporter, pipeline.aggregator
     blocklist = pipeline.enricher.blocklist
     root = StatsdService(config, aggregator, telemetry, pipeline)
+    # The first child, so stopped last: the sinks' last writes run through it.
+    cooperator = SharedCooperatorService(reactor)
+    cooperator.setServiceParent(root)
 
     if sinks is None:
-        sinks = [build_sink(s, reactor, telemetry) for s in config.sinks] or [ConsoleSink()]
+        sinks = [build_sink(s, reactor, telemetry, cooperator.coop) for s in config.sinks] or [ConsoleSink()]
     seen: dict[str, int] = {}
     for sink in sinks:
         # Names tag telemetry and name the service: a second sink of a type gets "-2".
@@ -251,6 +255,7 @@ def build_service(
         # metrics count includes every sample this flush sends.
         before_flush=[intake.drain, pipeline.fold, lag.report],
         freeze_gc=freeze_gc,
+        cooperator=cooperator.coop,
     )
     root.flusher.setServiceParent(root)
     intake.setServiceParent(root)

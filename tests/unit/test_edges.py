@@ -227,7 +227,13 @@ def test_service_tree_order_and_clean_stop_with_memory_reactor(tmp_path):
     config = load_config(data={"dogstatsd_port": 0, "sinks": [{"type": "jsonl", "path": str(tmp_path / "o")}]})
     root = build_service(config, reactor)
     assert root.name == "statsd"
-    assert [type(s).__name__ for s in root] == ["JsonlSink", "PeriodicService", "FlushService", "IntakeService"]
+    assert [type(s).__name__ for s in root] == [
+        "SharedCooperatorService",
+        "JsonlSink",
+        "PeriodicService",
+        "FlushService",
+        "IntakeService",
+    ]
     assert root.getServiceNamed("reactor_lag") in root
     root.privilegedStartService()
     root.startService()
@@ -239,9 +245,27 @@ def test_service_tree_order_and_clean_stop_with_memory_reactor(tmp_path):
     assert not any(s.running for s in root)
 
 
+def test_the_flush_and_the_sinks_share_one_cooperator_stopped_after_them(tmp_path):
+    from twisted.internet.task import SchedulerStopped
+
+    reactor = MemoryReactorClock()
+    sinks = [{"type": "jsonl", "path": str(tmp_path / "o")}, {"type": "prometheus", "port": 0}]
+    root = build_service(load_config(data={"dogstatsd_port": 0, "sinks": sinks}), reactor)
+    shared = next(iter(root))  # the first child: stopped last
+    assert {id(s._cooperator) for s in root.flusher.sinks} | {id(root.flusher._cooperator)} == {id(shared.coop)}
+    root.startService()
+    root.aggregator.add(Context(b"c", b"h", []), COUNTER, 5, 1.0, reactor.seconds())
+    d = root.stopService()
+    reactor.advance(0)  # the final flush's jsonl write runs through the shared Cooperator
+    assert d.called and (tmp_path / "o").read_text()
+    failures = []
+    shared.coop.coiterate(iter(())).addErrback(failures.append)
+    assert failures[0].check(SchedulerStopped)
+
+
 def test_default_sink_is_console():
     root = build_service(load_config(data={"dogstatsd_port": 0}), MemoryReactorClock())
-    assert next(type(s).__name__ for s in root) == "ConsoleSink"
+    assert [type(s).__name__ for s in root][1] == "ConsoleSink"
 
 
 def test_console_table_is_readable():

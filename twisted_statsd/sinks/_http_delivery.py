@@ -20,7 +20,6 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 from email.utils import parsedate_to_datetime
-from functools import partial
 from typing import Protocol as TypingProtocol
 from urllib.parse import urlsplit
 
@@ -34,6 +33,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import implementer
 
+from twisted_statsd import _cooperate
 from twisted_statsd.errors import StartupError
 from twisted_statsd.flush import SINK_STOP_TIMEOUT
 from twisted_statsd.telemetry import Telemetry
@@ -190,6 +190,7 @@ class HttpDelivery:
         retryable: Callable[[int], bool] = retryable_like_datadog,
         on_accepted: Callable[[Payload, bytes], None] | None = None,
         body_limit: int = BODY_LOG_LIMIT,
+        cooperator: Cooperator | None = None,
         _agent=None,
         _random=random.random,
         _stop_timeout: float = SINK_STOP_TIMEOUT,
@@ -224,7 +225,9 @@ class HttpDelivery:
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = max_concurrent_requests
         self._agent = IAgent(_agent) if _agent is not None else Agent(reactor, connectTimeout=timeout, pool=self._pool)
-        self._cooperator = Cooperator(scheduler=partial(reactor.callLater, 0))
+        # The server's shared Cooperator (stopped by its owner), or one of its own.
+        self._own_cooperator = cooperator is None
+        self._cooperator = cooperator or _cooperate.cooperator(reactor)
         # Invariants: _held has every unsettled payload, oldest first (a failed
         # one keeps its place, so it is retried first), and _held_bytes is the
         # sum of their body sizes (<= retry_queue_max_bytes); _sending has those
@@ -447,7 +450,8 @@ class HttpDelivery:
         if deadline.active():
             deadline.cancel()
         self._closed = True
-        self._cooperator.stop()
+        if self._own_cooperator:
+            self._cooperator.stop()
         await self._pool.closeCachedConnections()
 
     def _abandon(self) -> None:

@@ -25,6 +25,7 @@ import random
 
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.task import Cooperator
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
@@ -59,6 +60,7 @@ class DatadogSink(Service):
         backoff_max: float = 64.0,
         max_concurrent_requests: int = 2,
         distribution_max_values: int = 100_000,
+        cooperator: Cooperator | None = None,
         _agent=None,
         _random=random.random,
         _stop_timeout: float = SINK_STOP_TIMEOUT,
@@ -89,6 +91,7 @@ class DatadogSink(Service):
             backoff_base=backoff_base,
             backoff_max=backoff_max,
             max_concurrent_requests=max_concurrent_requests,
+            cooperator=cooperator,
             _agent=_agent,
             _random=_random,
             _stop_timeout=_stop_timeout,

@@ -34,10 +34,11 @@ from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from twisted_statsd._cooperate import cooperator
+from twisted_statsd import _cooperate
 from twisted_statsd._twisted_helpers import deadline
 from twisted_statsd.core.model import FlushBatch
 from twisted_statsd.interfaces import IMetricSink
@@ -234,6 +235,7 @@ class GraphiteSink(Service):
         reconnect_initial_delay: float = 1.0,
         reconnect_max_delay: float = 60.0,
         stop_timeout: float = 10.0,
+        cooperator: Cooperator | None = None,
         _endpoint=None,
         _jitter=None,
     ):
@@ -249,7 +251,7 @@ class GraphiteSink(Service):
         endpoint = _endpoint if _endpoint is not None else HostnameEndpoint(reactor, host, port, timeout=10)
         policy = backoffPolicy(reconnect_initial_delay, reconnect_max_delay, jitter=_jitter or random.random)
         self._client = ClientService(endpoint, _CarbonFactory(self), retryPolicy=policy, clock=reactor)
-        self._cooperator = cooperator(reactor)
+        self._cooperator = cooperator or _cooperate.cooperator(reactor)
         # Invariant: the buffer is empty whenever a connection is up and not
         # paused; lines wait only for a connection or for the transport to resume.
         self._buffer: deque[str] = deque(maxlen=max_buffered_lines)

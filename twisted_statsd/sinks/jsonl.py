@@ -15,11 +15,12 @@ import sys
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IWriteDescriptor
+from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from twisted_statsd import _cooperate
 from twisted_statsd._binding import BindingService
-from twisted_statsd._cooperate import cooperator
 from twisted_statsd.core.model import FlushBatch
 from twisted_statsd.interfaces import IMetricSink
 from twisted_statsd.telemetry import Telemetry
@@ -242,12 +243,20 @@ class JsonlSink(BindingService):
     name = "jsonl"
     log = Logger()
 
-    def __init__(self, reactor, telemetry: Telemetry, path: str = "-", percentiles=(0.5, 0.75, 0.9, 0.95, 0.99)):
+    def __init__(
+        self,
+        reactor,
+        telemetry: Telemetry,
+        path: str = "-",
+        percentiles=(0.5, 0.75, 0.9, 0.95, 0.99),
+        *,
+        cooperator: Cooperator | None = None,
+    ):
         self.reactor = reactor
         self.telemetry = telemetry
         self.path = path
         self.percentiles = tuple(percentiles)
-        self._cooperator = cooperator(reactor)
+        self._cooperator = cooperator or _cooperate.cooperator(reactor)
         self._file = None
 
     @property

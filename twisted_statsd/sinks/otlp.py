@@ -20,6 +20,7 @@ from collections.abc import Mapping
 
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
@@ -79,6 +80,7 @@ class OtlpSink(Service):
         backoff_base: float = 2.0,
         backoff_max: float = 64.0,
         max_concurrent_requests: int = 2,
+        cooperator: Cooperator | None = None,
         _agent=None,
         _random=random.random,
         _stop_timeout: float = SINK_STOP_TIMEOUT,
@@ -117,6 +119,7 @@ class OtlpSink(Service):
             retryable=retryable_per_otlp,
             on_accepted=self._accepted,
             body_limit=RESPONSE_LIMIT,
+            cooperator=cooperator,
             _agent=_agent,
             _random=_random,
             _stop_timeout=_stop_timeout,

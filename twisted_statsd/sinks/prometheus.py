@@ -33,14 +33,16 @@ from dataclasses import dataclass, field
 from math import inf, isfinite
 
 from twisted.internet import defer
+from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
+from twisted_statsd import _cooperate
 from twisted_statsd._binding import BindingService
-from twisted_statsd._cooperate import cooperator, run_in_slices
+from twisted_statsd._cooperate import run_in_slices
 from twisted_statsd.core.model import SERIES_COUNT, SERIES_RATE, FlushBatch
 from twisted_statsd.core.sketch import value_of
 from twisted_statsd.interfaces import IMetricSink
@@ -449,13 +451,22 @@ class PrometheusSink(BindingService):
     name = "prometheus"
     log = Logger()
 
-    def __init__(self, reactor, telemetry, *, port: int = 9102, bind_host: str = "127.0.0.1", **options):
+    def __init__(
+        self,
+        reactor,
+        telemetry,
+        *,
+        port: int = 9102,
+        bind_host: str = "127.0.0.1",
+        cooperator: Cooperator | None = None,
+        **options,
+    ):
         """``options`` are :class:`PrometheusState`'s: ttl, buckets, quantiles, distribution_as,
         bare_tag_value, host_label, counter_suffix."""
         self.reactor, self.telemetry = reactor, telemetry
         self.port, self.bind_host = port, bind_host
         self.state = PrometheusState(**options)
-        self._cooperator = cooperator(reactor)
+        self._cooperator = cooperator or _cooperate.cooperator(reactor)
         self._tags = ("sink:" + self.name,)
         self._listening = None
         self._site = None
