@@ -308,3 +308,31 @@ async def test_a_request_with_a_body_is_refused_at_its_headers(reactor):
         await wait_for(reactor, lambda: not sink._site.channels)
     finally:
         await sink.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_busy_port_fails_the_bind_synchronously(reactor):
+    """The endpoint's listen has fired by the time bind returns: twistd sees the error at start."""
+    taken = await start_sink(reactor)
+    try:
+        sink = PrometheusSink(reactor, Telemetry(), port=taken.address.port)
+        with pytest.raises(error.CannotListenError):
+            sink.privilegedStartService()
+        assert not sink.bound
+    finally:
+        await taken.stopService()
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6")
+@pytest_twisted.ensureDeferred
+async def test_an_ipv6_bind_host_goes_through_the_endpoint_string(reactor, agent):
+    try:
+        sink = await start_sink(reactor, bind_host="::1")
+    except error.CannotListenError:
+        pytest.skip("no IPv6 loopback here")
+    try:
+        assert sink.address.host == "::1"
+        response, _body = await fetch(reactor, agent, f"http://[::1]:{sink.address.port}/metrics")
+        assert response.code == 200
+    finally:
+        await with_deadline(reactor, sink.stopService())

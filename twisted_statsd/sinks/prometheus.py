@@ -33,8 +33,10 @@ from dataclasses import dataclass, field
 from math import inf, isfinite
 
 from twisted.internet import defer
+from twisted.internet.endpoints import quoteStringArgument, serverFromString
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -484,8 +486,19 @@ class PrometheusSink(BindingService):
         return f"sinks: {self.name}", f"listen on http {self.bind_host}:{self.port}"
 
     def bind(self) -> None:
+        """Listen on the endpoint ``tcp:<port>:interface=<bind_host>``.
+
+        A TCP endpoint listens at once, so its Deferred has fired by now and a
+        failure (CannotListenError) is raised here, synchronously, as twistd
+        expects of a bind.
+        """
         self._site = _Site(_MetricsResource(self.scrape), self.reactor)
-        self._listening = self.reactor.listenTCP(self.port, self._site, interface=self.bind_host)
+        description = f"tcp:{self.port}:interface={quoteStringArgument(self.bind_host)}"
+        listened: list = []
+        serverFromString(self.reactor, description).listen(self._site).addBoth(listened.append)
+        if isinstance(listened[0], Failure):
+            listened[0].raiseException()
+        self._listening = listened[0]
         self.telemetry.set_gauge("sink_queue_size", 0, self._tags)
 
     def write(self, batch: FlushBatch) -> defer.Deferred | None:
