@@ -54,7 +54,7 @@ def test_jsonl_option_replaces_the_console_sink(tmp_path):
     assert isinstance(service, ExitOnStartupError)
     (root,) = service
     assert isinstance(root, StatsdService) and root is service.getServiceNamed("statsd")
-    assert next(type(s).__name__ for s in root) == "JsonlSink"
+    assert [s.name for s in root.flusher.sinks] == ["jsonl"]
 
 
 class Failing(Service):
