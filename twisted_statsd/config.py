@@ -19,7 +19,7 @@ import re
 import socket
 import types
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, Field, dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 from typing import Any
 
 import yaml
@@ -34,6 +34,7 @@ __all__ = [
     "ConfigError",
     "MemoryLimiterConfig",
     "SinkConfig",
+    "as_data",
     "key_help",
     "load_config",
 ]
@@ -479,9 +480,40 @@ def _default_hostname() -> str:
     return socket.gethostname()
 
 
-def _key(convert: Converter, default: Any = None, *, factory: Callable[[], Any] | None = None, env: bool = True) -> Any:
-    """Declare a configuration key: its converter, its default, and whether ``DD_<KEY>`` sets it."""
-    metadata = {"convert": convert, "env": env}
+def _plain(value: Any) -> Any:
+    """A typed value as the data it was read from: lists and mappings (JSON and YAML data)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _duration_text(seconds: float) -> str:
+    return f"{seconds:.9f}s"
+
+
+def _port_text(port: int) -> int | str:
+    return RANDOM_PORT if port == EPHEMERAL_PORT else port
+
+
+def _sinks_data(sinks: tuple[SinkConfig, ...]) -> list[dict[str, Any]]:
+    return [{"type": sink.type, **_plain(sink.options)} for sink in sinks]
+
+
+def _key(
+    convert: Converter,
+    default: Any = None,
+    *,
+    factory: Callable[[], Any] | None = None,
+    env: bool = True,
+    encode: Callable[[Any], Any] = _plain,
+) -> Any:
+    """Declare a configuration key: its converter, its default, whether ``DD_<KEY>`` sets it,
+    and how :func:`as_data` writes a value back (where the converter does not read its own output)."""
+    metadata = {"convert": convert, "env": env, "encode": encode}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -492,12 +524,12 @@ class Config:
     """The validated configuration; field names are the configuration keys (spec §10)."""
 
     hostname: str = _key(_string, factory=_default_hostname)
-    dogstatsd_port: int = _key(_port, 8125)
+    dogstatsd_port: int = _key(_port, 8125, encode=_port_text)
     bind_host: str = _key(_string, "127.0.0.1")
     dogstatsd_non_local_traffic: bool = _key(_boolean, False)
     dogstatsd_buffer_size: int = _key(_bounded(_parse_int, above=0), 8192)
     dogstatsd_packet_buffer_size: int = _key(_bounded(_parse_int, above=0), 32)
-    dogstatsd_packet_buffer_flush_timeout: float = _key(_bounded(_parse_duration, above=0), 0.1)
+    dogstatsd_packet_buffer_flush_timeout: float = _key(_bounded(_parse_duration, above=0), 0.1, encode=_duration_text)
     dogstatsd_so_rcvbuf: int = _key(_bounded(_parse_int, at_least=0), 0)
     dogstatsd_socket: str = _key(_string, "")
     dogstatsd_stream_socket: str = _key(_string, "")
@@ -529,13 +561,13 @@ class Config:
     flush_interval: float = _key(_bounded(_parse_float, above=0), 15.0)
     dogstatsd_mapper_profiles: tuple = _key(_mapper_profiles, ())
     dogstatsd_mapper_cache_size: int = _key(_bounded(_parse_int, at_least=0), 1000)
-    api_key: str = field(default="", repr=False, metadata={"convert": _string, "env": True})
+    api_key: str = field(default="", repr=False, metadata={"convert": _string, "env": True, "encode": _plain})
     site: str = _key(_string, "datadoghq.com")
     dd_url: str = _key(_string, "")
     dogstatsd_workers: int = _key(_bounded(_parse_int, above=0), 1)
     statsd_forward_host: str = _key(_string, "")
-    statsd_forward_port: int = _key(_port, 0)
-    sinks: tuple[SinkConfig, ...] = _key(_sinks, (), env=False)
+    statsd_forward_port: int = _key(_port, 0, encode=_port_text)
+    sinks: tuple[SinkConfig, ...] = _key(_sinks, (), env=False, encode=_sinks_data)
     warnings: tuple[str, ...] = ()
 
     @property
@@ -672,3 +704,11 @@ def _with_datadog_defaults(resolved: Mapping[str, Any], sink: SinkConfig) -> Sin
         raise ConfigError("sinks: the datadog sink needs an api_key (in the sink entry, api_key, or DD_API_KEY)")
     options["site"] = options["site"] or "datadoghq.com"
     return SinkConfig(sink.type, types.MappingProxyType(options))
+
+
+def as_data(config: Config, *, leave_out: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Every key of ``config`` but ``leave_out`` as plain data (JSON-serialisable) that
+    :func:`load_config` reads back into the same values."""
+    return {
+        name: spec.metadata["encode"](getattr(config, name)) for name, spec in _FIELDS.items() if name not in leave_out
+    }

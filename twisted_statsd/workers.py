@@ -25,7 +25,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
 from twisted_statsd._twisted_helpers import deadline
-from twisted_statsd.config import Config
+from twisted_statsd.config import Config, as_data
 from twisted_statsd.core.aggregator import Aggregator
 from twisted_statsd.telemetry import Telemetry
 
@@ -35,41 +35,15 @@ SHIP_TIMEOUT = 10.0
 FRAME_LENGTH = struct.Struct("<I")
 
 
+# Keys a worker is not given: the sinks are the server's, and a secret has no
+# place on a command line.  Every other key goes, so a key added to Config
+# reaches the workers' pipelines without being listed here.
+SERVER_ONLY_KEYS = frozenset({"sinks", "api_key"})
+
+
 def config_data(config: Config) -> dict:
-    """The keys a worker needs, as plain JSON data for its command line."""
-    keys = (
-        "hostname",
-        "dogstatsd_buffer_size",
-        "dogstatsd_packet_buffer_size",
-        "dogstatsd_eol_required",
-        "dogstatsd_tags",
-        "dogstatsd_expiry_seconds",
-        "dogstatsd_context_expiry_seconds",
-        "dogstatsd_no_aggregation_pipeline",
-        "dogstatsd_origin_detection_client",
-        "dogstatsd_disable_verbose_logs",
-        "statsd_metric_namespace",
-        "statsd_metric_namespace_blacklist",
-        "statsd_metric_blocklist",
-        "statsd_metric_blocklist_match_prefix",
-        "histogram_aggregates",
-        "histogram_percentiles",
-        "histogram_copy_to_distribution",
-        "histogram_copy_to_distribution_prefix",
-        "dogstatsd_mapper_profiles",
-        "dogstatsd_mapper_cache_size",
-    )
-    data = {key: _plain(getattr(config, key)) for key in keys}
-    data["dogstatsd_packet_buffer_flush_timeout"] = f"{config.dogstatsd_packet_buffer_flush_timeout}s"
-    return data
-
-
-def _plain(value):
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "items"):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
+    """The configuration a worker is started with, as plain JSON data for its command line."""
+    return as_data(config, leave_out=SERVER_ONLY_KEYS)
 
 
 class WorkerProtocol(ProcessProtocol):
