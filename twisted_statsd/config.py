@@ -29,6 +29,7 @@ from twisted_statsd.errors import StartupError
 
 __all__ = [
     "EPHEMERAL_PORT",
+    "SINK_OPTION",
     "STANDARD_STATSD_PREFIXES",
     "Config",
     "ConfigError",
@@ -295,73 +296,37 @@ def _string_map(value: Any) -> Mapping[str, str]:
     return types.MappingProxyType(result)
 
 
-# Sink types and their options: name -> (converter, default).  A new sink type
-# is one entry here; its module then reads ``SinkConfig.options``.  The
-# datadog sink's None defaults are filled from the top-level keys
-# ``api_key``, ``site`` and ``dd_url`` (``DD_API_KEY``...), as in the agent.
-_SINK_TYPES: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
-    "console": {},
-    "jsonl": {
-        "path": (_path, "-"),
-        "percentiles": (_PERCENTILES, (0.5, 0.75, 0.9, 0.95, 0.99)),
-    },
-    "prometheus": {
-        "port": (_tcp_port, 9102),
-        "bind_host": (_string, "127.0.0.1"),
-        "ttl": (_SECONDS, 300.0),
-        "buckets": (_numbers, (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)),
-        "quantiles": (_PERCENTILES, (0.5, 0.9, 0.99)),
-        "distribution_as": (_one_of(("summary", "histogram")), "summary"),
-        "bare_tag_value": (_string, "true"),
-        "host_label": (_string, "host"),
-        "counter_suffix": (_string, "_total"),
-    },
-    "graphite": {
-        "host": (_string, "127.0.0.1"),
-        "port": (_tcp_port, 2003),
-        "tags": (_one_of(("graphite", "name")), "graphite"),
-        "host_placement": (_one_of(("tag", "prefix", "none")), "tag"),
-        "prefix": (_string, ""),
-        "max_buffered_lines": (_POSITIVE_INT, 100_000),
-        "percentiles": (_PERCENTILES, (0.5, 0.95, 0.99)),
-        "reconnect_initial_delay": (_POSITIVE_SECONDS, 1.0),
-        "reconnect_max_delay": (_POSITIVE_SECONDS, 60.0),
-        "stop_timeout": (_POSITIVE_SECONDS, 10.0),
-    },
-    "datadog": {
-        "api_key": (_string, None),
-        "site": (_string, None),
-        "url": (_string, None),
-        "retry_queue_max_bytes": (_POSITIVE_INT, 15 * 1024 * 1024),
-        "timeout": (_POSITIVE_SECONDS, 20.0),
-        "backoff_base": (_POSITIVE_SECONDS, 2.0),
-        "backoff_max": (_POSITIVE_SECONDS, 64.0),
-        "max_concurrent_requests": (_POSITIVE_INT, 2),
-        "distribution_max_values": (_POSITIVE_INT, 100_000),
-    },
-    "otlp": {
-        "endpoint": (_string, "http://127.0.0.1:4318/v1/metrics"),
-        "temporality": (_one_of(("delta", "cumulative")), "delta"),
-        "headers": (_string_map, types.MappingProxyType({})),
-        "resource_attributes": (_string_map, types.MappingProxyType({})),
-        "timeout": (_POSITIVE_SECONDS, 10.0),
-        "retry_queue_max_bytes": (_POSITIVE_INT, 15 * 1024 * 1024),
-        "backoff_base": (_POSITIVE_SECONDS, 2.0),
-        "backoff_max": (_POSITIVE_SECONDS, 64.0),
-        "max_concurrent_requests": (_POSITIVE_INT, 2),
-    },
-}
+#: Converters for sink options.  Each sink module declares its options beside
+#: its class, as ``OPTIONS = {name: (converter, default)}`` built from these;
+#: :mod:`twisted_statsd.sinks` names the modules.  A converter takes the YAML
+#: value and returns the typed one.
+SINK_OPTION = types.SimpleNamespace(
+    string=_string,
+    path=_path,
+    tcp_port=_tcp_port,
+    one_of=lambda *choices: _one_of(choices),
+    numbers=_numbers,
+    percentiles=_PERCENTILES,
+    seconds=_SECONDS,
+    positive_seconds=_POSITIVE_SECONDS,
+    positive_int=_POSITIVE_INT,
+    string_map=_string_map,
+)
 
 
 def _sink(entry: Any) -> SinkConfig:
     if not isinstance(entry, Mapping) or "type" not in entry:
         raise _Invalid(f"expected a mapping with a 'type', got {entry!r}")
+    # Imported here: the registry imports a sink's module (and Twisted) only
+    # when a sink of its type is configured.
+    from twisted_statsd.sinks import SINK_MODULES, sink_options
+
     kind = entry["type"]
-    options = _SINK_TYPES.get(kind) if isinstance(kind, str) else None
-    if options is None:
+    if not (isinstance(kind, str) and kind in SINK_MODULES):
         raise _Invalid(
-            f"unknown sink type {kind!r}{_did_you_mean(kind, _SINK_TYPES)} (known: {', '.join(_SINK_TYPES)})"
+            f"unknown sink type {kind!r}{_did_you_mean(kind, SINK_MODULES)} (known: {', '.join(SINK_MODULES)})"
         )
+    options = sink_options(kind)
     for name in entry:
         if name != "type" and name not in options:
             known = ", ".join(options) or "none"

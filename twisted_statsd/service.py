@@ -28,7 +28,8 @@ from twisted_statsd.listeners.origin import OriginResolver
 from twisted_statsd.listeners.udp import DatagramReceiver, UDPListenerService
 from twisted_statsd.listeners.unixgram import UnixDatagramListenerService, UnixDatagramReceiver
 from twisted_statsd.listeners.unixstream import FramedStreamFactory, UnixStreamListenerService
-from twisted_statsd.sinks import ConsoleSink, build_sink
+from twisted_statsd.sinks import build_sink
+from twisted_statsd.sinks.console import ConsoleSink
 from twisted_statsd.telemetry import DROPPED, ReactorLag, Telemetry
 from twisted_statsd.workers import WorkerPoolService
 

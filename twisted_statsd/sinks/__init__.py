@@ -1,37 +1,45 @@
-"""Sinks: where flushed aggregates go.  Each sink is a Service providing IMetricSink."""
+"""Sinks: where flushed aggregates go.  Each sink is a Service providing IMetricSink.
+
+The registry: every sink type names the module that holds it.  That module
+declares, beside its sink class, ``OPTIONS`` (``{name: (converter, default)}``,
+which the config loader validates ``sinks`` entries with) and ``build``, called
+as ``build(reactor, telemetry, cooperator=..., **options)`` (mostly the class).
+Modules are imported only when a sink of their type is configured, so a server
+that writes JSON lines never loads the HTTP client, and this package imports
+no Twisted.
+"""
 
 from __future__ import annotations
 
-from twisted_statsd.sinks.console import ConsoleSink
-from twisted_statsd.sinks.jsonl import JsonlSink
+from importlib import import_module
+from types import ModuleType
+from typing import Any
+
+__all__ = ["SINK_MODULES", "build_sink", "sink_options"]
+
+#: Sink type -> the module that declares it, in the order error messages list them.
+SINK_MODULES = {
+    "console": "twisted_statsd.sinks.console",
+    "jsonl": "twisted_statsd.sinks.jsonl",
+    "prometheus": "twisted_statsd.sinks.prometheus",
+    "graphite": "twisted_statsd.sinks.graphite",
+    "datadog": "twisted_statsd.sinks.datadog",
+    "otlp": "twisted_statsd.sinks.otlp",
+}
+
+
+def _module(kind: str) -> ModuleType:
+    return import_module(SINK_MODULES[kind])
+
+
+def sink_options(kind: str) -> dict[str, tuple[Any, Any]]:
+    """The option schema of a sink type: ``{name: (converter, default)}``."""
+    return _module(kind).OPTIONS
 
 
 def build_sink(sink_config, reactor, telemetry, cooperator=None):
     """Build the sink one ``sinks`` entry describes (validated by the config loader).
 
-    Backends are imported only when configured, so a server that writes JSON
-    lines never loads the HTTP client or the Prometheus renderer.
+    ``cooperator`` is the server's shared one; a sink left without makes its own.
     """
-    options = dict(sink_config.options)
-    kind = sink_config.type
-    if kind == "console":
-        return ConsoleSink()
-    if kind == "jsonl":
-        return JsonlSink(reactor, telemetry, cooperator=cooperator, **options)
-    if kind == "prometheus":
-        from twisted_statsd.sinks.prometheus import PrometheusSink
-
-        return PrometheusSink(reactor, telemetry, cooperator=cooperator, **options)
-    if kind == "graphite":
-        from twisted_statsd.sinks.graphite import GraphiteSink
-
-        return GraphiteSink(reactor, telemetry, cooperator=cooperator, **options)
-    if kind == "datadog":
-        from twisted_statsd.sinks.datadog import DatadogSink
-
-        return DatadogSink(reactor, telemetry, cooperator=cooperator, **options)
-    if kind == "otlp":
-        from twisted_statsd.sinks.otlp import OtlpSink
-
-        return OtlpSink(reactor, telemetry, cooperator=cooperator, **options)
-    raise ValueError(f"unknown sink type {kind!r}")
+    return _module(sink_config.type).build(reactor, telemetry, cooperator=cooperator, **sink_config.options)

@@ -14,6 +14,9 @@ from zope.interface import implementer
 from twisted_statsd.core.model import SERIES_COUNT, SERIES_GAUGE, SERIES_RATE, FlushBatch
 from twisted_statsd.interfaces import IMetricSink
 
+#: The ``console`` sink has no options.
+OPTIONS: dict = {}
+
 # Rows shown per flush; the rest are summarised in one line.
 MAX_ROWS = 200
 _TYPE_NAMES = {SERIES_COUNT: "count", SERIES_RATE: "rate", SERIES_GAUGE: "gauge"}
@@ -59,3 +62,8 @@ class ConsoleSink(Service):
     def write(self, batch: FlushBatch) -> None:
         if batch:
             self.log.info("{table}", table=format_batch(batch), log_category="FLUSH_TABLE")
+
+
+def build(reactor, telemetry, cooperator) -> ConsoleSink:
+    """The sink of a ``console`` entry of ``sinks``."""
+    return ConsoleSink()

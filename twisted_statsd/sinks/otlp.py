@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
+from types import MappingProxyType
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -26,6 +27,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from twisted_statsd import __version__
+from twisted_statsd.config import SINK_OPTION
 from twisted_statsd.core.model import FlushBatch
 from twisted_statsd.errors import StartupError
 from twisted_statsd.flush import SINK_STOP_TIMEOUT
@@ -164,3 +166,20 @@ class OtlpSink(Service):
     def stopService(self):
         super().stopService()
         return self._delivery.stop()
+
+
+#: Options of a ``otlp`` entry of ``sinks``: name -> (converter, default).
+OPTIONS = {
+    "endpoint": (SINK_OPTION.string, "http://127.0.0.1:4318/v1/metrics"),
+    "temporality": (SINK_OPTION.one_of("delta", "cumulative"), "delta"),
+    "headers": (SINK_OPTION.string_map, MappingProxyType({})),
+    "resource_attributes": (SINK_OPTION.string_map, MappingProxyType({})),
+    "timeout": (SINK_OPTION.positive_seconds, 10.0),
+    "retry_queue_max_bytes": (SINK_OPTION.positive_int, 15 * 1024 * 1024),
+    "backoff_base": (SINK_OPTION.positive_seconds, 2.0),
+    "backoff_max": (SINK_OPTION.positive_seconds, 64.0),
+    "max_concurrent_requests": (SINK_OPTION.positive_int, 2),
+}
+
+#: The registry's factory: the sink's constructor takes (reactor, telemetry, cooperator=..., **options).
+build = OtlpSink
