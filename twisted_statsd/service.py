@@ -67,16 +67,15 @@ class StatsdService(MultiService):
         self.memory: MemoryMonitorService | None = None
 
     def privilegedStartService(self):
-        try:
-            super().privilegedStartService()
-        except Exception:
-            self._abandon()
-            raise
+        self._start_or_abandon(super().privilegedStartService)
 
     def startService(self):
+        self._start_or_abandon(super().startService)
+
+    def _start_or_abandon(self, start) -> None:
         """Start every child; if one fails, close what was opened before raising."""
         try:
-            super().startService()
+            start()
         except Exception:
             self._abandon()
             raise

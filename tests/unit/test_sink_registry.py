@@ -17,7 +17,9 @@ from twisted_statsd.sinks import SINK_MODULES, sink_options
 def test_each_sink_module_declares_options_and_a_builder(kind):
     module = import_module(SINK_MODULES[kind])
     assert isinstance(module.OPTIONS, dict)
-    assert list(inspect.signature(module.build).parameters)[:3] == ["reactor", "telemetry", "cooperator"]
+    parameters = inspect.signature(module.build).parameters
+    assert list(parameters)[:2] == ["reactor", "telemetry"]
+    assert parameters["cooperator"].kind is inspect.Parameter.KEYWORD_ONLY
 
 
 # Where a sink hands options on: the Prometheus sink's go to its state.
@@ -29,12 +31,11 @@ def test_the_schema_defaults_are_the_sinks_own(kind):
     """Built alone (tests, embedders) a sink has the defaults a configured one gets."""
     module = import_module(SINK_MODULES[kind])
     defaults = {}
-    for name in (module.build.__annotations__["return"], _OPTIONS_HANDED_TO.get(kind)):
-        if name is not None:
-            for option, parameter in inspect.signature(getattr(module, name)).parameters.items():
-                defaults.setdefault(option, parameter.default)
+    for cls in (module.build, getattr(module, _OPTIONS_HANDED_TO.get(kind, "build"))):
+        for option, parameter in inspect.signature(cls).parameters.items():
+            defaults.setdefault(option, parameter.default)
     for option, (_convert, default) in sink_options(kind).items():
-        if default is not None:  # datadog's None: filled from the top-level keys
+        if default is not None:  # None: left to the sink (datadog fills it from the top-level keys)
             assert defaults[option] == default, option
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService
 
 from twisted_statsd._twisted_helpers import periodic
 from twisted_statsd.intake.buffer import PacketBuffer
@@ -11,11 +11,11 @@ from twisted_statsd.intake.pipeline import Pipeline
 FOLD_AGE = 1.0
 
 
-class IntakeService(Service):
+class IntakeService(MultiService):
     """Creates one packet buffer per listener and drains them all every ``flush_timeout``.
 
-    The timer is a :func:`periodic` TimerService (a failing drain is counted
-    and logged, and the next tick runs).  On stop the timer stops and every
+    The timer is a :func:`periodic` TimerService, a child service (a failing
+    drain is counted and logged, and the next tick runs).  On stop the timer stops and every
     buffer is drained once more, so packets
     that were read are aggregated before the final flush.  A drain also folds
     the pipeline's staged values once the oldest is ``FOLD_AGE`` seconds old:
@@ -27,6 +27,7 @@ class IntakeService(Service):
     def __init__(
         self, clock, pipeline: Pipeline, *, buffer_size: int, flush_timeout: float, eol_required=(), forward=None
     ):
+        super().__init__()
         self.clock = clock
         self.pipeline = pipeline
         self.buffer_size = buffer_size
@@ -34,7 +35,7 @@ class IntakeService(Service):
         self.eol_required = frozenset(eol_required)
         self.forward = forward  # called with every packet as it arrives, when forwarding is on
         self.buffers: list[PacketBuffer] = []
-        self._timer = periodic(clock, flush_timeout, self.drain, pipeline.telemetry, "drain")
+        periodic(clock, flush_timeout, self.drain, pipeline.telemetry, "drain").setServiceParent(self)
 
     def buffer_for(self, transport: str, origin: bytes | None = None) -> PacketBuffer:
         """A new buffer for one listener, connection or sender.
@@ -65,13 +66,8 @@ class IntakeService(Service):
             buffer.flush()
         self.pipeline.fold_if_older(self.clock.seconds(), FOLD_AGE)
 
-    def startService(self):
-        super().startService()
-        self._timer.startService()
-
     def stopService(self):
-        super().stopService()
-        if self._timer.running:
-            self._timer.stopService()  # the drain is synchronous: stopped at once
+        stopped = super().stopService()  # the timer: the drain is synchronous, so stopped at once
         self.drain()
         self.pipeline.fold()
+        return stopped

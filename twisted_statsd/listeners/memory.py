@@ -32,7 +32,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService
 from twisted.logger import Logger, LogLevel
 
 from twisted_statsd._twisted_helpers import periodic
@@ -245,7 +245,7 @@ class ReadThrottle:
             self.release()
 
 
-class MemoryMonitorService(Service):
+class MemoryMonitorService(MultiService):
     """Checks memory every ``interval`` seconds and applies the resulting state.
 
     The check cannot kill the loop: a failed reading is counted, logged once
@@ -265,6 +265,7 @@ class MemoryMonitorService(Service):
         interval: float = 1.0,
         on_change: Callable[[MemoryState], None] = lambda state: None,
     ):
+        super().__init__()
         self.clock = clock
         self.throttle = throttle
         self.telemetry = telemetry
@@ -274,7 +275,7 @@ class MemoryMonitorService(Service):
         self.on_change = on_change
         self.state = MemoryState()
         self._failing = False
-        self._timer = periodic(clock, interval, self.check, telemetry, "memory_check")
+        periodic(clock, interval, self.check, telemetry, "memory_check").setServiceParent(self)
 
     def check(self) -> MemoryState:
         try:
@@ -309,12 +310,7 @@ class MemoryMonitorService(Service):
             self.on_change(state)
         return state
 
-    def startService(self):
-        super().startService()
-        self._timer.startService()
-
     def stopService(self):
-        super().stopService()
-        if self._timer.running:
-            self._timer.stopService()  # the check is synchronous: stopped at once
+        stopped = super().stopService()  # the timer: the check is synchronous, so stopped at once
         self.throttle.release()
+        return stopped

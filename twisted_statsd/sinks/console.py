@@ -64,6 +64,6 @@ class ConsoleSink(Service):
             self.log.info("{table}", table=format_batch(batch), log_category="FLUSH_TABLE")
 
 
-def build(reactor, telemetry, cooperator) -> ConsoleSink:
-    """The sink of a ``console`` entry of ``sinks``."""
+def build(reactor, telemetry, *, cooperator) -> ConsoleSink:
+    """The registry's factory: the console sink needs neither the reactor nor a Cooperator."""
     return ConsoleSink()

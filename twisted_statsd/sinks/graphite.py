@@ -214,26 +214,6 @@ class _CarbonFactory(Factory):
         return _CarbonProtocol(self.sink)
 
 
-#: Options of a ``graphite`` entry of ``sinks``: name -> (converter, default).
-OPTIONS = {
-    "host": (SINK_OPTION.string, "127.0.0.1"),
-    "port": (SINK_OPTION.tcp_port, 2003),
-    "tags": (SINK_OPTION.one_of(*TAG_SCHEMES), "graphite"),
-    "host_placement": (SINK_OPTION.one_of(*HOST_PLACEMENTS), "tag"),
-    "prefix": (SINK_OPTION.string, ""),
-    "max_buffered_lines": (SINK_OPTION.positive_int, 100_000),
-    "percentiles": (SINK_OPTION.percentiles, (0.5, 0.95, 0.99)),
-    "reconnect_initial_delay": (SINK_OPTION.positive_seconds, 1.0),
-    "reconnect_max_delay": (SINK_OPTION.positive_seconds, 60.0),
-    "stop_timeout": (SINK_OPTION.positive_seconds, 10.0),
-}
-
-
-def build(reactor, telemetry, cooperator, **options) -> GraphiteSink:
-    """The sink of a ``graphite`` entry of ``sinks``, its options validated against OPTIONS."""
-    return GraphiteSink(reactor, telemetry, cooperator=cooperator, **options)
-
-
 @implementer(IMetricSink)
 class GraphiteSink(Service):
     """Sends every flush to carbon over TCP, buffering up to ``max_buffered_lines`` lines."""
@@ -424,3 +404,21 @@ class GraphiteSink(Service):
                 log_category="GRAPHITE_STOP_TIMEOUT",
             )
             protocol.transport.abortConnection()
+
+
+#: Options of a ``graphite`` entry of ``sinks``: name -> (converter, default).
+OPTIONS = {
+    "host": (SINK_OPTION.string, "127.0.0.1"),
+    "port": (SINK_OPTION.tcp_port, 2003),
+    "tags": (SINK_OPTION.one_of(*TAG_SCHEMES), "graphite"),
+    "host_placement": (SINK_OPTION.one_of(*HOST_PLACEMENTS), "tag"),
+    "prefix": (SINK_OPTION.string, ""),
+    "max_buffered_lines": (SINK_OPTION.positive_int, 100_000),
+    "percentiles": (SINK_OPTION.percentiles, (0.5, 0.95, 0.99)),
+    "reconnect_initial_delay": (SINK_OPTION.positive_seconds, 1.0),
+    "reconnect_max_delay": (SINK_OPTION.positive_seconds, 60.0),
+    "stop_timeout": (SINK_OPTION.positive_seconds, 10.0),
+}
+
+#: The registry's factory: the sink's constructor takes (reactor, telemetry, cooperator=..., **options).
+build = GraphiteSink

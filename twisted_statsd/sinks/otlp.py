@@ -75,8 +75,8 @@ class OtlpSink(Service):
         *,
         endpoint: str = "http://127.0.0.1:4318/v1/metrics",
         temporality: str = "delta",
-        headers: Mapping[str, str] | None = None,
-        resource_attributes: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] = MappingProxyType({}),
+        resource_attributes: Mapping[str, str] = MappingProxyType({}),
         retry_queue_max_bytes: int = 15 * 1024 * 1024,
         timeout: float = 10.0,
         backoff_base: float = 2.0,
@@ -96,7 +96,7 @@ class OtlpSink(Service):
         self.endpoint = endpoint
         self.temporality = payloads.CUMULATIVE if temporality == "cumulative" else payloads.DELTA
         self._cumulative = payloads.CumulativeSums() if temporality == "cumulative" else None
-        self.resource_attributes = dict(resource_attributes or {})
+        self.resource_attributes = dict(resource_attributes)
         sent = Headers(
             {
                 b"Content-Type": [b"application/x-protobuf"],
@@ -104,7 +104,7 @@ class OtlpSink(Service):
                 b"User-Agent": [f"twisted-statsd/{__version__}".encode()],
             }
         )
-        for name, value in (headers or {}).items():
+        for name, value in headers.items():
             sent.setRawHeaders(name.encode("latin-1"), [value.encode("latin-1")])
         self._delivery = HttpDelivery(
             reactor,

@@ -447,25 +447,6 @@ class _Site(Site):
         """Scrapes are counted in telemetry, not logged one line each."""
 
 
-#: Options of a ``prometheus`` entry of ``sinks``: name -> (converter, default).
-OPTIONS = {
-    "port": (SINK_OPTION.tcp_port, 9102),
-    "bind_host": (SINK_OPTION.string, "127.0.0.1"),
-    "ttl": (SINK_OPTION.seconds, 300.0),
-    "buckets": (SINK_OPTION.numbers, DEFAULT_BUCKETS),
-    "quantiles": (SINK_OPTION.percentiles, DEFAULT_QUANTILES),
-    "distribution_as": (SINK_OPTION.one_of("summary", "histogram"), "summary"),
-    "bare_tag_value": (SINK_OPTION.string, "true"),
-    "host_label": (SINK_OPTION.string, "host"),
-    "counter_suffix": (SINK_OPTION.string, "_total"),
-}
-
-
-def build(reactor, telemetry, cooperator, **options) -> PrometheusSink:
-    """The sink of a ``prometheus`` entry of ``sinks``, its options validated against OPTIONS."""
-    return PrometheusSink(reactor, telemetry, cooperator=cooperator, **options)
-
-
 @implementer(IMetricSink)
 class PrometheusSink(BindingService):
     """Keeps a :class:`PrometheusState` from the flushes and serves it at ``/metrics`` over HTTP."""
@@ -566,3 +547,20 @@ class PrometheusSink(BindingService):
         for channel in list(self._site.channels):
             channel.transport.abortConnection()
         return defer.gatherResults(waits).addCallback(lambda _: None)
+
+
+#: Options of a ``prometheus`` entry of ``sinks``: name -> (converter, default).
+OPTIONS = {
+    "port": (SINK_OPTION.tcp_port, 9102),
+    "bind_host": (SINK_OPTION.string, "127.0.0.1"),
+    "ttl": (SINK_OPTION.seconds, 300.0),
+    "buckets": (SINK_OPTION.numbers, DEFAULT_BUCKETS),
+    "quantiles": (SINK_OPTION.percentiles, DEFAULT_QUANTILES),
+    "distribution_as": (SINK_OPTION.one_of("summary", "histogram"), "summary"),
+    "bare_tag_value": (SINK_OPTION.string, "true"),
+    "host_label": (SINK_OPTION.string, "host"),
+    "counter_suffix": (SINK_OPTION.string, "_total"),
+}
+
+#: The registry's factory: the sink's constructor takes (reactor, telemetry, cooperator=..., **options).
+build = PrometheusSink
