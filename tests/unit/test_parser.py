@@ -1049,3 +1049,31 @@ def test_split_lines_properties(packet, eol_required):
     assert dropped == (eol_required and not packet.endswith(b"\n") and packet != b"")
     if not eol_required and b"\r" not in packet:
         assert lines == [piece for piece in packet.split(b"\n") if piece]
+
+
+def test_event_and_service_check_fields_apply_or_warn():
+    """Spec §1.5/§1.6: unknown values of p: and t: and a bad d: are warned about and ignored."""
+    from twisted_statsd.core.parser import parse_event, parse_service_check
+
+    event = parse_event(b"_e{1,1}:a|b|p:bad|t:error|k:key|s:src|d:x|h:web|#t:1|c:ci|t:nope")
+    assert (event.priority, event.alert_type, event.aggregation_key, event.source_type) == (
+        "normal",
+        "error",
+        b"key",
+        b"src",
+    )
+    assert (event.host, event.tags, event.container_id) == (b"web", [b"t:1"], None)
+    assert event.warnings == [
+        "invalid event priority: b'bad'",
+        "invalid event timestamp: b'x'",
+        "invalid alert type: b'nope'",
+    ]
+    check = parse_service_check(b"_sc|n|0|m:msg|d:12|d:bad|h:|#a|c:ci", origin_client=True)
+    assert (check.message, check.timestamp, check.host, check.tags, check.container_id) == (
+        b"msg",
+        12,
+        None,
+        [b"a"],
+        b"ci",
+    )
+    assert check.warnings == ["invalid service check timestamp: b'bad'"]

@@ -147,33 +147,36 @@ class Enricher:
             copy = Context(self.histogram_copy_prefix + name, host, tags)
         return Target(message.type, Context(name, host, tags), message.rate, copy)
 
-    def event(self, message: EventMessage, now: float, origin: bytes | None = None) -> Event:
+    def _host_and_tags(self, message: EventMessage | ServiceCheckMessage, origin: bytes | None) -> tuple[str, tuple]:
+        """The host (a ``host:`` tag wins) and the sorted, de-duplicated tags of an event or service check."""
         host, tags = _split_special_tags(message.tags)
         _add_origin(tags, message.container_id, origin)
         tags.extend(self.extra_tags)
+        return _text(self._host(message.host, host)), _sorted_unique(tags)
+
+    def event(self, message: EventMessage, now: float, origin: bytes | None = None) -> Event:
+        host, tags = self._host_and_tags(message, origin)
         return Event(
             title=_text(message.title),
             text=_text(message.text),
             timestamp=message.timestamp or int(now),
             priority=message.priority,
             alert_type=message.alert_type,
-            host=_text(self._host(message.host, host)),
+            host=host,
             aggregation_key=_text(message.aggregation_key),
             source_type=_text(message.source_type),
-            tags=_sorted_unique(tags),
+            tags=tags,
         )
 
     def service_check(self, message: ServiceCheckMessage, now: float, origin: bytes | None = None) -> ServiceCheck:
-        host, tags = _split_special_tags(message.tags)
-        _add_origin(tags, message.container_id, origin)
-        tags.extend(self.extra_tags)
+        host, tags = self._host_and_tags(message, origin)
         return ServiceCheck(
             name=_text(message.name),
             status=message.status,
             timestamp=message.timestamp or int(now),
-            host=_text(self._host(message.host, host)),
+            host=host,
             message=_text(message.message),
-            tags=_sorted_unique(tags),
+            tags=tags,
         )
 
     def _host(self, field_host, tag_host) -> bytes:

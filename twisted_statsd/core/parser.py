@@ -335,37 +335,52 @@ def _parse_event_header(header: bytes) -> tuple[int, int]:
     return title_length, text_length
 
 
-def _apply_event_field(event: EventMessage, field: bytes, origin_client: bool) -> None:
-    """Apply one optional field; the last occurrence wins and unknown fields are ignored."""
+def _apply_shared_field(message, field: bytes, origin_client: bool, what: str) -> bool:
+    """Apply a field events and service checks share (``d:``, ``h:``, ``#``, ``c:``); False if it is not one.
+
+    The last occurrence wins; a bad ``d:`` adds a warning naming ``what``.
+    """
     prefix, value = field[:2], field[2:]
     if prefix == b"d:":
         timestamp = _parse_int64(value)
         if timestamp is None:
-            event.warnings.append(f"invalid event timestamp: {value!r}")
+            message.warnings.append(f"invalid {what} timestamp: {value!r}")
         else:
-            event.timestamp = timestamp
+            message.timestamp = timestamp
     elif prefix == b"h:":
-        event.host = value or None  # Go treats an empty h: as no host at all
-    elif prefix == b"k:":
-        event.aggregation_key = value
-    elif prefix == b"p:":
-        priority = _PRIORITIES.get(value)
-        if priority is None:
-            event.warnings.append(f"invalid event priority: {value!r}")
-        else:
-            event.priority = priority
-    elif prefix == b"s:":
-        event.source_type = value
-    elif prefix == b"t:":
-        alert_type = _ALERT_TYPES.get(value)
-        if alert_type is None:
-            event.warnings.append(f"invalid alert type: {value!r}")
-        else:
-            event.alert_type = alert_type
+        message.host = value or None  # Go treats an empty h: as no host at all
     elif field[:1] == b"#":
-        event.tags = parse_tags(field[1:])
+        message.tags = parse_tags(field[1:])
     elif origin_client and prefix == b"c:":
-        event.container_id = value or None
+        message.container_id = value or None
+    else:
+        return False
+    return True
+
+
+# Event fields besides the shared ones: prefix -> (attribute, the values it
+# takes (None: any), what a warning about a value it does not take calls it).
+_EVENT_FIELDS = {
+    b"k:": ("aggregation_key", None, ""),
+    b"p:": ("priority", _PRIORITIES, "event priority"),
+    b"s:": ("source_type", None, ""),
+    b"t:": ("alert_type", _ALERT_TYPES, "alert type"),
+}
+
+
+def _apply_event_field(event: EventMessage, field: bytes, origin_client: bool) -> None:
+    """Apply one optional field; the last occurrence wins and unknown fields are ignored."""
+    if _apply_shared_field(event, field, origin_client, "event"):
+        return
+    spec = _EVENT_FIELDS.get(field[:2])
+    if spec is None:
+        return
+    attribute, choices, what = spec
+    value = field[2:] if choices is None else choices.get(field[2:])
+    if value is None:
+        event.warnings.append(f"invalid {what}: {field[2:]!r}")
+    else:
+        setattr(event, attribute, value)
 
 
 # --- service checks --------------------------------------------------------
@@ -390,19 +405,6 @@ def parse_service_check(line: bytes, *, origin_client: bool = False) -> ServiceC
         raise ParseError("service_check_bad_status", f"invalid dogstatsd service check status: {raw_status!r}")
     check = ServiceCheckMessage(name=name, status=status)
     for field in fields[2:]:
-        prefix, value = field[:2], field[2:]
-        if prefix == b"d:":
-            timestamp = _parse_int64(value)
-            if timestamp is None:
-                check.warnings.append(f"invalid service check timestamp: {value!r}")
-            else:
-                check.timestamp = timestamp
-        elif prefix == b"h:":
-            check.host = value or None  # Go treats an empty h: as no host at all
-        elif prefix == b"m:":
-            check.message = value
-        elif field[:1] == b"#":
-            check.tags = parse_tags(field[1:])
-        elif origin_client and prefix == b"c:":
-            check.container_id = value or None
+        if not _apply_shared_field(check, field, origin_client, "service check") and field[:2] == b"m:":
+            check.message = field[2:]
     return check
