@@ -34,6 +34,7 @@ from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import implementer
 
 from twisted_statsd import _cooperate
+from twisted_statsd._twisted_helpers import Waiters, deadline
 from twisted_statsd.errors import StartupError
 from twisted_statsd.flush import SINK_STOP_TIMEOUT
 from twisted_statsd.telemetry import Telemetry
@@ -241,7 +242,7 @@ class HttpDelivery:
         self._unblock = None
         self._stopping = False
         self._closed = False
-        self._idle_waiters: list[defer.Deferred] = []
+        self._idle = Waiters()
         self._reject_logged: dict[tuple[str, int], tuple[float, int]] = {}
 
     # -- intake -------------------------------------------------------------
@@ -420,9 +421,7 @@ class HttpDelivery:
         self._report_queue()
         pending.delivery.settle()
         if not self._held:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
+            self._idle.fire()
 
     def _report_queue(self) -> None:
         self.telemetry.set_gauge("sink_queue_bytes", self._held_bytes, self.tags)
@@ -441,14 +440,12 @@ class HttpDelivery:
             self._unblock = None
         if self._encoding:
             await defer.DeferredList(list(self._encoding))
-        deadline = self.reactor.callLater(self._stop_timeout, self._abandon)
+        cancel = deadline(self.reactor, self._stop_timeout, self._abandon)
         if self._held:
-            idle: defer.Deferred = defer.Deferred()
-            self._idle_waiters.append(idle)
+            idle = self._idle.wait()
             self._pump()
             await idle
-        if deadline.active():
-            deadline.cancel()
+        cancel()
         self._closed = True
         if self._own_cooperator:
             self._cooperator.stop()
