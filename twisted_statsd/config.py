@@ -29,12 +29,12 @@ from twisted_statsd.errors import StartupError
 
 __all__ = [
     "EPHEMERAL_PORT",
-    "SINK_OPTION",
     "STANDARD_STATSD_PREFIXES",
     "Config",
     "ConfigError",
     "MemoryLimiterConfig",
     "SinkConfig",
+    "SinkOption",
     "as_data",
     "key_help",
     "load_config",
@@ -296,22 +296,27 @@ def _string_map(value: Any) -> Mapping[str, str]:
     return types.MappingProxyType(result)
 
 
-#: Converters for sink options.  Each sink module declares its options beside
-#: its class, as ``OPTIONS = {name: (converter, default)}`` built from these;
-#: :mod:`twisted_statsd.sinks` names the modules.  A converter takes the YAML
-#: value and returns the typed one.
-SINK_OPTION = types.SimpleNamespace(
-    string=_string,
-    path=_path,
-    tcp_port=_tcp_port,
-    one_of=lambda *choices: _one_of(choices),
-    numbers=_numbers,
-    percentiles=_PERCENTILES,
-    seconds=_SECONDS,
-    positive_seconds=_POSITIVE_SECONDS,
-    positive_int=_POSITIVE_INT,
-    string_map=_string_map,
-)
+class SinkOption:
+    """Converters for sink options: each takes the YAML value and returns the typed one.
+
+    Each sink module declares its options beside its class, as ``OPTIONS =
+    {name: (converter, default)}`` built from these; :mod:`twisted_statsd.sinks`
+    names the modules.
+    """
+
+    string = staticmethod(_string)
+    path = staticmethod(_path)
+    tcp_port = staticmethod(_tcp_port)
+    numbers = staticmethod(_numbers)
+    percentiles = staticmethod(_PERCENTILES)
+    seconds = staticmethod(_SECONDS)
+    positive_seconds = staticmethod(_POSITIVE_SECONDS)
+    positive_int = staticmethod(_POSITIVE_INT)
+    string_map = staticmethod(_string_map)
+
+    @staticmethod
+    def one_of(*choices: str) -> Callable[[Any], str]:
+        return _one_of(choices)
 
 
 def _sink(entry: Any) -> SinkConfig:

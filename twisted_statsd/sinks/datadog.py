@@ -30,7 +30,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from twisted_statsd import __version__
-from twisted_statsd.config import SINK_OPTION
+from twisted_statsd.config import SinkOption
 from twisted_statsd.core.model import FlushBatch
 from twisted_statsd.flush import SINK_STOP_TIMEOUT
 from twisted_statsd.interfaces import IMetricSink
@@ -115,15 +115,15 @@ class DatadogSink(Service):
 # The None defaults are filled from the top-level keys api_key, site and dd_url
 # (DD_API_KEY...) by the config loader, as in the agent.
 OPTIONS = {
-    "api_key": (SINK_OPTION.string, None),
-    "site": (SINK_OPTION.string, None),
-    "url": (SINK_OPTION.string, None),
-    "retry_queue_max_bytes": (SINK_OPTION.positive_int, 15 * 1024 * 1024),
-    "timeout": (SINK_OPTION.positive_seconds, 20.0),
-    "backoff_base": (SINK_OPTION.positive_seconds, 2.0),
-    "backoff_max": (SINK_OPTION.positive_seconds, 64.0),
-    "max_concurrent_requests": (SINK_OPTION.positive_int, 2),
-    "distribution_max_values": (SINK_OPTION.positive_int, 100_000),
+    "api_key": (SinkOption.string, None),
+    "site": (SinkOption.string, None),
+    "url": (SinkOption.string, None),
+    "retry_queue_max_bytes": (SinkOption.positive_int, 15 * 1024 * 1024),
+    "timeout": (SinkOption.positive_seconds, 20.0),
+    "backoff_base": (SinkOption.positive_seconds, 2.0),
+    "backoff_max": (SinkOption.positive_seconds, 64.0),
+    "max_concurrent_requests": (SinkOption.positive_int, 2),
+    "distribution_max_values": (SinkOption.positive_int, 100_000),
 }
 
 #: The registry's factory: the sink's constructor takes (reactor, telemetry, cooperator=..., **options).

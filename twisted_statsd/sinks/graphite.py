@@ -40,7 +40,7 @@ from zope.interface import implementer
 
 from twisted_statsd import _cooperate
 from twisted_statsd._twisted_helpers import deadline
-from twisted_statsd.config import SINK_OPTION
+from twisted_statsd.config import SinkOption
 from twisted_statsd.core.model import FlushBatch
 from twisted_statsd.interfaces import IMetricSink
 
@@ -408,16 +408,16 @@ class GraphiteSink(Service):
 
 #: Options of a ``graphite`` entry of ``sinks``: name -> (converter, default).
 OPTIONS = {
-    "host": (SINK_OPTION.string, "127.0.0.1"),
-    "port": (SINK_OPTION.tcp_port, 2003),
-    "tags": (SINK_OPTION.one_of(*TAG_SCHEMES), "graphite"),
-    "host_placement": (SINK_OPTION.one_of(*HOST_PLACEMENTS), "tag"),
-    "prefix": (SINK_OPTION.string, ""),
-    "max_buffered_lines": (SINK_OPTION.positive_int, 100_000),
-    "percentiles": (SINK_OPTION.percentiles, (0.5, 0.95, 0.99)),
-    "reconnect_initial_delay": (SINK_OPTION.positive_seconds, 1.0),
-    "reconnect_max_delay": (SINK_OPTION.positive_seconds, 60.0),
-    "stop_timeout": (SINK_OPTION.positive_seconds, 10.0),
+    "host": (SinkOption.string, "127.0.0.1"),
+    "port": (SinkOption.tcp_port, 2003),
+    "tags": (SinkOption.one_of(*TAG_SCHEMES), "graphite"),
+    "host_placement": (SinkOption.one_of(*HOST_PLACEMENTS), "tag"),
+    "prefix": (SinkOption.string, ""),
+    "max_buffered_lines": (SinkOption.positive_int, 100_000),
+    "percentiles": (SinkOption.percentiles, (0.5, 0.95, 0.99)),
+    "reconnect_initial_delay": (SinkOption.positive_seconds, 1.0),
+    "reconnect_max_delay": (SinkOption.positive_seconds, 60.0),
+    "stop_timeout": (SinkOption.positive_seconds, 10.0),
 }
 
 #: The registry's factory: the sink's constructor takes (reactor, telemetry, cooperator=..., **options).

@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from twisted_statsd import _cooperate
 from twisted_statsd._binding import BindingService
-from twisted_statsd.config import SINK_OPTION
+from twisted_statsd.config import SinkOption
 from twisted_statsd.core.model import FlushBatch
 from twisted_statsd.interfaces import IMetricSink
 from twisted_statsd.telemetry import Telemetry
@@ -326,8 +326,8 @@ class JsonlSink(BindingService):
 
 #: Options of a ``jsonl`` entry of ``sinks``: name -> (converter, default).
 OPTIONS = {
-    "path": (SINK_OPTION.path, "-"),
-    "percentiles": (SINK_OPTION.percentiles, (0.5, 0.75, 0.9, 0.95, 0.99)),
+    "path": (SinkOption.path, "-"),
+    "percentiles": (SinkOption.percentiles, (0.5, 0.75, 0.9, 0.95, 0.99)),
 }
 
 #: The registry's factory: the sink's constructor takes (reactor, telemetry, cooperator=..., **options).

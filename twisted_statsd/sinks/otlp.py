@@ -27,7 +27,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from twisted_statsd import __version__
-from twisted_statsd.config import SINK_OPTION
+from twisted_statsd.config import SinkOption
 from twisted_statsd.core.model import FlushBatch
 from twisted_statsd.errors import StartupError
 from twisted_statsd.flush import SINK_STOP_TIMEOUT
@@ -170,15 +170,15 @@ class OtlpSink(Service):
 
 #: Options of a ``otlp`` entry of ``sinks``: name -> (converter, default).
 OPTIONS = {
-    "endpoint": (SINK_OPTION.string, "http://127.0.0.1:4318/v1/metrics"),
-    "temporality": (SINK_OPTION.one_of("delta", "cumulative"), "delta"),
-    "headers": (SINK_OPTION.string_map, MappingProxyType({})),
-    "resource_attributes": (SINK_OPTION.string_map, MappingProxyType({})),
-    "timeout": (SINK_OPTION.positive_seconds, 10.0),
-    "retry_queue_max_bytes": (SINK_OPTION.positive_int, 15 * 1024 * 1024),
-    "backoff_base": (SINK_OPTION.positive_seconds, 2.0),
-    "backoff_max": (SINK_OPTION.positive_seconds, 64.0),
-    "max_concurrent_requests": (SINK_OPTION.positive_int, 2),
+    "endpoint": (SinkOption.string, "http://127.0.0.1:4318/v1/metrics"),
+    "temporality": (SinkOption.one_of("delta", "cumulative"), "delta"),
+    "headers": (SinkOption.string_map, MappingProxyType({})),
+    "resource_attributes": (SinkOption.string_map, MappingProxyType({})),
+    "timeout": (SinkOption.positive_seconds, 10.0),
+    "retry_queue_max_bytes": (SinkOption.positive_int, 15 * 1024 * 1024),
+    "backoff_base": (SinkOption.positive_seconds, 2.0),
+    "backoff_max": (SinkOption.positive_seconds, 64.0),
+    "max_concurrent_requests": (SinkOption.positive_int, 2),
 }
 
 #: The registry's factory: the sink's constructor takes (reactor, telemetry, cooperator=..., **options).

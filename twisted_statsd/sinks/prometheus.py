@@ -45,7 +45,7 @@ from zope.interface import implementer
 from twisted_statsd import _cooperate
 from twisted_statsd._binding import BindingService
 from twisted_statsd._cooperate import run_in_slices
-from twisted_statsd.config import SINK_OPTION
+from twisted_statsd.config import SinkOption
 from twisted_statsd.core.model import SERIES_COUNT, SERIES_RATE, FlushBatch
 from twisted_statsd.core.sketch import value_of
 from twisted_statsd.interfaces import IMetricSink
@@ -551,15 +551,15 @@ class PrometheusSink(BindingService):
 
 #: Options of a ``prometheus`` entry of ``sinks``: name -> (converter, default).
 OPTIONS = {
-    "port": (SINK_OPTION.tcp_port, 9102),
-    "bind_host": (SINK_OPTION.string, "127.0.0.1"),
-    "ttl": (SINK_OPTION.seconds, 300.0),
-    "buckets": (SINK_OPTION.numbers, DEFAULT_BUCKETS),
-    "quantiles": (SINK_OPTION.percentiles, DEFAULT_QUANTILES),
-    "distribution_as": (SINK_OPTION.one_of("summary", "histogram"), "summary"),
-    "bare_tag_value": (SINK_OPTION.string, "true"),
-    "host_label": (SINK_OPTION.string, "host"),
-    "counter_suffix": (SINK_OPTION.string, "_total"),
+    "port": (SinkOption.tcp_port, 9102),
+    "bind_host": (SinkOption.string, "127.0.0.1"),
+    "ttl": (SinkOption.seconds, 300.0),
+    "buckets": (SinkOption.numbers, DEFAULT_BUCKETS),
+    "quantiles": (SinkOption.percentiles, DEFAULT_QUANTILES),
+    "distribution_as": (SinkOption.one_of("summary", "histogram"), "summary"),
+    "bare_tag_value": (SinkOption.string, "true"),
+    "host_label": (SinkOption.string, "host"),
+    "counter_suffix": (SinkOption.string, "_total"),
 }
 
 #: The registry's factory: the sink's constructor takes (reactor, telemetry, cooperator=..., **options).
