@@ -24,6 +24,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 
 from twisted_statsd.core.model import SERIES_GAUGE, SERIES_RATE, FlushBatch, Series, SketchSeries
 from twisted_statsd.core.sketch import Sketch
+from twisted_statsd.errors import StartupError
 from twisted_statsd.sinks.prometheus import CONTENT_TYPE, PrometheusSink
 from twisted_statsd.telemetry import Telemetry
 
@@ -316,8 +317,9 @@ async def test_a_busy_port_fails_the_bind_synchronously(reactor):
     taken = await start_sink(reactor)
     try:
         sink = PrometheusSink(reactor, Telemetry(), port=taken.address.port)
-        with pytest.raises(error.CannotListenError):
+        with pytest.raises(StartupError, match="Address already in use") as raised:
             sink.privilegedStartService()
+        assert isinstance(raised.value.__cause__, error.CannotListenError)
         assert not sink.bound
     finally:
         await taken.stopService()
