@@ -57,6 +57,7 @@ def config_data(config: Config) -> dict:
         "histogram_copy_to_distribution_prefix",
         "dogstatsd_mapper_profiles",
         "dogstatsd_mapper_cache_size",
+        "dogstatsd_allowed_senders",
     )
     data = {key: _plain(getattr(config, key)) for key in keys}
     data["dogstatsd_packet_buffer_flush_timeout"] = f"{config.dogstatsd_packet_buffer_flush_timeout}s"
