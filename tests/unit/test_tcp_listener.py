@@ -213,6 +213,21 @@ def test_an_idle_connection_is_closed_within_a_quarter_timeout_of_it(telemetry):
     factory.tracker.stop()
 
 
+def test_a_connection_trickling_a_partial_line_is_idle(telemetry):
+    """Bytes that complete no line do not keep a connection open."""
+    clock = Clock()
+    factory = tcp_factory(telemetry, clock=clock, idle_timeout=4)
+    factory.tracker.start()
+    protocol, transport = connect(factory)
+    for _ in range(10):
+        clock.advance(0.5)
+        protocol.dataReceived(b"x")
+    assert transport.disconnecting
+    protocol.connectionLost(None)
+    assert telemetry.dropped("tcp_line_truncated") == 1
+    factory.tracker.stop()
+
+
 def test_a_throttled_connection_is_paused_after_each_read(telemetry):
     clock = Clock()
     throttle = ReadThrottle(clock, telemetry)

@@ -40,8 +40,8 @@ from twisted_statsd.telemetry import Telemetry
 
 #: Bytes read from each connection at stop, before it is closed.
 DRAIN_LIMIT = 4 * 1024 * 1024
-#: The idle check runs this many times per idle timeout, so a silent
-#: connection is closed between 1 and 1.25 timeouts after its last byte.
+#: The idle check runs this many times per idle timeout, so an idle
+#: connection is closed between 1 and 1.25 timeouts after its last packet.
 IDLE_CHECKS = 4
 
 
@@ -65,9 +65,10 @@ class ConnectionTracker:
 
     The count is published as the ``<prefix>_connections`` gauge.  With an
     ``idle_timeout``, one LoopingCall (running between :meth:`start` and
-    :meth:`stop`) closes connections that read nothing for that long and
-    counts them in ``<prefix>_connections_idle_closed``.  Invariant: a
-    connection's ``idle_checks`` is the number of checks since its last read,
+    :meth:`stop`) closes connections that completed no packet for that long
+    (silent, or holding a partial frame or line) and counts them in
+    ``<prefix>_connections_idle_closed``.  Invariant: a connection's
+    ``idle_checks`` is the number of checks since its last complete packet,
     which the protocol resets with a plain attribute store.
     """
 
@@ -113,7 +114,7 @@ class ConnectionTracker:
             self._idle_loop.stop()
 
     def close_idle(self) -> None:
-        """Close every connection that has read nothing in the last ``IDLE_CHECKS`` full check intervals."""
+        """Close every connection that completed no packet in the last ``IDLE_CHECKS`` full check intervals."""
         for protocol in list(self.connections):
             protocol.idle_checks += 1
             # Equality: a connection still closing at the next check is not counted again.
@@ -152,10 +153,11 @@ class StreamProtocol(Protocol):
         factory.tracker.add(self)
 
     def dataReceived(self, data: bytes):
-        self.idle_checks = 0
         decoder = self.decoder
         packets = decoder.feed(data)
         if packets:
+            # Only a complete packet counts as activity: trickling a frame or a line byte by byte does not.
+            self.idle_checks = 0
             append = self.buffer.append
             for packet in packets:
                 append(packet)
