@@ -421,3 +421,23 @@ async def test_a_key_that_does_not_match_the_certificate_fails_the_start(reactor
     with pytest.raises(TLSError, match=r"dogstatsd_tls_key: .* is not the key of"):
         service.privilegedStartService()
     await with_deadline(reactor, service.abandoned)
+
+
+def test_tls_files_load_with_a_pyopenssl_that_takes_only_its_own_types(monkeypatch, pki):
+    """pyOpenSSL before 24.3 refuses cryptography's objects; the options are built from its own."""
+    from OpenSSL import SSL
+    from OpenSSL.crypto import X509
+
+    from twisted_statsd.listeners.tls import ServerTLS
+
+    original = SSL.Context.use_certificate
+
+    def old_use_certificate(self, cert):
+        if not isinstance(cert, X509):
+            raise TypeError("cert must be an X509 instance")
+        return original(self, cert)
+
+    monkeypatch.setattr(SSL.Context, "use_certificate", old_use_certificate)
+    with pytest.warns(DeprecationWarning):
+        options = ServerTLS(*pki["server"], pki["ca"][0]).options()
+    assert options.getContext() is not None

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
-from OpenSSL.crypto import X509
+from OpenSSL.crypto import X509, PKey
 from twisted.internet import ssl
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
@@ -76,8 +76,18 @@ class ServerTLS:
             ]
             trust["trustRoot"] = ssl.trustRootFromCertificates(authorities)
         try:
-            options = ssl.CertificateOptions(privateKey=key, certificate=leaf, extraCertChain=chain, **trust)
-            options.getContext()  # checks that the key belongs to the certificate
+            try:
+                options = ssl.CertificateOptions(privateKey=key, certificate=leaf, extraCertChain=chain, **trust)
+                options.getContext()  # checks that the key belongs to the certificate
+            except TypeError:
+                # pyOpenSSL before 24.3 takes only its own key and certificate types (newer ones deprecate them).
+                options = ssl.CertificateOptions(
+                    privateKey=PKey.from_cryptography_key(key),
+                    certificate=X509.from_cryptography(leaf),
+                    extraCertChain=[X509.from_cryptography(c) for c in chain],
+                    **trust,
+                )
+                options.getContext()
         except (SSL.Error, ValueError) as error:
             raise TLSError(f"dogstatsd_tls_key: {self.key} is not the key of {self.cert}: {error}") from None
         return options
