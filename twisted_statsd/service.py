@@ -220,11 +220,9 @@ def build_service(
     if reactor is None:
         from twisted.internet import reactor
     # Before anything is built: a missing TLS package fails the start with the command that installs it.
-    tls = (
-        server_tls(config.dogstatsd_tls_cert, config.dogstatsd_tls_key, config.dogstatsd_tls_ca)
-        if (config.dogstatsd_tls_cert)
-        else None
-    )
+    tls = None
+    if config.dogstatsd_tls_cert:
+        tls = server_tls(config.dogstatsd_tls_cert, config.dogstatsd_tls_key, config.dogstatsd_tls_ca)
     pipeline = build_pipeline(config)
     telemetry, reporter, aggregator = pipeline.telemetry, pipeline.reporter, pipeline.aggregator
     blocklist = pipeline.enricher.blocklist

@@ -46,7 +46,7 @@ def server_tls(cert: str, key: str, ca: str = ""):
         from twisted_statsd.listeners.tls import ServerTLS
     except ImportError as error:
         raise TLSError(
-            f"dogstatsd_tls_cert: TLS needs TLS support, which is not installed ({error}): {TLS_EXTRA}"
+            f"dogstatsd_tls_cert: TLS on the TCP port needs pyOpenSSL, which is not installed ({error}): {TLS_EXTRA}"
         ) from None
     return ServerTLS(cert, key, ca)
 
