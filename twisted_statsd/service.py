@@ -354,6 +354,7 @@ def _add_tcp_listener(root, config, reactor, intake, reporter, throttle, senders
         idle_timeout=config.dogstatsd_tcp_idle_timeout,
         throttle=throttle,
         senders=senders,
+        cut_packets=root.forwarder is not None,
     )
     port = 0 if config.dogstatsd_tcp_port == EPHEMERAL_PORT else config.dogstatsd_tcp_port
     root.tcp = TCPListenerService(reactor, factory, port, config.udp_interface, tls=tls)

@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from helpers import wait_for, with_deadline
+from helpers import counted, start_jsonl_server, wait_for, with_deadline
 from statsd import TCPStatsClient
 from twisted.internet import threads
 
@@ -206,6 +206,31 @@ async def test_read_pending_takes_what_the_kernel_holds_without_a_reactor_turn(r
     finally:
         sock.close()
         await stop(reactor, service)
+
+
+@pytest_twisted.ensureDeferred
+async def test_lines_are_forwarded_in_datagrams_of_at_most_the_buffer_size(reactor, tmp_path):
+    """Forwarding (spec §4) sends each packet as one datagram: a TCP read is cut into packets that fit."""
+    second, _second_out = start_jsonl_server(reactor, tmp_path, "second", dogstatsd_buffer_size=1024)
+    first, _out, port = start(
+        tmp_path,
+        dogstatsd_buffer_size=1024,
+        statsd_forward_host="127.0.0.1",
+        statsd_forward_port=second.udp.address.port,
+    )
+    try:
+        await wait_for(reactor, lambda: first.forwarder._address is not None)
+        client = TCPStatsClient("127.0.0.1", port)
+        with client.pipeline() as pipe:  # one write of 10 KB
+            for n in range(1000):
+                pipe.incr(f"fwd.{n % 10}")
+        await wait_for(reactor, lambda: counted(second) == 1000 and counted(first) == 1000)
+        assert first.telemetry.get("forwarded_packets") >= 10  # 10 KB in packets of at most 1 KiB
+        client.close()
+    finally:
+        await stop(reactor, first)
+        await stop(reactor, second)
+    assert second.telemetry.total_dropped() == 0 and first.telemetry.total_dropped() == 0
 
 
 @pytest_twisted.ensureDeferred

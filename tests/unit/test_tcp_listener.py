@@ -39,23 +39,31 @@ lines = st.lists(st.binary(min_size=0, max_size=40).map(lambda b: b.replace(b"\n
 
 
 @settings(max_examples=300)
-@given(lines, st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), st.lists(st.integers(0, 1500)))
-def test_any_split_hands_on_every_complete_line_once_in_order(complete, tail, cuts):
+@given(
+    lines,
+    st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")),
+    st.lists(st.integers(0, 1500)),
+    st.booleans(),
+)
+def test_any_split_hands_on_every_complete_line_once_in_order(complete, tail, cuts, cut_packets):
     """Split or coalesced, the packets are the complete lines; the partial last line is held."""
     stream = b"".join(line + b"\n" for line in complete) + tail
-    decoder = LineDecoder(40)
+    decoder = LineDecoder(41, cut_packets=cut_packets)
     packets = feed_in_pieces(decoder, stream, [c for c in cuts if c <= len(stream)])
     assert b"".join(packets) == stream[: len(stream) - len(tail)]
-    assert all(p.endswith(b"\n") for p in packets)
+    assert all(p.endswith(b"\n") and p for p in packets)
+    if cut_packets:
+        assert all(len(p) <= 41 for p in packets)
     assert decoder.pending == len(tail)
     assert decoder.error is None
 
 
 @settings(max_examples=200)
-@given(lines, st.integers(41, 200), st.lists(st.integers(0, 1500)))
-def test_a_line_too_long_ends_decoding_after_the_lines_before_it(before, length, cuts):
+@given(lines, st.integers(41, 200), st.lists(st.integers(0, 1500)), st.booleans())
+def test_a_line_too_long_ends_decoding_after_the_lines_before_it(before, length, cuts, cut_packets):
+    """A line of 41 bytes is 42 with its newline: longer than the limit of 41."""
     stream = b"".join(line + b"\n" for line in before) + b"x" * length + b"\nafter:1|c\n"
-    decoder = LineDecoder(40)
+    decoder = LineDecoder(41, cut_packets=cut_packets)
     packets = feed_in_pieces(decoder, stream, [c for c in cuts if c <= len(stream)])
     assert b"".join(packets) == b"".join(line + b"\n" for line in before)
     assert decoder.error.reason == "tcp_line_too_long"
@@ -72,20 +80,36 @@ def test_many_lines_in_one_read_are_one_packet_and_the_partial_line_waits():
     assert decoder.pending_sample == b"c:1|c"
 
 
-def test_a_line_of_exactly_the_maximum_is_accepted():
+def test_a_line_that_fills_a_packet_with_its_newline_is_accepted():
     decoder = LineDecoder(10)
-    assert decoder.feed(b"x" * 10 + b"\n" + b"y" * 10) == [b"x" * 10 + b"\n"]
-    assert decoder.feed(b"\n") == [b"y" * 10 + b"\n"]
+    assert decoder.feed(b"x" * 9 + b"\n" + b"y" * 9) == [b"x" * 9 + b"\n"]
+    assert decoder.feed(b"\n") == [b"y" * 9 + b"\n"]
     assert decoder.error is None
 
 
 def test_a_line_too_long_is_refused_before_its_newline_arrives():
     """The decoder never holds more than one permitted line."""
     decoder = LineDecoder(10)
-    assert decoder.feed(b"x" * 10) == []
+    assert decoder.feed(b"x" * 9) == []
     assert decoder.feed(b"y") == []
     assert decoder.error.reason == "tcp_line_too_long"
     assert decoder.pending == 0
+
+
+def test_a_large_read_is_one_packet():
+    """The parser handles one large packet faster than many small ones."""
+    data = b"".join(b"m%d:1|c\n" % n for n in range(1000)) + b"partial"
+    assert LineDecoder(100).feed(data) == [data[: -len(b"partial")]]
+
+
+def test_when_forwarding_a_large_read_is_cut_into_packets_no_longer_than_the_maximum_at_line_ends():
+    """Each packet fits in a datagram of dogstatsd_buffer_size, as the forwarder sends it."""
+    decoder = LineDecoder(100, cut_packets=True)
+    data = b"".join(b"m%d:1|c\n" % n for n in range(1000))
+    packets = decoder.feed(data)
+    assert b"".join(packets) == data
+    assert all(len(p) <= 100 and p.endswith(b"\n") for p in packets)
+    assert all(len(p) > 100 - 9 for p in packets[:-1])  # full but for less than one line (lines <= 9 bytes)
 
 
 # -- the protocol ------------------------------------------------------------------------

@@ -1,12 +1,13 @@
 """The TCP listener (``dogstatsd_tcp_port``): newline-framed lines, optionally over TLS.
 
 A client writes metric lines each ending in a newline, any number per
-connection.  :class:`LineDecoder` hands on, per read, one packet holding every
-complete line, and keeps the partial last line until the next read; it is
-pure.  A line longer than ``dogstatsd_buffer_size`` cannot be told apart from
-a client that never sends a newline, so it closes the connection (counted as
-``tcp_line_too_long``); the lines before it have been handed on, and the
-decoder never holds more than one permitted line.  A connection that closes
+connection.  :class:`LineDecoder` hands on the complete lines of each read as
+one packet (cut into packets of at most ``dogstatsd_buffer_size`` when they
+are forwarded), and keeps the partial last line until the next read; it is
+pure.  A line longer than ``dogstatsd_buffer_size`` (with its newline) cannot
+be told apart from a client that never sends a newline, so it closes the
+connection (counted as ``tcp_line_too_long``); the lines before it have been
+handed on, and the decoder never holds more than one permitted line.  A connection that closes
 after an unterminated line loses that line (``tcp_line_truncated``): it may
 have been cut short.
 
@@ -52,19 +53,26 @@ def server_tls(cert: str, key: str, ca: str = ""):
 
 
 class LineDecoder:
-    """Splits a stream into packets of complete lines, each at most ``max_length`` bytes before its newline.
+    """Splits a stream into packets of complete lines; each line with its newline is at most ``max_length`` bytes.
 
-    :meth:`feed` returns ``[packet]`` (the complete lines, newlines included)
-    or ``[]``.  Invariant: ``_pending`` holds the start of one line, at most
-    ``max_length`` bytes, with no newline.  Lines are checked with one
+    :meth:`feed` returns the packets completed by the new bytes: one packet of
+    every complete line (newlines included), which the parser handles faster
+    than many small ones; or, with ``cut_packets``, packets cut at line ends
+    so that none is longer than ``max_length``, as a datagram of
+    ``dogstatsd_buffer_size`` at most, because the forwarder sends each packet
+    as one datagram.  A line that does not fit in ``max_length`` with its
+    newline sets :attr:`error` and ends decoding; the lines before it are
+    still returned.  Invariant: ``_pending`` holds the start of one line,
+    shorter than ``max_length``, with no newline.  Lines are checked with one
     ``rfind`` per ``max_length`` bytes, never one call per line: a window of
-    ``max_length + 1`` bytes with no newline holds the start of a line too long.
+    ``max_length`` bytes with no newline starts with a line too long.
     """
 
     TRUNCATED = ("tcp_line_truncated", "the connection closed after a line with no newline; the line is dropped")
 
-    def __init__(self, max_length: int):
+    def __init__(self, max_length: int, *, cut_packets: bool = False):
         self.max_length = max_length
+        self.cut_packets = cut_packets
         self.error: StreamError | None = None
         self._pending = b""
 
@@ -81,26 +89,42 @@ class LineDecoder:
         if self.error is not None:
             return []
         buf = self._pending + data if self._pending else data
-        end, limit = len(buf), self.max_length
-        start = 0  # the start of the first line not known to be complete
+        end, limit, cut = len(buf), self.max_length, self.cut_packets
+        packets = []
+        first = 0  # the first byte not handed on yet
+        start = 0  # the start of the first line not checked yet
         rfind = buf.rfind
         while end - start > limit:
-            newline = rfind(b"\n", start, start + limit + 1)
+            newline = rfind(b"\n", start, start + limit)
             if newline < 0:
-                self._pending = b""
-                self.error = StreamError(
-                    "tcp_line_too_long",
-                    f"a line longer than dogstatsd_buffer_size ({limit} bytes); the connection is closed",
-                    end - start,
-                    buf[start : start + SAMPLE_SIZE],
-                )
-                return [buf[:start]] if start else []
+                return self._refuse(packets, buf, first, start)
             start = newline + 1
-        cut = rfind(b"\n", start) + 1 or start
-        self._pending = buf[cut:]
-        if not cut:
-            return []
-        return [buf if cut == end else buf[:cut]]
+            if cut:
+                packets.append(buf[first:start])
+                first = start
+        newline = rfind(b"\n", start)
+        if newline >= 0:
+            start = newline + 1
+        elif end - start == limit:  # its newline would make it longer than the limit
+            return self._refuse(packets, buf, first, start)
+        if start > first:
+            packets.append(buf if first == 0 and start == end else buf[first:start])
+        self._pending = buf[start:] if start < end else b""
+        return packets
+
+    def _refuse(self, packets: list[bytes], buf: bytes, first: int, start: int) -> list[bytes]:
+        """End decoding at the line starting at ``start``; the lines from ``first`` to it are handed on."""
+        if start > first:
+            packets.append(buf[first:start])
+        self._pending = b""
+        self.error = StreamError(
+            "tcp_line_too_long",
+            f"a line longer than dogstatsd_buffer_size ({self.max_length} bytes with its newline); "
+            "the connection is closed",
+            len(buf) - start,
+            buf[start : start + SAMPLE_SIZE],
+        )
+        return packets
 
 
 class LineProtocol(StreamProtocol):
@@ -108,15 +132,23 @@ class LineProtocol(StreamProtocol):
 
 
 class LineStreamFactory(StreamFactory):
-    """TCP connections: lines of at most ``max_frame`` bytes, tagged ``transport:tcp``."""
+    """TCP connections: lines of at most ``max_frame`` bytes, tagged ``transport:tcp``.
+
+    ``cut_packets`` (when forwarding is on) keeps every packet within
+    ``max_frame``, so each forwarded datagram is one a DogStatsD server accepts.
+    """
 
     protocol = LineProtocol
     transport_name = "tcp"
     refused_reason = "tcp_connection_refused"
     cap_key = "dogstatsd_tcp_max_connections"
 
+    def __init__(self, intake, reporter, *, cut_packets: bool = False, **options):
+        super().__init__(intake, reporter, **options)
+        self.cut_packets = cut_packets
+
     def new_decoder(self) -> LineDecoder:
-        return LineDecoder(self.max_frame)
+        return LineDecoder(self.max_frame, cut_packets=self.cut_packets)
 
 
 class TCPListenerService(StreamListenerService):
