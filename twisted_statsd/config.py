@@ -527,6 +527,7 @@ class Config:
     dogstatsd_socket_mode: int = _key(_file_mode, 0o722)
     dogstatsd_stream_max_connections: int = _key(_bounded(_parse_int, at_least=0), 1024)
     dogstatsd_stream_idle_timeout: float = _key(_seconds, 300.0)
+    dogstatsd_stream_max_connections_per_user: int = _key(_bounded(_parse_int, at_least=0), 0)
     dogstatsd_stream_log_too_big: bool = _key(_boolean, False)
     dogstatsd_origin_detection: bool = _key(_boolean, False)
     dogstatsd_tcp_port: int = _key(_port, 0)

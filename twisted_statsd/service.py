@@ -333,6 +333,7 @@ def _add_unix_listeners(root, config, reactor, intake, reporter, throttle, proc_
             max_frame=config.dogstatsd_buffer_size,
             max_connections=config.dogstatsd_stream_max_connections,
             idle_timeout=config.dogstatsd_stream_idle_timeout,
+            max_connections_per_user=config.dogstatsd_stream_max_connections_per_user,
             resolver=resolver,
             log_too_big=config.dogstatsd_stream_log_too_big,
             throttle=throttle,

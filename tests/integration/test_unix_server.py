@@ -236,6 +236,26 @@ async def test_idle_stream_connections_are_closed(reactor, tmp_path, paths):
         await stop(reactor, service)
 
 
+@pytest_twisted.ensureDeferred
+async def test_one_user_is_held_to_the_per_user_cap(reactor, tmp_path, paths):
+    """Every connection here comes from this process's user: the third is refused and counted."""
+    service, _out = await start(reactor, tmp_path, paths, dogstatsd_stream_max_connections_per_user=2)
+    socks = [stream_client(paths[1]) for _ in range(2)]
+    try:
+        await wait_for(reactor, lambda: len(service.unixstream.tracker) == 2)
+        extra = stream_client(paths[1])
+        socks.append(extra)
+        await wait_for(reactor, lambda: closed_by_peer(extra))
+        assert service.telemetry.dropped("stream_connection_refused_user") == 1
+        for sock in socks[:2]:
+            sock.send(frame(b"ok:1|c"))
+        await wait_for(reactor, lambda: service.telemetry.get("metrics") == 2)
+    finally:
+        for sock in socks:
+            sock.close()
+        await stop(reactor, service)
+
+
 # -- lifecycle and socket files ----------------------------------------------------------
 
 

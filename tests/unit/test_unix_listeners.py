@@ -180,6 +180,34 @@ def test_idle_and_half_frame_connections_are_closed_after_the_timeout(telemetry)
     factory.tracker.stop()
 
 
+def test_one_user_cannot_hold_more_than_its_share_of_connections(telemetry, monkeypatch):
+    """Issue 12 defect 5: the per-user cap (peer uid from SO_PEERCRED) keeps one user from taking every slot."""
+    uids = iter([1000, 1000, 1000, 2000])
+    monkeypatch.setattr(sockets, "peer_credentials", lambda handle: sockets.Credentials(pid=1, uid=next(uids), gid=1))
+    factory, _intake = stream_factory(telemetry, max_connections=10, max_connections_per_user=2)
+
+    class UnixTransport(StringTransport):
+        def getHandle(self):
+            return None  # read by the patched peer_credentials
+
+    def connect_unix():
+        protocol = factory.buildProtocol(None)
+        transport = UnixTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    first, _ = connect_unix()
+    connect_unix()
+    third, third_transport = connect_unix()
+    assert third_transport.disconnecting
+    assert telemetry.dropped("stream_connection_refused_user") == 1
+    _other, other_transport = connect_unix()  # another user still gets in
+    assert not other_transport.disconnecting
+    third.connectionLost(None)
+    first.connectionLost(None)
+    assert factory._per_user == {1000: 1, 2000: 1}
+
+
 def test_a_throttled_connection_is_paused_after_each_read(telemetry):
     clock = MemoryReactorClock()
     throttle = ReadThrottle(clock, telemetry)

@@ -145,12 +145,18 @@ class StreamProtocol(Protocol):
     buffer = None
     refused = False
     idle_checks = 0
+    #: Who is at the other end, for listeners that can tell (SO_PEERCRED on Unix sockets).
+    peer = None
 
     def connectionMade(self):
         factory = self.factory
+        self.peer = factory.peer_of(self.transport)
         self.decoder = factory.new_decoder()
-        self.buffer = factory.intake.buffer_for(factory.transport_name, factory.origin_of(self.transport))
+        self.buffer = factory.intake.buffer_for(factory.transport_name, factory.origin_of(self.peer))
         factory.tracker.add(self)
+        if not factory.admit_peer(self):
+            self.refused = True
+            self.drop_connection()
 
     def dataReceived(self, data: bytes):
         decoder = self.decoder
@@ -180,6 +186,7 @@ class StreamProtocol(Protocol):
             truncated, message = decoder.TRUNCATED
             factory.reporter.report(truncated, message, decoder.pending_sample)
         factory.tracker.remove(self)
+        factory.forget_peer(self)
         if factory.throttle is not None:
             factory.throttle.forget(self)
         if self.buffer is not None:
@@ -279,9 +286,20 @@ class StreamFactory(Factory):
     def new_decoder(self):
         raise NotImplementedError
 
-    def origin_of(self, transport) -> bytes | None:
+    def peer_of(self, transport):
+        """Who is at the other end, for listeners that can tell; read once per connection."""
+        return None
+
+    def origin_of(self, peer) -> bytes | None:
         """The sender's container ID, for listeners that can tell it."""
         return None
+
+    def admit_peer(self, protocol: StreamProtocol) -> bool:
+        """Whether a connection, once its peer is known, may stay; a refusal is counted."""
+        return True
+
+    def forget_peer(self, protocol: StreamProtocol) -> None:
+        """A connection admitted by :meth:`admit_peer` has closed."""
 
     def admit(self, addr) -> bool:
         """Whether to accept a connection from ``addr``; a refusal is counted and the socket closed."""

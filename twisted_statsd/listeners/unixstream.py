@@ -111,9 +111,19 @@ class FrameDecoder:
 class FramedStreamProtocol(StreamProtocol):
     """One Unix stream connection: length-prefixed frames."""
 
+    #: The peer's uid, once admitted under the per-user cap.
+    user: int | None = None
+
 
 class FramedStreamFactory(StreamFactory):
-    """Unix stream connections: frames of at most ``max_frame`` bytes, tagged with the sender's container."""
+    """Unix stream connections: frames of at most ``max_frame`` bytes, tagged with the sender's container.
+
+    With ``max_connections_per_user``, one local user (the peer's uid from
+    SO_PEERCRED) cannot hold more than that many connections, so cannot take
+    every connection the cap allows.  Invariant: ``_per_user`` counts the open
+    connections admitted for each uid; an admitted protocol's ``user`` is its
+    uid, and only those are counted down when they close.
+    """
 
     protocol = FramedStreamProtocol
 
@@ -124,25 +134,58 @@ class FramedStreamFactory(StreamFactory):
         *,
         resolver: OriginResolver | None = None,
         log_too_big: bool = False,
+        max_connections_per_user: int = 0,
         **options,
     ):
         super().__init__(intake, reporter, **options)
         self.resolver = resolver
         self.log_refused_input = log_too_big
+        self.max_connections_per_user = max_connections_per_user
+        self._per_user: dict[int, int] = {}
 
     def new_decoder(self) -> FrameDecoder:
         return FrameDecoder(self.max_frame)
 
-    def origin_of(self, transport) -> bytes | None:
-        """The container of the process at the other end (SO_PEERCRED), when origin detection is on."""
-        if self.resolver is None:
+    def peer_of(self, transport) -> sockets.Credentials | None:
+        """The process at the other end (SO_PEERCRED), when origin detection or the per-user cap needs it."""
+        if self.resolver is None and not self.max_connections_per_user:
             return None
         try:
-            credentials = sockets.peer_credentials(transport.getHandle())
+            return sockets.peer_credentials(transport.getHandle())
         except OSError as e:
             self.reporter.report("origin_detection_failed", f"SO_PEERCRED failed: {e.strerror or e}", dropped=False)
             return None
-        return self.resolver.origin(credentials.pid, self.clock.seconds())
+
+    def origin_of(self, peer: sockets.Credentials | None) -> bytes | None:
+        """The container of the process at the other end, when origin detection is on."""
+        if self.resolver is None or peer is None:
+            return None
+        return self.resolver.origin(peer.pid, self.clock.seconds())
+
+    def admit_peer(self, protocol: FramedStreamProtocol) -> bool:
+        peer = protocol.peer
+        if not self.max_connections_per_user or peer is None:
+            return True
+        count = self._per_user.get(peer.uid, 0)
+        if count >= self.max_connections_per_user:
+            self.reporter.report(
+                "stream_connection_refused_user",
+                f"user {peer.uid} has {count} connections open, the dogstatsd_stream_max_connections_per_user limit",
+            )
+            return False
+        self._per_user[peer.uid] = count + 1
+        protocol.user = peer.uid
+        return True
+
+    def forget_peer(self, protocol: FramedStreamProtocol) -> None:
+        uid = protocol.user
+        if uid is not None:
+            protocol.user = None
+            left = self._per_user[uid] - 1
+            if left:
+                self._per_user[uid] = left
+            else:
+                del self._per_user[uid]
 
 
 class _StreamPort(unix.Port):
