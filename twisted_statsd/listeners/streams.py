@@ -10,7 +10,9 @@ how it binds.  Everything else is here, once:
   connection and is counted; memory pressure pauses reading
   (:class:`~twisted_statsd.listeners.memory.ReadThrottle`).
 * :class:`StreamFactory`: the connection cap and the sender allow-list,
-  checked before a protocol exists, so a refused connection costs nothing.
+  checked before a protocol exists, so a refused connection costs nothing;
+  hooks for listeners that know who the peer is (the Unix stream listener's
+  origin detection and per-user cap).
 * :class:`ConnectionTracker`: the open connections, the idle timeout (one
   timer for all of them) and the wait for them all to close at stop.
 * :class:`StreamListenerService`: stop accepting, read what each client sent,
