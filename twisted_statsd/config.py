@@ -13,6 +13,7 @@ default and its converter.  This module imports nothing from Twisted.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import math
 import re
@@ -446,6 +447,28 @@ def _mapper_profiles(value: Any, textual: bool, warn: Warn) -> tuple:
     return _frozen(value)
 
 
+def _seconds(value: Any, textual: bool, warn: Warn) -> float:
+    """A time in seconds: a number, or a Go duration string (``"5m"``)."""
+    seconds = _parse_duration(value, textual) if isinstance(value, str) and not _FLOAT.fullmatch(value) else None
+    if seconds is None:
+        seconds = _parse_float(value, textual)
+    if seconds < 0:
+        raise _Invalid(f"must not be negative, got {value!r}")
+    return seconds
+
+
+def _network(item: Any) -> str:
+    """A CIDR range (``10.0.0.0/8``) or one address, normalised."""
+    try:
+        return str(ipaddress.ip_network(_string(item)))
+    except ValueError as error:
+        raise _Invalid(f"not a CIDR range: {error}") from None
+
+
+def _networks(value: Any, textual: bool, warn: Warn) -> tuple[str, ...]:
+    return _each(_list(value, textual), _network)
+
+
 def _default_hostname() -> str:
     return socket.gethostname()
 
@@ -505,8 +528,17 @@ class Config:
     dogstatsd_stream_socket: str = _key(_string, "")
     dogstatsd_socket_mode: int = _key(_file_mode, 0o722)
     dogstatsd_stream_max_connections: int = _key(_bounded(_parse_int, at_least=0), 1024)
+    dogstatsd_stream_idle_timeout: float = _key(_seconds, 300.0)
+    dogstatsd_stream_max_connections_per_user: int = _key(_bounded(_parse_int, at_least=0), 0)
     dogstatsd_stream_log_too_big: bool = _key(_boolean, False)
     dogstatsd_origin_detection: bool = _key(_boolean, False)
+    dogstatsd_tcp_port: int = _key(_port, 0)
+    dogstatsd_tcp_max_connections: int = _key(_bounded(_parse_int, at_least=0), 1024)
+    dogstatsd_tcp_idle_timeout: float = _key(_seconds, 300.0)
+    dogstatsd_tls_cert: str = _key(_string, "")
+    dogstatsd_tls_key: str = _key(_string, "")
+    dogstatsd_tls_ca: str = _key(_string, "")
+    dogstatsd_allowed_senders: tuple[str, ...] = _key(_networks, ())
     # _key returns a dataclass field; MemoryLimiterConfig is frozen.
     dogstatsd_mem_based_rate_limiter: MemoryLimiterConfig = _key(  # noqa: RUF009
         _memory_limiter, MemoryLimiterConfig(), env=False
@@ -542,8 +574,19 @@ class Config:
 
     @property
     def udp_interface(self) -> str:
-        """The UDP bind address: every interface when non-local traffic is allowed."""
+        """The UDP (and TCP) bind address: every interface when non-local traffic is allowed."""
         return "" if self.dogstatsd_non_local_traffic else self.bind_host
+
+    def __post_init__(self) -> None:
+        """Checks that span several keys; each names the keys involved."""
+        if self.dogstatsd_tls_cert and not self.dogstatsd_tls_key:
+            raise ConfigError("dogstatsd_tls_key: required with dogstatsd_tls_cert (the certificate's private key)")
+        if self.dogstatsd_tls_key and not self.dogstatsd_tls_cert:
+            raise ConfigError("dogstatsd_tls_cert: required with dogstatsd_tls_key")
+        if self.dogstatsd_tls_ca and not self.dogstatsd_tls_cert:
+            raise ConfigError("dogstatsd_tls_cert: required with dogstatsd_tls_ca (the server's own certificate)")
+        if self.dogstatsd_tls_cert and not self.dogstatsd_tcp_port:
+            raise ConfigError("dogstatsd_tcp_port: TLS (dogstatsd_tls_cert) is served on the TCP port, which is off")
 
 
 # Newer key names that win over a legacy field whenever they are given.

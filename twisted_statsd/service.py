@@ -25,6 +25,8 @@ from twisted_statsd.intake.pipeline import Pipeline
 from twisted_statsd.intake.service import IntakeService
 from twisted_statsd.listeners.memory import MemoryMonitorService, MemoryProbe, MemoryThresholds, ReadThrottle
 from twisted_statsd.listeners.origin import OriginResolver
+from twisted_statsd.listeners.senders import SenderAllowList
+from twisted_statsd.listeners.tcp import LineStreamFactory, TCPListenerService, server_tls
 from twisted_statsd.listeners.udp import DatagramReceiver, UDPListenerService
 from twisted_statsd.listeners.unixgram import UnixDatagramListenerService, UnixDatagramReceiver
 from twisted_statsd.listeners.unixstream import FramedStreamFactory, UnixStreamListenerService
@@ -64,6 +66,7 @@ class StatsdService(MultiService):
         self.workers: WorkerPoolService | None = None
         self.unixgram: UnixDatagramListenerService | None = None
         self.unixstream: UnixStreamListenerService | None = None
+        self.tcp: TCPListenerService | None = None
         self.memory: MemoryMonitorService | None = None
 
     def privilegedStartService(self):
@@ -213,6 +216,10 @@ def build_service(
     """
     if reactor is None:
         from twisted.internet import reactor
+    # Before anything is built: a missing TLS package fails the start with the command that installs it.
+    tls = None
+    if config.dogstatsd_tls_cert:
+        tls = server_tls(config.dogstatsd_tls_cert, config.dogstatsd_tls_key, config.dogstatsd_tls_ca)
     pipeline = build_pipeline(config)
     telemetry, reporter, aggregator = pipeline.telemetry, pipeline.reporter, pipeline.aggregator
     blocklist = pipeline.enricher.blocklist
@@ -261,8 +268,9 @@ def build_service(
     intake.setServiceParent(root)
     root.intake = intake
 
+    senders = SenderAllowList(config.dogstatsd_allowed_senders) if config.dogstatsd_allowed_senders else None
     if config.dogstatsd_port:
-        receiver = DatagramReceiver(intake.buffer_for("udp"), config.dogstatsd_buffer_size, reporter)
+        receiver = DatagramReceiver(intake.buffer_for("udp"), config.dogstatsd_buffer_size, reporter, senders)
         port = 0 if config.dogstatsd_port == EPHEMERAL_PORT else config.dogstatsd_port
         root.udp = UDPListenerService(reactor, receiver, port, config.udp_interface, config.dogstatsd_so_rcvbuf)
         root.udp.setServiceParent(root)
@@ -275,31 +283,42 @@ def build_service(
             )
             root.workers.setServiceParent(root)
             root.flusher.before_flush.insert(0, root.workers.before_flush)
+    throttle = None
+    if config.dogstatsd_socket or config.dogstatsd_stream_socket or config.dogstatsd_tcp_port:
+        # Added before the listeners it slows down, so that they stop first.
+        throttle = _add_memory_monitor(root, config, reactor, pipeline, _proc_root)
     if config.dogstatsd_socket or config.dogstatsd_stream_socket:
-        _add_unix_listeners(root, config, reactor, intake, pipeline, reporter, _proc_root)
+        _add_unix_listeners(root, config, reactor, intake, reporter, throttle, _proc_root)
+    if config.dogstatsd_tcp_port:
+        _add_tcp_listener(root, config, reactor, intake, reporter, throttle, senders, tls)
     return root
 
 
-def _add_unix_listeners(root, config, reactor, intake, pipeline, reporter, proc_root) -> None:
-    """The Unix listeners, after the memory monitor that slows them down (so they stop first)."""
-    throttle = None
+def _add_memory_monitor(root, config, reactor, pipeline, proc_root) -> ReadThrottle | None:
+    """The memory monitor and the throttle through which it slows the Unix and TCP listeners down."""
     limiter = config.dogstatsd_mem_based_rate_limiter
-    if limiter.enabled:
-        throttle = ReadThrottle(reactor, root.telemetry)
+    if not limiter.enabled:
+        return None
+    throttle = ReadThrottle(reactor, root.telemetry)
 
-        def on_change(state) -> None:
-            pipeline.refuse_new_contexts = state.refuse_new_contexts
+    def on_change(state) -> None:
+        pipeline.refuse_new_contexts = state.refuse_new_contexts
 
-        root.memory = MemoryMonitorService(
-            reactor,
-            throttle,
-            root.telemetry,
-            thresholds=MemoryThresholds(limiter.low_soft_limit, limiter.high_soft_limit, limiter.hard_limit),
-            probe=MemoryProbe(limit_bytes=limiter.memory_limit_bytes, proc_root=proc_root),
-            interval=limiter.check_interval,
-            on_change=on_change,
-        )
-        root.memory.setServiceParent(root)
+    root.memory = MemoryMonitorService(
+        reactor,
+        throttle,
+        root.telemetry,
+        thresholds=MemoryThresholds(limiter.low_soft_limit, limiter.high_soft_limit, limiter.hard_limit),
+        probe=MemoryProbe(limit_bytes=limiter.memory_limit_bytes, proc_root=proc_root),
+        interval=limiter.check_interval,
+        on_change=on_change,
+    )
+    root.memory.setServiceParent(root)
+    return throttle
+
+
+def _add_unix_listeners(root, config, reactor, intake, reporter, throttle, proc_root) -> None:
+    """The Unix datagram and stream listeners."""
     resolver = OriginResolver(reporter, proc_root=proc_root) if config.dogstatsd_origin_detection else None
     if config.dogstatsd_socket:
         receiver = UnixDatagramReceiver(intake, config.dogstatsd_buffer_size, reporter, resolver)
@@ -319,6 +338,8 @@ def _add_unix_listeners(root, config, reactor, intake, pipeline, reporter, proc_
             clock=reactor,
             max_frame=config.dogstatsd_buffer_size,
             max_connections=config.dogstatsd_stream_max_connections,
+            idle_timeout=config.dogstatsd_stream_idle_timeout,
+            max_connections_per_user=config.dogstatsd_stream_max_connections_per_user,
             resolver=resolver,
             log_too_big=config.dogstatsd_stream_log_too_big,
             throttle=throttle,
@@ -327,3 +348,21 @@ def _add_unix_listeners(root, config, reactor, intake, pipeline, reporter, proc_
             reactor, factory, config.dogstatsd_stream_socket, mode=config.dogstatsd_socket_mode
         )
         root.unixstream.setServiceParent(root)
+
+
+def _add_tcp_listener(root, config, reactor, intake, reporter, throttle, senders, tls) -> None:
+    """The TCP listener (with TLS when ``tls`` is set), bound like UDP to ``bind_host``."""
+    factory = LineStreamFactory(
+        intake,
+        reporter,
+        clock=reactor,
+        max_frame=config.dogstatsd_buffer_size,
+        max_connections=config.dogstatsd_tcp_max_connections,
+        idle_timeout=config.dogstatsd_tcp_idle_timeout,
+        throttle=throttle,
+        senders=senders,
+        cut_packets=root.forwarder is not None,
+    )
+    port = 0 if config.dogstatsd_tcp_port == EPHEMERAL_PORT else config.dogstatsd_tcp_port
+    root.tcp = TCPListenerService(reactor, factory, port, config.udp_interface, tls=tls)
+    root.tcp.setServiceParent(root)

@@ -24,6 +24,7 @@ def main() -> None:
     from twisted.internet import reactor, stdio
     from twisted.protocols.basic import LineReceiver
 
+    from twisted_statsd.listeners.senders import SenderAllowList
     from twisted_statsd.listeners.udp import DatagramReceiver
     from twisted_statsd.service import build_intake, build_pipeline
     from twisted_statsd.workers import FRAME_LENGTH
@@ -31,7 +32,8 @@ def main() -> None:
     config = load_config(data=json.loads(sys.argv[1]))
     pipeline = build_pipeline(config)
     intake = build_intake(config, reactor, pipeline)
-    receiver = DatagramReceiver(intake.buffer_for("udp"), config.dogstatsd_buffer_size, pipeline.reporter)
+    senders = SenderAllowList(config.dogstatsd_allowed_senders) if config.dogstatsd_allowed_senders else None
+    receiver = DatagramReceiver(intake.buffer_for("udp"), config.dogstatsd_buffer_size, pipeline.reporter, senders)
     probe = socket.socket(fileno=os.dup(UDP_FD))
     family = probe.family
     probe.close()

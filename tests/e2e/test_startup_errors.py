@@ -61,6 +61,35 @@ def test_a_prometheus_port_in_use_names_the_sink_and_address(tmp_path):
     )
 
 
+def test_a_tcp_port_in_use_names_the_key_and_address(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "statsd.yaml"
+        config.write_text(f"dogstatsd_port: 0\ndogstatsd_tcp_port: {port}\n")
+        status, out, err = run(tmp_path, "--config", str(config))
+    assert status == 1 and err == ""
+    assert only_critical_line(out) == (
+        f"Cannot start: dogstatsd_tcp_port: cannot listen on tcp 127.0.0.1:{port}: Address already in use"
+    )
+
+
+def test_an_unreadable_tls_certificate_names_the_key_and_path(tmp_path):
+    config = tmp_path / "statsd.yaml"
+    missing = tmp_path / "missing.crt"
+    config.write_text(
+        f"dogstatsd_port: 0\ndogstatsd_tcp_port: __random__\n"
+        f"dogstatsd_tls_cert: {missing}\ndogstatsd_tls_key: {missing}\n"
+    )
+    status, out, err = run(tmp_path, "--config", str(config))
+    assert status == 1 and err == ""
+    assert only_critical_line(out) == (
+        f"Cannot start: dogstatsd_tls_cert: cannot read {missing}: No such file or directory"
+    )
+    assert "Listening" not in out
+
+
 @pytest.mark.parametrize(
     "where, reason",
     [("missing/out.jsonl", "No such file or directory"), (".", "Is a directory")],

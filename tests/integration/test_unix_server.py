@@ -220,6 +220,42 @@ async def test_connections_over_the_cap_are_refused(reactor, tmp_path, paths):
         await stop(reactor, service)
 
 
+@pytest_twisted.ensureDeferred
+async def test_idle_stream_connections_are_closed(reactor, tmp_path, paths):
+    """Issue 12 defect 5: idle and half-frame connections no longer hold the cap forever."""
+    service, _out = await start(reactor, tmp_path, paths, dogstatsd_stream_idle_timeout=0.2)
+    idle, half = stream_client(paths[1]), stream_client(paths[1])
+    try:
+        half.send(frame(b"half:1|c")[:6])
+        await wait_for(reactor, lambda: closed_by_peer(idle) and closed_by_peer(half))
+        assert service.telemetry.get("uds_connections_idle_closed") == 2
+        assert service.telemetry.dropped("stream_frame_truncated") == 1
+    finally:
+        idle.close()
+        half.close()
+        await stop(reactor, service)
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_user_is_held_to_the_per_user_cap(reactor, tmp_path, paths):
+    """Every connection here comes from this process's user: the third is refused and counted."""
+    service, _out = await start(reactor, tmp_path, paths, dogstatsd_stream_max_connections_per_user=2)
+    socks = [stream_client(paths[1]) for _ in range(2)]
+    try:
+        await wait_for(reactor, lambda: len(service.unixstream.tracker) == 2)
+        extra = stream_client(paths[1])
+        socks.append(extra)
+        await wait_for(reactor, lambda: closed_by_peer(extra))
+        assert service.telemetry.dropped("stream_connection_refused_user") == 1
+        for sock in socks[:2]:
+            sock.send(frame(b"ok:1|c"))
+        await wait_for(reactor, lambda: service.telemetry.get("metrics") == 2)
+    finally:
+        for sock in socks:
+            sock.close()
+        await stop(reactor, service)
+
+
 # -- lifecycle and socket files ----------------------------------------------------------
 
 

@@ -61,7 +61,8 @@ def telemetry():
 def stream_factory(telemetry, **kwargs):
     intake = FakeIntake()
     kwargs.setdefault("max_frame", 64)
-    factory = FramedStreamFactory(intake, RateLimitedReporter(telemetry), clock=MemoryReactorClock(), **kwargs)
+    kwargs.setdefault("clock", MemoryReactorClock())
+    factory = FramedStreamFactory(intake, RateLimitedReporter(telemetry), **kwargs)
     return factory, intake
 
 
@@ -154,6 +155,57 @@ def test_tracker_waits_for_every_connection(telemetry):
     b.connectionLost(None)
     assert waiting.called
     assert factory.tracker.wait_empty().called
+
+
+def test_idle_and_half_frame_connections_are_closed_after_the_timeout(telemetry):
+    """Issue 12 defect 5: a local user can no longer hold stream connections open without sending frames."""
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    factory, _ = stream_factory(telemetry, clock=clock, idle_timeout=4)
+    factory.tracker.start()
+    silent, silent_transport = connect(factory)
+    trickle, trickle_transport = connect(factory)
+    busy, busy_transport = connect(factory)
+    for _ in range(10):
+        clock.advance(0.5)
+        trickle.dataReceived(struct.pack("<I", 50) if clock.seconds() == 0.5 else b"x")  # a frame never finished
+        busy.dataReceived(frame(b"a:1|c"))
+    assert silent_transport.disconnecting and trickle_transport.disconnecting
+    assert not busy_transport.disconnecting
+    assert telemetry.get("uds_connections_idle_closed") == 2
+    for protocol in (silent, trickle, busy):
+        protocol.connectionLost(None)
+    assert telemetry.dropped("stream_frame_truncated") == 1
+    factory.tracker.stop()
+
+
+def test_one_user_cannot_hold_more_than_its_share_of_connections(telemetry, monkeypatch):
+    """Issue 12 defect 5: the per-user cap (peer uid from SO_PEERCRED) keeps one user from taking every slot."""
+    uids = iter([1000, 1000, 1000, 2000])
+    monkeypatch.setattr(sockets, "peer_credentials", lambda handle: sockets.Credentials(pid=1, uid=next(uids), gid=1))
+    factory, _intake = stream_factory(telemetry, max_connections=10, max_connections_per_user=2)
+
+    class UnixTransport(StringTransport):
+        def getHandle(self):
+            return None  # read by the patched peer_credentials
+
+    def connect_unix():
+        protocol = factory.buildProtocol(None)
+        transport = UnixTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    first, _ = connect_unix()
+    connect_unix()
+    third, third_transport = connect_unix()
+    assert third_transport.disconnecting
+    assert telemetry.dropped("stream_connection_refused_user") == 1
+    _other, other_transport = connect_unix()  # another user still gets in
+    assert not other_transport.disconnecting
+    third.connectionLost(None)
+    first.connectionLost(None)
+    assert factory._per_user == {1000: 1, 2000: 1}
 
 
 def test_a_throttled_connection_is_paused_after_each_read(telemetry):

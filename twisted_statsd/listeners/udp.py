@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted_statsd._binding import BindingService
 from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd.interfaces import IPacketConsumer
+from twisted_statsd.listeners.senders import SenderAllowList
 
 # doRead calls (256 KiB each) when draining the socket on demand: more than any receive buffer.
 MAX_DRAIN_READS = 1024
@@ -35,6 +36,8 @@ class DatagramReceiver(DatagramProtocol):
     complete lines within ``buffer_size`` are kept, as DogStatsD keeps them.
     Reading 64 KiB instead of ``buffer_size`` costs nothing per datagram
     (recvfrom allocates the size asked for, then shrinks it in place).
+    With ``senders``, datagrams from other addresses are dropped and counted
+    (``udp_sender_refused``).
     """
 
     # The largest UDP payload (IPv6 jumbograms aside).
@@ -42,12 +45,22 @@ class DatagramReceiver(DatagramProtocol):
 
     noisy = False  # the service logs the bound address itself
 
-    def __init__(self, consumer: IPacketConsumer, buffer_size: int, reporter: RateLimitedReporter):
+    def __init__(
+        self,
+        consumer: IPacketConsumer,
+        buffer_size: int,
+        reporter: RateLimitedReporter,
+        senders: SenderAllowList | None = None,
+    ):
         self.consumer = IPacketConsumer(consumer)
         self.buffer_size = buffer_size
         self.reporter = reporter
+        self.senders = senders
 
     def datagramReceived(self, data: bytes, addr) -> None:
+        if self.senders is not None and not self.senders.allows(addr[0]):
+            self.reporter.report("udp_sender_refused", f"{addr[0]} is not in dogstatsd_allowed_senders")
+            return
         if len(data) > self.buffer_size:
             kept = data[: data.rfind(b"\n", 0, self.buffer_size) + 1]
             lost = sum(1 for line in data[len(kept) :].split(b"\n") if line)

@@ -23,36 +23,19 @@ from __future__ import annotations
 import socket
 import struct
 
-from twisted.internet import defer, tcp, unix
-from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
+from twisted.internet import tcp, unix
 
-from twisted_statsd._binding import BindingService
 from twisted_statsd._ratelimit import RateLimitedReporter
-from twisted_statsd._twisted_helpers import Waiters
 from twisted_statsd.listeners import sockets
-from twisted_statsd.listeners.memory import ReadThrottle
 from twisted_statsd.listeners.origin import OriginResolver
-from twisted_statsd.telemetry import Telemetry
+from twisted_statsd.listeners.streams import StreamError, StreamFactory, StreamListenerService, StreamProtocol
 
 _LENGTH = struct.Struct("<I")
 #: Bytes of a refused frame kept for the log when ``dogstatsd_stream_log_too_big`` is on.
 SAMPLE_SIZE = 256
-#: Bytes read from each connection at stop, before it is closed.
-DRAIN_LIMIT = 4 * 1024 * 1024
 
 LISTENING = "Listening for DogStatsD on unix stream socket {path} (mode {mode}, at most {cap} connections)"
 CLOSED = "Closed unix stream socket {path} and {count} connections"
-
-
-class FrameError(Exception):
-    """A frame header that ends the connection: ``reason`` is the drop reason."""
-
-    def __init__(self, reason: str, length: int, sample: bytes):
-        super().__init__(reason, length)
-        self.reason = reason
-        self.length = length
-        self.sample = sample
 
 
 class FrameDecoder:
@@ -67,9 +50,11 @@ class FrameDecoder:
     ``4 + max_length`` bytes.
     """
 
+    TRUNCATED = ("stream_frame_truncated", "the connection closed in the middle of a frame")
+
     def __init__(self, max_length: int):
         self.max_length = max_length
-        self.error: FrameError | None = None
+        self.error: StreamError | None = None
         self._pending = bytearray()
 
     @property
@@ -78,9 +63,19 @@ class FrameDecoder:
         return len(self._pending)
 
     @property
-    def pending_header(self) -> bytes:
-        """The first bytes of the incomplete frame, for logs."""
+    def pending_sample(self) -> bytes:
+        """The header of the incomplete frame, for logs."""
         return bytes(self._pending[:4])
+
+    def _refusal(self, length: int, sample: bytes) -> StreamError:
+        if length == 0:
+            return StreamError("stream_frame_empty", "a frame of length 0; the connection is closed", length, sample)
+        return StreamError(
+            "stream_frame_too_large",
+            f"a frame of {length} bytes, over dogstatsd_buffer_size ({self.max_length}); the connection is closed",
+            length,
+            sample,
+        )
 
     def feed(self, data: bytes) -> list[bytes]:
         if self.error is not None:
@@ -97,8 +92,7 @@ class FrameDecoder:
         while end - offset >= 4:
             (length,) = unpack_from(buf, offset)
             if length == 0 or length > limit:
-                reason = "stream_frame_empty" if length == 0 else "stream_frame_too_large"
-                self.error = FrameError(reason, length, bytes(buf[offset : offset + 4 + SAMPLE_SIZE]))
+                self.error = self._refusal(length, bytes(buf[offset : offset + 4 + SAMPLE_SIZE]))
                 self._pending = bytearray()
                 return frames
             stop = offset + 4 + length
@@ -114,136 +108,23 @@ class FrameDecoder:
         return frames
 
 
-class ConnectionTracker:
-    """The open stream connections, so that stopping can close them all and wait.
+class FramedStreamProtocol(StreamProtocol):
+    """One Unix stream connection: length-prefixed frames."""
 
-    The count is published as the ``uds_connections`` gauge.
+    #: The peer's uid, once admitted under the per-user cap.
+    user: int | None = None
+
+
+class FramedStreamFactory(StreamFactory):
+    """Unix stream connections: frames of at most ``max_frame`` bytes, tagged with the sender's container.
+
+    With ``max_connections_per_user``, one local user (the peer's uid from
+    SO_PEERCRED) cannot hold more than that many connections, so cannot take
+    every connection the cap allows.  Invariant: ``_per_user`` counts the open
+    connections admitted for each uid; an admitted protocol's ``user`` is its
+    uid, and only those are counted down when they close.
     """
 
-    def __init__(self, telemetry: Telemetry):
-        self.telemetry = telemetry
-        self.connections: set = set()
-        self._empty = Waiters()
-        telemetry.set_gauge("uds_connections", 0)
-
-    def __len__(self) -> int:
-        return len(self.connections)
-
-    def add(self, protocol) -> None:
-        self.connections.add(protocol)
-        self.telemetry.set_gauge("uds_connections", len(self.connections))
-
-    def remove(self, protocol) -> None:
-        self.connections.discard(protocol)
-        self.telemetry.set_gauge("uds_connections", len(self.connections))
-        if not self.connections:
-            self._empty.fire()
-
-    def wait_empty(self) -> defer.Deferred:
-        """A Deferred that fires once no connection is open."""
-        if not self.connections:
-            return defer.succeed(None)
-        return self._empty.wait()
-
-    def close_all(self) -> defer.Deferred:
-        """Read what each connection has queued, close them all, and wait until they are gone."""
-        for protocol in list(self.connections):
-            protocol.close()
-        return self.wait_empty()
-
-
-class FramedStreamProtocol(Protocol):
-    """One client connection: frames go to the connection's packet buffer; never raises."""
-
-    factory: FramedStreamFactory
-    decoder: FrameDecoder | None = None
-    buffer = None
-    refused = False
-
-    def connectionMade(self):
-        factory = self.factory
-        self.decoder = FrameDecoder(factory.max_frame)
-        self.buffer = factory.intake.buffer_for("uds", factory.origin_of(self.transport))
-        factory.tracker.add(self)
-
-    def dataReceived(self, data: bytes):
-        decoder = self.decoder
-        frames = decoder.feed(data)
-        if frames:
-            append = self.buffer.append
-            for frame in frames:
-                append(frame)
-        if decoder.error is not None:
-            if not self.refused:
-                self.refused = True
-                self._refuse(decoder.error)
-            return
-        throttle = self.factory.throttle
-        if throttle is not None and throttle.delay:
-            throttle.hold(self)
-
-    def _refuse(self, error: FrameError) -> None:
-        factory = self.factory
-        if error.reason == "stream_frame_empty":
-            message = "a frame of length 0; the connection is closed"
-        else:
-            message = (
-                f"a frame of {error.length} bytes, over dogstatsd_buffer_size ({factory.max_frame}); "
-                "the connection is closed"
-            )
-        factory.reporter.report(error.reason, message, error.sample if factory.log_too_big else error.sample[:4])
-        self.transport.loseConnection()
-
-    def connectionLost(self, reason):
-        factory = self.factory
-        if self.decoder is not None and self.decoder.pending:
-            factory.reporter.report(
-                "stream_frame_truncated", "the connection closed in the middle of a frame", self.decoder.pending_header
-            )
-        factory.tracker.remove(self)
-        if factory.throttle is not None:
-            factory.throttle.forget(self)
-        if self.buffer is not None:
-            factory.intake.release(self.buffer)
-            self.buffer = None
-
-    def pause_reading(self) -> None:
-        self.transport.pauseProducing()
-
-    def resume_reading(self) -> None:
-        self.transport.resumeProducing()
-
-    def read_available(self, limit: int) -> None:
-        """Read what the kernel already holds for this connection, up to ``limit`` bytes.
-
-        Reading through the handle is synchronous and bypasses a pause, which
-        is what stopping and on-demand flushes want.  End of file is left for
-        the transport to notice.
-        """
-        transport = self.transport
-        if transport.disconnecting or not transport.connected:
-            return
-        handle = transport.getHandle()
-        while limit > 0 and self.decoder.error is None:
-            try:
-                data = handle.recv(min(limit, 65536), socket.MSG_DONTWAIT)
-            except OSError:
-                return
-            if not data:
-                return
-            limit -= len(data)
-            self.dataReceived(data)
-
-    def close(self) -> None:
-        """Read what the client already sent, then close the connection."""
-        self.read_available(DRAIN_LIMIT)
-        self.transport.loseConnection()
-
-
-class FramedStreamFactory(Factory):
-    """Builds connection protocols; refuses connections over ``max_connections`` (0: no cap)."""
-
-    noisy = False
     protocol = FramedStreamProtocol
 
     def __init__(
@@ -251,45 +132,60 @@ class FramedStreamFactory(Factory):
         intake,
         reporter: RateLimitedReporter,
         *,
-        clock,
-        max_frame: int,
-        max_connections: int = 0,
         resolver: OriginResolver | None = None,
         log_too_big: bool = False,
-        throttle: ReadThrottle | None = None,
+        max_connections_per_user: int = 0,
+        **options,
     ):
-        self.intake = intake
-        self.reporter = reporter
-        self.clock = clock
-        self.max_frame = max_frame
-        self.max_connections = max_connections
+        super().__init__(intake, reporter, **options)
         self.resolver = resolver
-        self.log_too_big = log_too_big
-        self.throttle = throttle
-        self.tracker = ConnectionTracker(reporter.telemetry)
+        self.log_refused_input = log_too_big
+        self.max_connections_per_user = max_connections_per_user
+        self._per_user: dict[int, int] = {}
 
-    def buildProtocol(self, addr):
-        if self.max_connections and len(self.tracker) >= self.max_connections:
-            self.reporter.report(
-                "stream_connection_refused",
-                f"{len(self.tracker)} connections are open, the dogstatsd_stream_max_connections limit",
-            )
-            return None
-        self.reporter.telemetry.incr("uds_connections_accepted")
-        protocol = self.protocol()
-        protocol.factory = self
-        return protocol
+    def new_decoder(self) -> FrameDecoder:
+        return FrameDecoder(self.max_frame)
 
-    def origin_of(self, transport) -> bytes | None:
-        """The container of the process at the other end (SO_PEERCRED), when origin detection is on."""
-        if self.resolver is None:
+    def peer_of(self, transport) -> sockets.Credentials | None:
+        """The process at the other end (SO_PEERCRED), when origin detection or the per-user cap needs it."""
+        if self.resolver is None and not self.max_connections_per_user:
             return None
         try:
-            credentials = sockets.peer_credentials(transport.getHandle())
+            return sockets.peer_credentials(transport.getHandle())
         except OSError as e:
             self.reporter.report("origin_detection_failed", f"SO_PEERCRED failed: {e.strerror or e}", dropped=False)
             return None
-        return self.resolver.origin(credentials.pid, self.clock.seconds())
+
+    def origin_of(self, peer: sockets.Credentials | None) -> bytes | None:
+        """The container of the process at the other end, when origin detection is on."""
+        if self.resolver is None or peer is None:
+            return None
+        return self.resolver.origin(peer.pid, self.clock.seconds())
+
+    def admit_peer(self, protocol: FramedStreamProtocol) -> bool:
+        peer = protocol.peer
+        if not self.max_connections_per_user or peer is None:
+            return True
+        count = self._per_user.get(peer.uid, 0)
+        if count >= self.max_connections_per_user:
+            self.reporter.report(
+                "stream_connection_refused_user",
+                f"user {peer.uid} has {count} connections open, the dogstatsd_stream_max_connections_per_user limit",
+            )
+            return False
+        self._per_user[peer.uid] = count + 1
+        protocol.user = peer.uid
+        return True
+
+    def forget_peer(self, protocol: FramedStreamProtocol) -> None:
+        uid = protocol.user
+        if uid is not None:
+            protocol.user = None
+            left = self._per_user[uid] - 1
+            if left:
+                self._per_user[uid] = left
+            else:
+                del self._per_user[uid]
 
 
 class _StreamPort(unix.Port):
@@ -312,18 +208,15 @@ class _StreamPort(unix.Port):
         tcp.Port.connectionLost(self, reason)
 
 
-class UnixStreamListenerService(BindingService):
+class UnixStreamListenerService(StreamListenerService):
     """Binds the stream socket in ``privilegedStartService``; on stop closes every connection.
 
-    ``stopService`` returns a Deferred that fires only after accepting has
-    stopped, the socket file is gone, every connection has been read, closed
-    and its buffer handed to the pipeline.  ``lockfile``-style PID locking
-    (``listenUNIX``'s ``wantPID``) is not used: it leaves a second file behind
-    and only recognises stale sockets of processes that also locked;
-    :func:`sockets.prepare_path` probes the socket itself.
+    Stopping (see :class:`StreamListenerService`) also removes the socket
+    file.  ``lockfile``-style PID locking (``listenUNIX``'s ``wantPID``) is
+    not used: it leaves a second file behind and only recognises stale sockets
+    of processes that also locked; :func:`sockets.prepare_path` probes the
+    socket itself.
     """
-
-    log = Logger()
 
     def __init__(
         self,
@@ -340,14 +233,6 @@ class UnixStreamListenerService(BindingService):
         self.mode = mode
         self.backlog = backlog
         self.port: _StreamPort | None = None
-
-    @property
-    def tracker(self) -> ConnectionTracker:
-        return self.factory.tracker
-
-    @property
-    def bound(self) -> bool:
-        return self.port is not None
 
     def describe(self) -> tuple[str, str]:
         return "dogstatsd_stream_socket", f"listen on unix stream socket {self.path}"
@@ -366,22 +251,5 @@ class UnixStreamListenerService(BindingService):
             log_category="UDS_STREAM_LISTENING",
         )
 
-    def read_pending(self) -> None:
-        """Accept waiting connections, then read what the kernel holds for each (one round each)."""
-        if self.port is not None:
-            self.port.doRead()
-        for protocol in list(self.tracker.connections):
-            protocol.read_available(65536)
-
-    def stopService(self):
-        super().stopService()
-        port, self.port = self.port, None
-        return defer.ensureDeferred(self._stop(port))
-
-    async def _stop(self, port) -> None:
-        if port is None:
-            return
-        await port.stopListening()
-        count = len(self.tracker)
-        await self.tracker.close_all()
+    def log_closed(self, count: int) -> None:
         self.log.info(CLOSED, path=self.path, count=count, log_category="UDS_STREAM_CLOSED")
