@@ -89,6 +89,13 @@ class FlushService(Service):
         self._lock = defer.DeferredLock()
         self._cooperator = cooperator(clock)
         self._writes: set[defer.Deferred] = set()
+        # Seconds the latest flush took to compute its batch (sink writes not included), for the admin status.
+        self.last_duration: float | None = None
+
+    @property
+    def looping(self) -> bool:
+        """Whether the periodic flush is scheduled (false before start, after stop, or if the loop died)."""
+        return self._loop.running
 
     def startService(self):
         super().startService()
@@ -142,6 +149,7 @@ class FlushService(Service):
         gc.freeze()
 
     async def _flush_batch(self, final: bool) -> tuple[FlushBatch | None, list[defer.Deferred]]:
+        started = self.clock.seconds()
         try:
             for prepare in self.before_flush:
                 await defer.maybeDeferred(prepare)
@@ -169,6 +177,7 @@ class FlushService(Service):
             self.log.failure("Flush failed; the buckets it had closed are lost")
             return None, []
         self.telemetry.incr("flushes")
+        self.last_duration = self.clock.seconds() - started
         self.telemetry.set_gauge("flushed_contexts", self.aggregator.flushed_contexts)
         return batch, self._deliver(batch)
 

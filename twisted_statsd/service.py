@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_statsd._ratelimit import RateLimitedReporter
+from twisted_statsd.admin import AdminService
 from twisted_statsd.config import EPHEMERAL_PORT, Config
 from twisted_statsd.core.aggregator import Aggregator
 from twisted_statsd.core.enrich import Blocklist, Enricher
@@ -59,6 +60,7 @@ class StatsdService(MultiService):
         self.unixgram: UnixDatagramListenerService | None = None
         self.unixstream: UnixStreamListenerService | None = None
         self.memory: MemoryMonitorService | None = None
+        self.admin: AdminService | None = None
 
     def privilegedStartService(self):
         try:
@@ -220,6 +222,11 @@ def build_service(
     telemetry, reporter, aggregator = pipeline.telemetry, pipeline.reporter, pipeline.aggregator
     blocklist = pipeline.enricher.blocklist
     root = StatsdService(config, aggregator, telemetry, pipeline)
+    if config.admin_port:
+        # The first child: it stops last, so /health answers 503 while the rest stops.
+        port = 0 if config.admin_port == EPHEMERAL_PORT else config.admin_port
+        root.admin = AdminService(reactor, root, port=port, host=config.admin_host)
+        root.admin.setServiceParent(root)
 
     if sinks is None:
         sinks = [build_sink(s, reactor, telemetry) for s in config.sinks] or [ConsoleSink()]
@@ -271,6 +278,9 @@ def build_service(
             root.flusher.before_flush.insert(0, root.workers.before_flush)
     if config.dogstatsd_socket or config.dogstatsd_stream_socket:
         _add_unix_listeners(root, config, reactor, intake, pipeline, reporter, _proc_root)
+    if root.admin is not None:
+        root.flusher.before_flush.append(root.admin.before_flush)
+        root.admin.set_stats(config.dogstatsd_metrics_stats_enable)
     return root
 
 

@@ -1,0 +1,284 @@
+"""The admin endpoint on a real loopback port of a real server built with build_service.
+
+Requests go through twisted.web's Agent (and a raw socket where Agent would
+not send what is tested); metrics arrive over real UDP.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+import pytest_twisted
+from helpers import wait_for, with_deadline
+from twisted.internet import defer, protocol
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
+from twisted.web.http_headers import Headers
+
+from twisted_statsd import build_service, load_config
+from twisted_statsd.testing import MemorySink
+
+
+class _Body(protocol.Protocol):
+    def __init__(self, done: defer.Deferred):
+        self.done, self.parts = done, []
+
+    def dataReceived(self, data):
+        self.parts.append(data)
+
+    def connectionLost(self, reason):
+        if reason.check(ResponseDone):
+            self.done.callback(b"".join(self.parts))
+        else:
+            self.done.errback(reason)
+
+
+@pytest_twisted.async_yield_fixture
+async def agent(reactor):
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    yield Agent(reactor, pool=pool)
+    await with_deadline(reactor, pool.closeCachedConnections())
+
+
+class Server:
+    """A started server with the admin endpoint on an ephemeral port."""
+
+    def __init__(self, reactor, agent, sinks=None, **settings):
+        data = {
+            "dogstatsd_port": "__random__",
+            "admin_port": "__random__",
+            "hostname": "testhost",
+            "flush_interval": 3600,
+            **settings,
+        }
+        self.reactor, self.agent = reactor, agent
+        self.service = build_service(load_config(data=data), reactor, sinks=sinks or [MemorySink()])
+        self.service.startService()
+        self.base = f"http://127.0.0.1:{self.service.admin.address.port}"
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def send(self, *lines: bytes) -> None:
+        self.sock.sendto(b"\n".join(lines), ("127.0.0.1", self.service.udp.address.port))
+
+    async def request(self, path: str, method: bytes = b"GET", body: bytes | None = None, headers=None):
+        producer = FileBodyProducer(__import__("io").BytesIO(body)) if body is not None else None
+        d = self.agent.request(method, (self.base + path).encode(), Headers(headers or {}), producer)
+        response = await with_deadline(self.reactor, d)
+        done = defer.Deferred()
+        response.deliverBody(_Body(done))
+        return response, await with_deadline(self.reactor, done)
+
+    async def json(self, path: str, method: bytes = b"GET", expect: int = 200, **kw):
+        response, body = await self.request(path, method, **kw)
+        assert response.code == expect, body
+        assert response.headers.getRawHeaders(b"content-type") == [b"application/json"]
+        return json.loads(body)
+
+    async def stop(self) -> None:
+        self.sock.close()
+        if self.service.running:
+            await with_deadline(self.reactor, self.service.stopService())
+
+
+@pytest_twisted.async_yield_fixture
+async def server(reactor, agent):
+    started = Server(reactor, agent)
+    yield started
+    await started.stop()
+
+
+def test_admin_endpoint_is_off_by_default(reactor):
+    service = build_service(load_config(data={"dogstatsd_port": "__random__"}), reactor, sinks=[MemorySink()])
+    assert service.admin is None
+    assert load_config(data={}).admin_host == "127.0.0.1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_ready_and_status_while_running(server):
+    assert server.service.admin.address.host == "127.0.0.1"
+    assert await server.json("/health") == {"status": "running"}
+    assert await server.json("/ready") == {"ready": True, "reasons": []}
+    server.send(b"page.views:1|c|#env:test", b"queue.size:3|g", b"bad line")
+    await wait_for(server.reactor, lambda: server.service.telemetry.get("packets", "transport:udp") >= 1)
+    await with_deadline(server.reactor, server.service.flush())
+    status = await server.json("/status")
+    assert set(status) == {
+        "version",
+        "state",
+        "uptime_seconds",
+        "listeners",
+        "rates",
+        "contexts",
+        "sinks",
+        "dropped",
+        "memory",
+        "last_flush_seconds",
+        "metrics_stats_enabled",
+    }
+    assert status["state"] == "running"
+    assert status["listeners"] == [
+        {"transport": "udp", "address": f"127.0.0.1:{server.service.udp.address.port}", "workers": 1}
+    ]
+    assert status["dropped"] == {"metric_no_pipe": 1}
+    assert status["sinks"][0]["name"] == "memory" and status["sinks"][0]["writes"] == 1
+    assert status["contexts"] >= 1  # page.views stays live for zero-filling
+    assert status["last_flush_seconds"] >= 0
+    assert set(status["rates"]) == {"window_seconds", "packets_per_second", "metrics_per_second"}
+    assert status["memory"] == {"limiter_enabled": False, "refusing_new_contexts": False}
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_documented_paths_and_methods_are_answered(server):
+    missing = await server.json("/nope", expect=404)
+    assert "/health" in missing["paths"]
+    await server.json("/health/", expect=404)
+    response, _ = await server.request("/health", b"DELETE")
+    assert response.code == 405
+    assert response.headers.getRawHeaders(b"allow") == [b"GET, HEAD"]
+    response, _ = await server.request("/stats/enable", b"GET")
+    assert response.code == 405
+    assert response.headers.getRawHeaders(b"allow") == [b"POST"]
+    response, body = await server.request("/health", b"HEAD")
+    assert (response.code, body) == (200, b"")
+
+
+@pytest_twisted.ensureDeferred
+async def test_request_bodies_are_refused(server, reactor):
+    response, _ = await server.request("/stats/enable", b"POST", body=b"x" * 100)
+    assert response.code == 413
+    assert not server.service.admin.stats_enabled
+    # A chunked body is refused at its header too.
+    reply = await reactor_socket_exchange(
+        reactor,
+        server.service.admin.address.port,
+        b"POST /stats/enable HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+    )
+    assert reply.startswith(b"HTTP/1.1 413")
+    assert not server.service.admin.stats_enabled
+
+
+async def reactor_socket_exchange(reactor, port: int, request: bytes) -> bytes:
+    """Send raw bytes on a new connection and read until the server closes it."""
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+    done = defer.Deferred()
+
+    class Raw(protocol.Protocol):
+        def connectionMade(self):
+            self.parts = []
+            self.transport.write(request)
+
+        def dataReceived(self, data):
+            self.parts.append(data)
+
+        def connectionLost(self, reason):
+            done.callback(b"".join(self.parts))
+
+    await with_deadline(reactor, connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), Raw()))
+    return await with_deadline(reactor, done)
+
+
+@pytest_twisted.ensureDeferred
+async def test_cross_origin_posts_are_refused(server):
+    await server.json(
+        "/stats/enable", b"POST", expect=403, headers={b"origin": [b"http://evil.example"], b"host": [b"x"]}
+    )
+    assert not server.service.admin.stats_enabled
+    same = server.base.removeprefix("http://").encode()
+    body = await server.json("/stats/enable", b"POST", headers={b"origin": [server.base.encode()], b"host": [same]})
+    assert body["enabled"] is True
+
+
+class HeldSink(MemorySink):
+    """A sink whose writes wait until the test lets them finish: stopping the server waits with it."""
+
+    name = "held"
+
+    def __init__(self):
+        super().__init__()
+        self.pending: list[defer.Deferred] = []
+
+    def write(self, batch):
+        super().write(batch)
+        d = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_is_503_while_stopping(reactor, agent):
+    sink = HeldSink()
+    started = Server(reactor, agent, sinks=[sink])
+    try:
+        started.send(b"x:1|c")
+        await wait_for(reactor, lambda: started.service.telemetry.get("packets", "transport:udp") >= 1)
+        stopping = started.service.stopService()
+        await wait_for(reactor, lambda: sink.pending)  # the final flush is being written
+        assert await started.json("/health", expect=503) == {"status": "stopping"}
+        ready = await started.json("/ready", expect=503)
+        assert ready == {"ready": False, "reasons": ["stopping"]}
+        for d in sink.pending:
+            d.callback(None)
+        await with_deadline(reactor, stopping)
+        assert started.service.admin.address is None
+    finally:
+        for d in sink.pending:
+            if not d.called:
+                d.callback(None)
+        await started.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stats_top_orders_names_by_contexts_samples_and_series(server):
+    summary = await server.json("/stats/top")
+    assert summary["enabled"] is False and summary["metrics"] == []
+    await server.json("/stats/enable", b"POST")
+    lines = [b"many.contexts:1|c|#i:%d" % i for i in range(5)]
+    lines += [b"many.samples:%d|g" % i for i in range(20)]
+    lines += [b"latency:%d|h|#k:%d" % (i, i % 2) for i in range(4)]
+    lines += [b"_e{5,4}:title|text", b"_sc|check|0"]
+    server.send(*lines)
+    await wait_for(server.reactor, lambda: server.service.telemetry.get("packets", "transport:udp") >= 1)
+    await with_deadline(server.reactor, server.service.flush(final=True))
+
+    by_samples = (await server.json("/stats/top?by=samples&n=2"))["metrics"]
+    assert [(m["name"], m["samples"]) for m in by_samples] == [("many.samples", 20), ("many.contexts", 5)]
+    assert by_samples[0]["transports"] == ["udp"]
+    by_contexts = (await server.json("/stats/top?by=contexts"))["metrics"]
+    assert [(m["name"], m["contexts"], m["type"]) for m in by_contexts] == [
+        ("many.contexts", 5, "counter"),
+        ("latency", 2, "histogram"),
+        ("many.samples", 1, "gauge"),
+    ]
+    by_series = (await server.json("/stats/top?by=series&n=1"))["metrics"]
+    # A histogram context is 4 aggregates + 1 percentile: 2 contexts make 10 series.
+    assert [(m["name"], m["estimated_series"]) for m in by_series] == [("latency", 10)]
+    everything = await server.json("/stats")
+    assert [m["name"] for m in everything["metrics"]] == ["latency", "many.contexts", "many.samples"]
+
+    await server.json("/stats/top?by=color", expect=400)
+    await server.json("/stats/top?n=0", expect=400)
+    await server.json("/stats/top?n=x", expect=400)
+    assert (await server.json("/stats/disable", b"POST"))["enabled"] is False
+    assert server.service.intake.observers == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_contexts_are_streamed_as_json_lines(server):
+    for first in range(0, 300, 100):
+        server.send(*[b"app.requests:1|c|#route:r%d" % i for i in range(first, first + 100)])
+    server.send(b"other.metric:2|g|#x:y", b"app.size:5|d")
+    await wait_for(server.reactor, lambda: server.service.telemetry.get("packets", "transport:udp") >= 4)
+    server.service.intake.drain()
+    response, body = await server.request("/contexts?prefix=app.")
+    assert response.code == 200
+    assert response.headers.getRawHeaders(b"content-type") == [b"application/x-ndjson"]
+    records = [json.loads(line) for line in body.splitlines()]
+    assert len(records) == 301
+    assert {r["name"] for r in records} == {"app.requests", "app.size"}
+    counter = next(r for r in records if r["tags"] == ["route:r7"])
+    assert counter["type"] == "counter" and counter["host"] == "testhost" and counter["last_seen"] > 0
+    assert next(r for r in records if r["name"] == "app.size")["type"] == "distribution"
+    _, everything = await server.request("/contexts")
+    assert len(everything.splitlines()) == 302
