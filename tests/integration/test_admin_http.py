@@ -6,10 +6,12 @@ not send what is tested); metrics arrive over real UDP.
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import socket
+import sys
 
-import pytest
 import pytest_twisted
 from helpers import wait_for, with_deadline
 from twisted.internet import defer, protocol
@@ -62,7 +64,7 @@ class Server:
         self.sock.sendto(b"\n".join(lines), ("127.0.0.1", self.service.udp.address.port))
 
     async def request(self, path: str, method: bytes = b"GET", body: bytes | None = None, headers=None):
-        producer = FileBodyProducer(__import__("io").BytesIO(body)) if body is not None else None
+        producer = FileBodyProducer(io.BytesIO(body)) if body is not None else None
         d = self.agent.request(method, (self.base + path).encode(), Headers(headers or {}), producer)
         response = await with_deadline(self.reactor, d)
         done = defer.Deferred()
@@ -282,3 +284,71 @@ async def test_contexts_are_streamed_as_json_lines(server):
     assert next(r for r in records if r["name"] == "app.size")["type"] == "distribution"
     _, everything = await server.request("/contexts")
     assert len(everything.splitlines()) == 302
+
+
+# -- the twisted-statsd command, run as a subprocess against the server ------------------------
+
+
+async def run_cli(reactor, *args: str) -> tuple[str, str, int]:
+    from twisted.internet import utils
+
+    out, err, code = await with_deadline(
+        reactor,
+        utils.getProcessOutputAndValue(sys.executable, ["-m", "twisted_statsd.cli", *args], env=os.environ),
+        timeout=30,
+    )
+    return out.decode(), err.decode(), code
+
+
+@pytest_twisted.ensureDeferred
+async def test_cli_top_and_stats_print_tables(server, reactor):
+    url = ["--url", server.base]
+    out, err, code = await run_cli(reactor, *url, "stats", "--enable")
+    assert code == 0, err
+    assert "per-metric statistics: on" in out and server.service.admin.stats_enabled
+    server.send(*[b"busy.metric:1|c|#i:%d" % i for i in range(3)], b"quiet.metric:1|g")
+    await wait_for(reactor, lambda: server.service.telemetry.get("packets", "transport:udp") >= 1)
+    await with_deadline(reactor, server.service.flush(final=True))
+    out, err, code = await run_cli(reactor, *url, "top", "--by", "contexts", "-n", "5")
+    assert code == 0, err
+    header, first, second = out.splitlines()[1:4]
+    assert header.split()[:5] == ["NAME", "TYPE", "SAMPLES", "CONTEXTS", "SERIES~"]
+    assert first.split()[:5] == ["busy.metric", "counter", "3", "3", "3"]
+    assert second.split()[:5] == ["quiet.metric", "gauge", "1", "1", "1"]
+    assert "udp" in first
+    out, err, code = await run_cli(reactor, *url, "stats")
+    assert code == 0, err
+    assert [line.split()[0] for line in out.splitlines()[2:]] == ["busy.metric", "quiet.metric"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_cli_dump_contexts_writes_json_lines(server, reactor, tmp_path):
+    server.send(b"dump.a:1|c|#x:1", b"dump.b:2|g", b"keep.out:1|c")
+    await wait_for(reactor, lambda: server.service.telemetry.get("packets", "transport:udp") >= 1)
+    config = tmp_path / "statsd.yaml"
+    config.write_text(f"admin_port: {server.service.admin.address.port}\n")
+    target = tmp_path / "contexts.jsonl"
+    out, err, code = await run_cli(
+        reactor, "--config", str(config), "dump-contexts", "--prefix", "dump.", "--out", str(target)
+    )
+    assert code == 0, err
+    assert out.strip() == f"2 contexts written to {target}"
+    records = sorted((json.loads(line) for line in target.read_text().splitlines()), key=lambda r: r["name"])
+    assert [(r["name"], r["type"], r["tags"]) for r in records] == [
+        ("dump.a", "counter", ["x:1"]),
+        ("dump.b", "gauge", []),
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_cli_reports_an_unreachable_endpoint_and_http_errors(server, reactor):
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    _, err, code = await run_cli(reactor, "--url", f"http://127.0.0.1:{port}", "top")
+    assert code == 1 and "cannot reach the admin endpoint" in err
+    _, err, code = await run_cli(reactor, "--url", server.base, "top", "--by", "color")
+    assert code == 1 and "HTTP 400" in err
+    _, err, code = await run_cli(reactor, "--url", server.base)
+    assert code == 2 and "a command is required" in err

@@ -6,12 +6,16 @@ import pytest
 
 from twisted_statsd.admin.service import RateWindow
 from twisted_statsd.core.model import COUNTER, DISTRIBUTION, GAUGE, HISTOGRAM
-from twisted_statsd.core.stats import MetricStats, line_names, series_per_context
+from twisted_statsd.core.stats import MetricStats, series_per_context
 
 
-def test_line_names_counts_metric_lines_and_skips_events_and_checks():
-    packets = [b"a:1|c\na:2|c\nb:1:2:3|h", b"_e{1,1}:t|x\n_sc|c|0\n\na:5|c"]
-    assert dict(line_names(packets)) == {b"a": 3, b"b": 1}
+def test_names_are_counted_per_line_without_events_and_checks():
+    stats = MetricStats({})
+    stats.received([b"a:1|c\na:2|c\nb:1:2:3|h", b"_e{1,1}:t|x\n_sc|c|0\n\na:5|c"], 1.0, "udp", None)
+    assert stats.names == {}  # counted, not merged yet
+    stats.merge(2.0)
+    assert {name: entry.samples for name, entry in stats.names.items()} == {"a": 3, "b": 1}
+    assert stats.names["a"].last_seen == 1.0
 
 
 def test_billable_series_per_type_follow_the_histogram_configuration():
@@ -23,9 +27,8 @@ def test_received_and_flushed_views_fill_one_table():
     stats = MetricStats(series_per_context(("max", "count"), (0.5,)))
     stats.received([b"a:1|c\na:1|c", b"h:3|h"], 100.0, "udp", None)
     stats.received([b"a:1|c"], 101.0, "uds", b"cid-1")
-    stats.flushed(
-        [("a", COUNTER, ("k:1", "container_id:abc")), ("a", COUNTER, ("k:2",)), ("h", HISTOGRAM, ())], 110.0
-    )
+    stats.merge(105.0)
+    stats.flushed([("a", COUNTER, ("k:1", "container_id:abc")), ("a", COUNTER, ("k:2",)), ("h", HISTOGRAM, ())], 110.0)
     a, h = stats.names["a"], stats.names["h"]
     assert (a.samples, a.contexts, a.series, a.type, a.last_seen) == (3, 2, 2, "counter", 101.0)
     assert a.transports == {"udp", "uds"} and a.senders == {"cid-1", "abc"}
@@ -42,6 +45,7 @@ def test_received_and_flushed_views_fill_one_table():
 def test_names_beyond_the_cap_are_counted_not_tracked():
     stats = MetricStats({}, max_names=2)
     stats.received([b"a:1|c\nb:1|c\nc:1|c\nc:2|c"], 1.0, "udp", None)
+    stats.merge(1.0)
     assert sorted(stats.names) == ["a", "b"] and stats.untracked_samples == 2
 
 

@@ -5,9 +5,9 @@ the buffers drain and the final flush runs, ``/health`` answers 503.
 
 Per-metric statistics cost nothing while off.  While on, each batch of
 packets (``dogstatsd_packet_buffer_size`` packets) is split into lines and
-its names counted with C-level calls before it is parsed, and before each
-flush the live contexts are walked a slice at a time; the
-benchmark figures are in the README.
+its names counted with C-level calls before it is parsed; every second the
+counts are merged into the table, and before each flush the live contexts are
+walked a slice at a time.  The benchmark figures are in the README.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ MAX_CONNECTIONS = 16
 # How often the packet and metric totals are sampled for the per-second rates, and over how long.
 RATE_SAMPLE_SECONDS = 5.0
 RATE_WINDOW_SECONDS = 60.0
+# How often the names counted on intake are merged into the statistics while they are on.
+MERGE_SECONDS = 1.0
 
 
 class RateWindow:
@@ -68,6 +70,8 @@ class AdminService(BindingService):
         self.cooperator = cooperator(reactor)
         self._sampler = LoopingCall(self._sample)
         self._sampler.clock = reactor
+        self._merger = LoopingCall(self.merge_stats)
+        self._merger.clock = reactor
         self._listening = None
         self._site: CappedSite | None = None
 
@@ -104,11 +108,15 @@ class AdminService(BindingService):
         self._sampler.start(RATE_SAMPLE_SECONDS, now=True).addErrback(
             lambda f: self.log.failure("Admin rate sampler died", f)
         )
+        self._merger.start(MERGE_SECONDS, now=False).addErrback(
+            lambda f: self.log.failure("Per-metric statistics merge died", f)
+        )
 
     def stopService(self):
         super().stopService()
-        if self._sampler.running:
-            self._sampler.stop()
+        for loop in (self._sampler, self._merger):
+            if loop.running:
+                loop.stop()
         listening, self._listening = self._listening, None
         if listening is not None:
             return close_site(listening, self._site)
@@ -137,6 +145,11 @@ class AdminService(BindingService):
             observers.remove(self.stats.received)
         self.stats_enabled = enabled
 
+    def merge_stats(self) -> None:
+        """Fold what intake counted into the statistics (every second, and before they are read)."""
+        if self.stats_enabled:
+            self.stats.merge(self.reactor.seconds())
+
     def before_flush(self):
         """Feed the statistics every live context, before this flush closes buckets (a FlushService hook)."""
         if not self.stats_enabled:
@@ -144,6 +157,7 @@ class AdminService(BindingService):
         return run_in_slices(self.cooperator, self._flushed_steps(self.reactor.seconds()), 1)
 
     def _flushed_steps(self, now: float):
+        self.stats.merge(now)
         found: dict = {}  # a context held in two buckets (or a bucket and the live counters) counts once
         for item in contexts.live_contexts(self.root.aggregator):
             if item is None:

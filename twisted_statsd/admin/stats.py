@@ -13,6 +13,7 @@ MAX_TOP = 1000
 
 
 def _summary(admin) -> dict:
+    admin.merge_stats()
     stats = admin.stats
     return {
         "enabled": admin.stats_enabled,

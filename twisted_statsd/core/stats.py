@@ -6,7 +6,9 @@ Two views feed one table, so the hot path is untouched while statistics are off:
   calls :meth:`MetricStats.received` only while statistics are on): samples
   per name *as the client sent it*, the transports and origins (container IDs)
   it came from, and when it was last seen.  Exact, counted per line (a line
-  packing several values counts once).
+  packing several values counts once).  A batch is only counted, in C, per
+  sender; :meth:`MetricStats.merge` folds the counts in, every second and
+  before every read.
 * **flushed**, from the aggregator's closed buckets just before each flush
   (:meth:`MetricStats.flushed`): contexts per name *as emitted* (after the
   mapper and namespace), the metric type, the container IDs in the tags, and
@@ -90,16 +92,18 @@ def series_per_context(histogram_aggregates: Iterable[str], histogram_percentile
     }
 
 
-def line_names(packets: list[bytes]) -> Counter:
-    """Metric lines per name in a batch of packets; events (``_e{``) and service checks (``_sc|``) left out.
+def count_names(counts: Counter, packets: list[bytes]) -> None:
+    """Add the metric lines of a batch of packets to ``counts``, per name.
 
-    C-level calls only: split, partition and a Counter over the names.
+    C-level calls only (join, split, partition and Counter's own counting
+    loop): this runs on intake while statistics are on.  Events (``_e{``)
+    and service checks (``_sc|``) are counted too, and left out when merged.
     """
-    lines = b"\n".join(packets).split(b"\n")
-    names = Counter(map(_first, map(bytes.partition, lines, repeat(b":"))))
-    for name in [n for n in names if not n or n.startswith((b"_e{", b"_sc|"))]:
-        del names[name]
-    return names
+    counts.update(map(_first, map(bytes.partition, b"\n".join(packets).split(b"\n"), repeat(b":"))))
+
+
+def _is_metric(name: bytes) -> bool:
+    return bool(name) and not name.startswith((b"_e{", b"_sc|"))
 
 
 class MetricStats:
@@ -111,6 +115,8 @@ class MetricStats:
         self.names: dict[str, NameStats] = {}
         self.untracked_samples = 0
         self.since: float | None = None
+        # (transport, origin) -> (names counted since the last merge, [time of the latest batch])
+        self._pending: dict[tuple[str, bytes | None], tuple[Counter, list[float]]] = {}
 
     def _entry(self, name: str) -> NameStats | None:
         entry = self.names.get(name)
@@ -119,20 +125,41 @@ class MetricStats:
         return entry
 
     def received(self, packets: list[bytes], now: float, transport: str, origin: bytes | None) -> None:
-        """Count one batch of packets as it arrives from ``transport`` (and ``origin``, a container ID)."""
+        """Count one batch of packets as it arrives from ``transport`` (and ``origin``, a container ID).
+
+        Only counted here, per sender; :meth:`merge` folds the counts into the table.
+        """
+        key = (transport, origin)
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = (Counter(), [now])
+        count_names(pending[0], packets)
+        pending[1][0] = now
+
+    def merge(self, now: float) -> None:
+        """Fold the counts received since the last merge into the table.
+
+        A name's ``last_seen`` becomes the time of its sender's latest batch,
+        so it is as precise as merges are frequent.
+        """
         if self.since is None:
             self.since = now
-        sender = origin.decode("utf-8", "replace") if origin else None
-        for raw, count in line_names(packets).items():
-            entry = self._entry(raw.decode("utf-8", "replace"))
-            if entry is None:
-                self.untracked_samples += count
-                continue
-            entry.samples += count
-            entry.last_seen = now
-            entry.transports.add(transport)
-            if sender is not None and len(entry.senders) < MAX_SENDERS:
-                entry.senders.add(sender)
+        pending, self._pending = self._pending, {}
+        for (transport, origin), (counts, latest) in pending.items():
+            sender = origin.decode("utf-8", "replace") if origin else None
+            for raw, count in counts.items():
+                if not _is_metric(raw):
+                    continue
+                entry = self._entry(raw.decode("utf-8", "replace"))
+                if entry is None:
+                    self.untracked_samples += count
+                    continue
+                entry.samples += count
+                if entry.last_seen is None or entry.last_seen < latest[0]:
+                    entry.last_seen = latest[0]
+                entry.transports.add(transport)
+                if sender is not None and len(entry.senders) < MAX_SENDERS:
+                    entry.senders.add(sender)
 
     def flushed(self, contexts: Iterable[tuple], now: float) -> None:
         """Take the contexts of the interval about to be flushed: (name, type, tags) per context.
@@ -168,5 +195,6 @@ class MetricStats:
 
     def reset(self) -> None:
         self.names.clear()
+        self._pending.clear()
         self.untracked_samples = 0
         self.since = None

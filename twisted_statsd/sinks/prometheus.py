@@ -375,6 +375,8 @@ class PrometheusState:
 
 # Scrape connections open at once; a scraper needs one.
 MAX_CONNECTIONS = 64
+
+
 class _MetricsResource(Resource):
     """Serves the page at ``/metrics``, and 404 everywhere else."""
 
