@@ -51,6 +51,8 @@ class StatsdService(MultiService):
         self.telemetry = telemetry
         self.pipeline = pipeline
         self.enricher = pipeline.enricher
+        # The profiles the enricher's mapper was built from (explained by the admin endpoint).
+        self.mapper_profiles = tuple(config.dogstatsd_mapper_profiles)
         self.flusher: FlushService | None = None
         self.intake: IntakeService | None = None
         self.forwarder: ForwarderService | None = None
@@ -116,6 +118,7 @@ class StatsdService(MultiService):
             listener.read_pending()
         self.intake.drain()
         self.enricher.mapper = mapper
+        self.mapper_profiles = tuple(profiles)
         self.pipeline.forget_shapes()
         self.log.info("Metric mapper reloaded: {count} profiles", count=len(profiles))
 

@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import sys
+from urllib.parse import urlencode
 
 import pytest_twisted
 from helpers import wait_for, with_deadline
@@ -352,3 +353,83 @@ async def test_cli_reports_an_unreachable_endpoint_and_http_errors(server, react
     assert code == 1 and "HTTP 400" in err
     _, err, code = await run_cli(reactor, "--url", server.base)
     assert code == 2 and "a command is required" in err
+
+
+# -- explain ----------------------------------------------------------------------------------
+
+MAPPER = [
+    {
+        "name": "shop",
+        "prefix": "shop.",
+        "mappings": [
+            {"match": "shop.dag.*.ok", "name": "shop.dag.ok", "tags": {"dag": "$1"}},
+            {"match": "shop.job.*.duration", "name": "shop.job.duration", "tags": {"job": "$1"}},
+        ],
+    }
+]
+
+
+@pytest_twisted.ensureDeferred
+async def test_explain_walks_mapper_namespace_blocklist_enrichment_and_emission(reactor, agent):
+    started = Server(
+        reactor,
+        agent,
+        dogstatsd_mapper_profiles=MAPPER,
+        statsd_metric_namespace="app",
+        statsd_metric_blocklist=["app.secret"],
+        dogstatsd_tags=["env:test"],
+        histogram_percentiles=[0.5, 0.99],
+    )
+    try:
+        body = await started.json("/explain?metric=shop.job.etl.duration&type=ms")
+        assert body["mapper"] == {
+            "configured": True,
+            "profile": "shop",
+            "mapping": 1,
+            "match": "shop.job.*.duration",
+            "match_type": "wildcard",
+            "name": "shop.job.duration",
+            "tags": ["job:etl"],
+        }
+        assert body["namespace"] == {"namespace": "app.", "applied": True}
+        assert body["context"] == {
+            "name": "app.shop.job.duration",
+            "host": "testhost",
+            "tags": ["env:test", "job:etl"],
+        }
+        assert body["limiter"]["decision"] == "accepted" and body["accepted"] is True
+        assert [s["name"] for s in body["emission"]["series"]] == [
+            "app.shop.job.duration.max",
+            "app.shop.job.duration.median",
+            "app.shop.job.duration.avg",
+            "app.shop.job.duration.count",
+            "app.shop.job.duration.50percentile",
+            "app.shop.job.duration.99percentile",
+        ]
+        assert body["expiry"]["counter_zero_fill_seconds"] == 0
+
+        line = "requests:1|c|@0.5|#host:web9,route:a"
+        body = await started.json("/explain?" + urlencode({"line": line}))
+        assert body["parsed"]["sample_rate"] == 0.5
+        assert body["mapper"] == {"configured": True, "profile": None}
+        assert body["context"] == {"name": "app.requests", "host": "web9", "tags": ["env:test", "route:a"]}
+        assert body["emission"]["series"][0]["type"] == "rate"
+        assert body["expiry"]["counter_zero_fill_seconds"] == 300
+
+        body = await started.json("/explain?metric=secret")
+        assert (body["blocked"], body["accepted"]) == (True, False)
+
+        started.send(b"broken:1|q", b"broken:x|c")
+        await wait_for(reactor, lambda: started.service.telemetry.total_dropped() >= 2)
+        body = await started.json("/explain?" + urlencode({"line": "broken:1|q"}))
+        assert body["accepted"] is False and body["parse_error"]["reason"] == "metric_bad_type"
+        assert [(d["reason"], d["line"]) for d in body["recent_drops"]] == [
+            ("metric_bad_type", "broken:1|q"),
+            ("metric_bad_value", "broken:x|c"),
+        ]
+
+        await started.json("/explain", expect=400)
+        await started.json("/explain?metric=a:b", expect=400)
+        await started.json("/explain?metric=a&line=a:1|c", expect=400)
+    finally:
+        await started.stop()
