@@ -3,6 +3,8 @@
     twisted-statsd [--url URL | --config FILE] top [--by contexts|samples|series] [-n 20]
     twisted-statsd [--url URL | --config FILE] stats [--enable | --disable]
     twisted-statsd [--url URL | --config FILE] dump-contexts --out FILE [--prefix P]
+    twisted-statsd [--url URL | --config FILE] capture --duration S --out FILE [--max-bytes N]
+    twisted-statsd replay FILE --to udp://HOST:PORT|unixgram://PATH|unixstream://PATH [--speed X | --max]
 
 A blocking client (``urllib``) is enough for a command that makes one request
 and exits; nothing here imports the reactor.
@@ -10,6 +12,7 @@ and exits; nothing here imports the reactor.
 
 from __future__ import annotations
 
+import getopt
 import json
 import sys
 import time
@@ -58,10 +61,10 @@ class _Client:
     def __init__(self, base: str):
         self.base = base.rstrip("/")
 
-    def open(self, path: str, method: str = "GET"):
+    def open(self, path: str, method: str = "GET", timeout: float = TIMEOUT):
         request = urllib.request.Request(self.base + path, method=method)
         try:
-            return urllib.request.urlopen(request, timeout=TIMEOUT)
+            return urllib.request.urlopen(request, timeout=timeout)
         except urllib.error.HTTPError as e:
             detail = e.read().decode("utf-8", "replace").strip()
             raise CommandError(f"{self.base}{path}: HTTP {e.code} {detail}") from None
@@ -74,12 +77,16 @@ class _Client:
             return json.load(response)
 
 
+class _Command(usage.Options):
+    longdesc = ""
+
+
 def _summary(body: dict) -> str:
     state = "on" if body["enabled"] else "off (POST /stats/enable, or `twisted-statsd stats --enable`)"
     return f"per-metric statistics: {state}; {body['names']} names, {body['untracked_samples']} untracked samples"
 
 
-class TopOptions(usage.Options):
+class TopOptions(_Command):
     synopsis = "top [--by contexts|samples|series] [-n N]"
     optParameters: ClassVar[list] = [
         ["by", "b", "contexts", "order by contexts, samples or series"],
@@ -92,7 +99,7 @@ class TopOptions(usage.Options):
         print(table(body["metrics"], time.time()), file=out)
 
 
-class StatsOptions(usage.Options):
+class StatsOptions(_Command):
     synopsis = "stats [--enable | --disable]"
     optFlags: ClassVar[list] = [["enable", None, "turn per-metric statistics on"], ["disable", None, "turn them off"]]
 
@@ -110,7 +117,7 @@ class StatsOptions(usage.Options):
         print(table(body["metrics"], time.time()), file=out)
 
 
-class DumpContextsOptions(usage.Options):
+class DumpContextsOptions(_Command):
     synopsis = "dump-contexts --out FILE [--prefix P]"
     optParameters: ClassVar[list] = [
         ["out", "o", None, "file to write the contexts to, one JSON object a line ('-': standard output)"],
@@ -137,6 +144,99 @@ class DumpContextsOptions(usage.Options):
             print(f"{count} contexts written to {self['out']}", file=out)
 
 
+class CaptureOptions(_Command):
+    synopsis = "capture --duration S --out FILE [--max-bytes N]"
+    optParameters: ClassVar[list] = [
+        ["duration", "d", None, "seconds to record", float],
+        ["out", "o", None, "the capture file to write"],
+        [
+            "max-bytes",
+            None,
+            None,
+            "stop recording after this many bytes of packets (the server's default: 256 MiB)",
+            int,
+        ],
+    ]
+
+    def postOptions(self):
+        if not self["duration"] or not self["out"]:
+            raise usage.UsageError("--duration S and --out FILE are required")
+
+    def run(self, client: _Client, out) -> None:
+        params = {"duration": self["duration"]}
+        if self["max-bytes"]:
+            params["max_bytes"] = self["max-bytes"]
+        with client.open("/capture?" + urlencode(params), timeout=self["duration"] + TIMEOUT) as response:
+            with open(self["out"], "wb") as target:
+                while chunk := response.read(65536):
+                    target.write(chunk)
+        from twisted_statsd.capture import CaptureFormatError, read
+
+        try:
+            capture = read(self["out"])
+        except CaptureFormatError as e:
+            raise CommandError(f"{self['out']}: {e}") from None
+        skipped = ", ".join(f"{n} ({reason})" for reason, n in capture.skipped.items()) or "none"
+        print(f"{len(capture.records)} packets written to {self['out']}; skipped: {skipped}", file=out)
+
+
+class ReplayOptions(_Command):
+    synopsis = "replay FILE --to udp://HOST:PORT|unixgram://PATH|unixstream://PATH [--speed X | --max]"
+    optParameters: ClassVar[list] = [
+        ["to", "t", None, "where to send: udp://HOST:PORT, unixgram://PATH or unixstream://PATH"],
+        ["speed", "s", 1.0, "times the recorded pace (2: twice as fast)", float],
+    ]
+    optFlags: ClassVar[list] = [["max", None, "send as fast as possible"], ["quiet", "q", "no progress line"]]
+
+    def parseOptions(self, options=None):
+        """Options may follow FILE (``replay FILE --to ...``): GNU-style parsing, then Twisted's."""
+        try:
+            found, args = getopt.gnu_getopt(options or [], self.shortOpt, self.longOpt)
+        except getopt.GetoptError as e:
+            raise usage.UsageError(str(e)) from None
+        ordered = [f"{o}={v}" if o.startswith("--") and v else o + v for o, v in found]
+        super().parseOptions([*ordered, *args])
+
+    def parseArgs(self, path):
+        self["file"] = path
+
+    def postOptions(self):
+        if not self["to"]:
+            raise usage.UsageError("--to is required")
+        if not self["speed"] > 0:
+            raise usage.UsageError("--speed must be above 0")
+
+    def run(self, client, out) -> None:
+        from twisted_statsd.capture import CaptureFormatError, read
+        from twisted_statsd.replay import TargetError, open_target, replay
+
+        try:
+            capture = read(self["file"])
+        except (OSError, CaptureFormatError) as e:
+            raise CommandError(f"{self['file']}: {e}") from None
+        try:
+            send, close = open_target(self["to"])
+        except TargetError as e:
+            raise CommandError(str(e)) from None
+        terminal = not self["quiet"] and sys.stderr.isatty()
+
+        def show(line: str) -> None:
+            sys.stderr.write("\r" + line + "\033[K")
+            sys.stderr.flush()
+
+        try:
+            sent = replay(
+                capture.records, send, speed=None if self["max"] else self["speed"], progress=show if terminal else None
+            )
+        except OSError as e:
+            raise CommandError(f"sending to {self['to']} failed: {e.strerror or e}") from None
+        finally:
+            close()
+        if terminal:
+            sys.stderr.write("\n")
+        print(f"{sent} packets sent to {self['to']}", file=out)
+
+
 class Options(usage.Options):
     synopsis = "twisted-statsd [--url URL | --config FILE] COMMAND [options]"
     longdesc = "Reads a running twisted-statsd's admin endpoint (admin_port)."
@@ -148,6 +248,8 @@ class Options(usage.Options):
         ["top", None, TopOptions, "the top metric names by contexts, samples or estimated series"],
         ["stats", None, StatsOptions, "every metric name's statistics; or turn them on or off"],
         ["dump-contexts", None, DumpContextsOptions, "write every live context to a file as JSON lines"],
+        ["capture", None, CaptureOptions, "record every packet the server receives for a while"],
+        ["replay", None, ReplayOptions, "send a capture's packets again"],
     ]
 
     def postOptions(self):

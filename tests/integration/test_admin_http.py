@@ -433,3 +433,113 @@ async def test_explain_walks_mapper_namespace_blocklist_enrichment_and_emission(
         await started.json("/explain?metric=a&line=a:1|c", expect=400)
     finally:
         await started.stop()
+
+
+# -- capture and replay -------------------------------------------------------------------------
+
+WORKLOAD = [
+    b"shop.orders:1|c|#env:test\nshop.orders:2|c|@0.5|#env:test\nshop.basket:3|g",
+    b"shop.latency:12|ms|#route:a\nshop.latency:30|ms|#route:a\nshop.latency:7|h|#route:b",
+    b"shop.users:alice|s\nshop.users:bob|s\nshop.users:alice|s\nshop.size:5|d\nshop.size:9|d|#k:v",
+    b"shop.basket:4|g\n_e{5,4}:title|text\nshop.orders:5|c|#env:test",
+]
+
+
+def aggregates(batch) -> list:
+    """What a flush says about user metrics, without timestamps (the two servers ran at different times)."""
+    series = sorted(
+        (s.name, s.type, s.tags, s.host, tuple(v for _, v in s.points))
+        for s in batch.series
+        if not s.name.startswith("twisted_statsd.")
+    )
+    sketches = sorted(
+        (s.name, s.tags, s.host, tuple((k.count, k.sum, k.min, k.max) for _, k in s.points)) for s in batch.sketches
+    )
+    events = sorted((e.title, e.text, e.tags) for e in batch.events)
+    return [series, sketches, events]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_capture_replayed_into_a_fresh_server_gives_the_same_aggregates(reactor, agent, tmp_path):
+    from helpers import early_in_a_bucket
+
+    from twisted_statsd.capture import read
+
+    source, target = Server(reactor, agent), Server(reactor, agent)
+    try:
+        path = tmp_path / "shop.tsdcap.gz"
+        await early_in_a_bucket(reactor, margin=7)
+        capturing = defer.ensureDeferred(
+            run_cli(reactor, "--url", source.base, "capture", "--duration", "1.5", "--out", str(path))
+        )
+        await wait_for(reactor, lambda: source.service.admin.capture is not None)
+        for packet in WORKLOAD:
+            source.send(packet)
+        out, err, code = await capturing
+        assert code == 0, err
+        assert out.strip() == f"{len(WORKLOAD)} packets written to {path}; skipped: none"
+        capture = read(str(path))
+        assert [r.packet for r in capture.records] == WORKLOAD
+        assert {r.transport for r in capture.records} == {"udp"}
+        assert capture.summary == {"packets": len(WORKLOAD), "skipped": {}}
+
+        await early_in_a_bucket(reactor, margin=4)
+        out, err, code = await run_cli(
+            reactor, "replay", str(path), "--to", f"udp://127.0.0.1:{target.service.udp.address.port}", "--max"
+        )
+        assert code == 0, err
+        assert out.strip() == f"{len(WORKLOAD)} packets sent to udp://127.0.0.1:{target.service.udp.address.port}"
+        await wait_for(reactor, lambda: target.service.telemetry.get("packets", "transport:udp") >= len(WORKLOAD))
+        expected = aggregates(await with_deadline(reactor, source.service.flush(final=True)))
+        replayed = aggregates(await with_deadline(reactor, target.service.flush(final=True)))
+        assert expected[0] and expected[1] and expected[2]
+        assert replayed == expected
+    finally:
+        await source.stop()
+        await target.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_capture_size_cap_skips_and_counts_and_a_second_capture_is_refused(server, reactor):
+    url = "/capture?duration=1&max_bytes=200"
+    done = defer.ensureDeferred(server.request(url))
+    await wait_for(reactor, lambda: server.service.admin.capture is not None)
+    await server.json("/capture?duration=1", expect=409)
+    for i in range(5):
+        server.send(b"x:%d|c" % i + b"|#pad:" + b"p" * 60)
+        await wait_for(reactor, lambda n=i + 1: server.service.telemetry.get("packets", "transport:udp") >= n)
+        server.service.intake.drain()
+    response, body = await done
+    assert response.code == 200
+    assert response.headers.getRawHeaders(b"content-type") == [b"application/gzip"]
+    from twisted_statsd.capture import parse
+
+    capture = parse(body)
+    assert 0 < len(capture.records) < 5
+    assert capture.summary["skipped"] == {"size_cap": 5 - len(capture.records)}
+    assert server.service.telemetry.get("capture_skipped", "reason:size_cap") == 5 - len(capture.records)
+    assert server.service.intake.observers == []
+    await server.json("/capture?duration=0", expect=400)
+    await server.json("/capture", expect=400)
+
+
+@pytest_twisted.ensureDeferred
+async def test_replay_to_unix_datagram_and_stream_sockets(reactor, agent, tmp_path, short_tmpdir):
+    from twisted_statsd.capture import CaptureEncoder
+
+    encoder = CaptureEncoder(0.0, "test")
+    encoder.add(1.0, [b"uds.a:1|c", b"uds.b:2|c\nuds.b:3|c"], "udp", None)
+    path = tmp_path / "c.gz"
+    path.write_bytes(encoder.take() + encoder.finish(2.0, {}))
+    gram, stream = f"{short_tmpdir}/g.sock", f"{short_tmpdir}/s.sock"
+    started = Server(reactor, agent, dogstatsd_port=0, dogstatsd_socket=gram, dogstatsd_stream_socket=stream)
+    try:
+        for url in (f"unixgram://{gram}", f"unixstream://{stream}"):
+            out, err, code = await run_cli(reactor, "replay", str(path), "--to", url, "--speed", "100")
+            assert (code, out.strip()) == (0, f"2 packets sent to {url}"), err
+        await wait_for(reactor, lambda: started.service.telemetry.get("packets", "transport:uds") >= 4)
+        batch = await with_deadline(reactor, started.service.flush(final=True))
+        totals = {s.name: sum(v for _, v in s.points) * s.interval for s in batch.series if s.name.startswith("uds.")}
+        assert totals == {"uds.a": 2.0, "uds.b": 10.0}
+    finally:
+        await started.stop()

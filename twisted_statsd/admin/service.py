@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted_statsd._binding import BindingService
 from twisted_statsd._cooperate import cooperator, run_in_slices
 from twisted_statsd._http import CappedSite, close_site
-from twisted_statsd.admin import contexts, explain, stats, status
+from twisted_statsd.admin import capture, contexts, explain, stats, status
 from twisted_statsd.admin._routes import AdminResource
 from twisted_statsd.core.stats import MetricStats, series_per_context
 
@@ -67,6 +67,7 @@ class AdminService(BindingService):
         config = root.config
         self.stats = MetricStats(series_per_context(config.histogram_aggregates, config.histogram_percentiles))
         self.stats_enabled = False
+        self.capture: capture.CaptureStream | None = None  # the capture running, if any
         self.cooperator = cooperator(reactor)
         self._sampler = LoopingCall(self._sample)
         self._sampler.clock = reactor
@@ -84,6 +85,7 @@ class AdminService(BindingService):
             b"/stats/top": stats.top,
             b"/contexts": contexts.dump,
             b"/explain": explain.explain,
+            b"/capture": capture.start,
         }
         post = {b"/stats/enable": stats.enable, b"/stats/disable": stats.disable}
         routes = {path: {b"GET": partial(handler, self)} for path, handler in get.items()}
@@ -118,6 +120,8 @@ class AdminService(BindingService):
         for loop in (self._sampler, self._merger):
             if loop.running:
                 loop.stop()
+        if self.capture is not None:
+            self.capture.close()
         listening, self._listening = self._listening, None
         if listening is not None:
             return close_site(listening, self._site)
