@@ -197,7 +197,7 @@ class ReplayOptions(_Command):
         ordered = [f"{o}={v}" if o.startswith("--") and v else o + v for o, v in found]
         super().parseOptions([*ordered, *args])
 
-    def parseArgs(self, path):
+    def parseArgs(self, path):  # type: ignore[override]
         self["file"] = path
 
     def postOptions(self):

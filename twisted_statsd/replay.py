@@ -29,7 +29,7 @@ class TargetError(ValueError):
     """A target the sender cannot use."""
 
 
-def open_target(url: str) -> tuple[Callable[[bytes], None], Callable[[], None]]:
+def open_target(url: str) -> tuple[Callable[[bytes], object], Callable[[], None]]:
     """A ``send(packet)`` and ``close()`` for a target URL."""
     parts = urlsplit(url)
     if parts.scheme == "udp":
@@ -64,7 +64,7 @@ def progress_line(sent: int, total: int, elapsed: float, remaining: float | None
 
 def replay(
     records: list[Record],
-    send: Callable[[bytes], None],
+    send: Callable[[bytes], object],
     *,
     speed: float | None = 1.0,
     progress: Callable[[str], None] | None = None,
@@ -91,9 +91,6 @@ def replay(
         if progress is not None and (now - shown >= PROGRESS_SECONDS or sent == total):
             shown = now
             elapsed = now - start
-            if span is not None:
-                remaining = max(span - elapsed, 0.0)
-            else:
-                remaining = (total - sent) * elapsed / sent if sent else None
+            remaining = max(span - elapsed, 0.0) if span is not None else (total - sent) * elapsed / sent
             progress(progress_line(sent, total, elapsed, remaining))
     return total

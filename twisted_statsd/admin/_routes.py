@@ -26,10 +26,16 @@ def respond(request, body: dict | list, code: int = 200) -> bytes:
     return json.dumps(body, sort_keys=True).encode("utf-8") + b"\n"
 
 
-def query(request, name: str, default: str | None = None) -> str | None:
-    """The first value of query parameter ``name``, decoded; ``default`` when absent."""
+def optional_query(request, name: str) -> str | None:
+    """The first value of query parameter ``name``, decoded; None when absent."""
     values = request.args.get(name.encode())
-    return values[0].decode("utf-8", "replace") if values else default
+    return values[0].decode("utf-8", "replace") if values else None
+
+
+def query(request, name: str, default: str) -> str:
+    """The first value of query parameter ``name``, decoded; ``default`` when absent."""
+    found = optional_query(request, name)
+    return default if found is None else found
 
 
 class BadRequest(Exception):

@@ -42,7 +42,7 @@ def live_contexts(aggregator, prefix: str = ""):
     None marks where the caller may give the reactor back.
     """
     buckets, counters = aggregator.held()
-    seen: set[int] = set()
+    seen: set[object] = set()
     entries = []
     for bucket in reversed(buckets):  # newest first: its sample time is the latest
         entries.append(list(bucket.metrics.values()))

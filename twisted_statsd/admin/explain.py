@@ -12,7 +12,7 @@ A bare ``metric`` is explained as the line ``NAME:1|TYPE``, ``TYPE`` from the
 
 from __future__ import annotations
 
-from twisted_statsd.admin._routes import BadRequest, query, respond
+from twisted_statsd.admin._routes import BadRequest, optional_query, respond
 from twisted_statsd.admin.contexts import live_contexts
 from twisted_statsd.core import parser
 from twisted_statsd.core.aggregator import BUCKET_SECONDS
@@ -35,7 +35,7 @@ def _text(raw: bytes) -> str:
 
 
 def _line(admin, request) -> bytes:
-    line, name = query(request, "line"), query(request, "metric")
+    line, name = optional_query(request, "line"), optional_query(request, "metric")
     if (line is None) == (name is None):
         raise BadRequest("give exactly one of metric=NAME or line=LINE")
     if line is not None:
@@ -44,7 +44,7 @@ def _line(admin, request) -> bytes:
         return line.encode("utf-8")
     if not name or len(name) > MAX_INPUT or any(c in name for c in ":|\n"):
         raise BadRequest("metric must be a non-empty name without ':', '|' or newlines")
-    mtype = query(request, "type")
+    mtype = optional_query(request, "type")
     if mtype is None:
         mtype = next((kind for context, kind, _ in _named(admin, name)), "gauge")
         mtype = {"counter": "c", "gauge": "g", "set": "s", "histogram": "h", "distribution": "d"}[mtype]

@@ -169,8 +169,8 @@ class MetricStats:
         """
         if self.since is None:
             self.since = now
-        for entry in self.names.values():
-            entry.contexts = entry.series = 0
+        for old in self.names.values():
+            old.contexts = old.series = 0
         per_type = self.series_per_type
         for name, mtype, tags in contexts:
             entry = self._entry(name)
