@@ -78,6 +78,8 @@ class FlushService(Service):
         # Called before every flush (may return Deferreds): drain packet buffers,
         # collect the workers' aggregates, refresh telemetry.
         self.before_flush = list(before_flush)
+        # Called with every batch once it is built, before the sinks get it (the admin page's view).
+        self.after_flush: list = []
         self.freeze_gc = freeze_gc
         self._flushes_since_thaw = 0
         # Slices run at once, and for how long, before the Cooperator takes over
@@ -178,6 +180,11 @@ class FlushService(Service):
             return None, []
         self.telemetry.incr("flushes")
         self.last_duration = self.clock.seconds() - started
+        for observe in self.after_flush:
+            try:
+                observe(batch)
+            except Exception:
+                self.log.failure("A flush observer failed")
         self.telemetry.set_gauge("flushed_contexts", self.aggregator.flushed_contexts)
         return batch, self._deliver(batch)
 

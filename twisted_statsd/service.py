@@ -283,6 +283,7 @@ def build_service(
         _add_unix_listeners(root, config, reactor, intake, pipeline, reporter, _proc_root)
     if root.admin is not None:
         root.flusher.before_flush.append(root.admin.before_flush)
+        root.flusher.after_flush.append(root.admin.after_flush)
         root.admin.set_stats(config.dogstatsd_metrics_stats_enable)
     return root
 

@@ -543,3 +543,39 @@ async def test_replay_to_unix_datagram_and_stream_sockets(reactor, agent, tmp_pa
         assert totals == {"uds.a": 2.0, "uds.b": 10.0}
     finally:
         await started.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_page_files_recent_flushes_and_drops(server, reactor):
+    response, body = await server.request("/")
+    assert response.code == 200 and b'<script src="/app.js"' in body
+    assert response.headers.getRawHeaders(b"content-type") == [b"text/html; charset=utf-8"]
+    assert b"script-src 'self'" in response.headers.getRawHeaders(b"content-security-policy")[0]
+    for path, kind in (("/app.js", b"text/javascript; charset=utf-8"), ("/app.css", b"text/css; charset=utf-8")):
+        response, body = await server.request(path)
+        assert response.code == 200 and body and response.headers.getRawHeaders(b"content-type") == [kind]
+
+    # Flushes are recorded only while the page is watched (a /recent request starts that).
+    server.send(b"unwatched:1|g")
+    await wait_for(reactor, lambda: server.service.telemetry.get("packets", "transport:udp") >= 1)
+    await with_deadline(reactor, server.service.flush(final=True))
+    assert (await server.json("/recent"))["series"] == []
+    for sent, value in enumerate((3, 5), 2):
+        server.send(b"watched.gauge:%d|g|#k:v" % value, b"_sc|db|2|m:down", b"oops")
+        await wait_for(reactor, lambda n=sent: server.service.telemetry.get("packets", "transport:udp") >= n)
+        await with_deadline(reactor, server.service.flush(final=True))
+    await wait_for(reactor, lambda: server.service.admin.recent.rows)
+    recent = await server.json("/recent?q=k:v")
+    (row,) = recent["series"]
+    assert (row["name"], row["type"], row["tags"], row["last"], row["history"]) == (
+        "watched.gauge",
+        "gauge",
+        ["k:v"],
+        5.0,
+        [3.0, 5.0],
+    )
+    assert [(c["name"], c["status"], c["message"]) for c in recent["service_checks"]] == [("db", 2, "down")] * 2
+    drops = await server.json("/drops")
+    assert drops["dropped"] == {"metric_no_pipe": 2}
+    assert drops["recent"][0]["line"] == "oops" and drops["recent"][0]["reason"] == "metric_no_pipe"
+    await server.json("/recent?n=0", expect=400)

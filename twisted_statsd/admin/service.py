@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted_statsd._binding import BindingService
 from twisted_statsd._cooperate import cooperator, run_in_slices
 from twisted_statsd._http import CappedSite, close_site
-from twisted_statsd.admin import capture, contexts, explain, stats, status
+from twisted_statsd.admin import capture, contexts, explain, page, recent, stats, status
 from twisted_statsd.admin._routes import AdminResource
 from twisted_statsd.core.stats import MetricStats, series_per_context
 
@@ -68,6 +68,7 @@ class AdminService(BindingService):
         self.stats = MetricStats(series_per_context(config.histogram_aggregates, config.histogram_percentiles))
         self.stats_enabled = False
         self.capture: capture.CaptureStream | None = None  # the capture running, if any
+        self.recent = recent.RecentFlushes()
         self.cooperator = cooperator(reactor)
         self._sampler = LoopingCall(self._sample)
         self._sampler.clock = reactor
@@ -86,9 +87,12 @@ class AdminService(BindingService):
             b"/contexts": contexts.dump,
             b"/explain": explain.explain,
             b"/capture": capture.start,
+            b"/recent": recent.recent,
+            b"/drops": recent.drops,
         }
         post = {b"/stats/enable": stats.enable, b"/stats/disable": stats.disable}
         routes = {path: {b"GET": partial(handler, self)} for path, handler in get.items()}
+        routes.update({path: {b"GET": handler} for path, handler in page.routes().items()})
         routes.update({path: {b"POST": partial(handler, self)} for path, handler in post.items()})
         return routes
 
@@ -149,6 +153,13 @@ class AdminService(BindingService):
         elif not enabled and self.stats_enabled:
             observers.remove(self.stats.received)
         self.stats_enabled = enabled
+
+    def after_flush(self, batch) -> None:
+        """Record a flush for the live page while someone watches it (a FlushService hook)."""
+        if self.recent.watched(self.reactor.seconds()):
+            d = run_in_slices(self.cooperator, self.recent.steps(batch), 1)
+            if d is not None:
+                d.addErrback(lambda f: self.log.failure("Recording a flush for the live page failed", f))
 
     def merge_stats(self) -> None:
         """Fold what intake counted into the statistics (every second, and before they are read)."""
