@@ -23,7 +23,8 @@ from urllib.parse import urlencode
 
 from twisted.python import usage
 
-DEFAULT_URL = "http://127.0.0.1:8126"
+# 8126 is the Datadog trace agent's port, often on the same host; 8129 is free of known uses.
+DEFAULT_URL = "http://127.0.0.1:8129"
 TIMEOUT = 30.0
 COLUMNS = (
     ("NAME", "name"),
