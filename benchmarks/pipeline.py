@@ -1,6 +1,6 @@
 """In-process throughput of the hot path, side by side with a bare-loop ceiling.
 
-    python -m benchmarks.pipeline [--contexts 1000] [--runs 11]
+    python -m benchmarks.pipeline [--contexts 1000] [--runs 11] [--stats]
 
 Feeds the same packets (1,000 contexts with 4 tags each, types mixed c/g/ms/h/d/s,
 some sampled, packed into ~1,400-byte datagrams as the datadog client packs
@@ -8,6 +8,10 @@ them) to (a) twisted_statsd's Pipeline and (b) a plain loop that splits lines
 and sums a float per context, and prints metrics/s for each and their ratio.
 No sockets: this measures parsing and aggregation only.  The two run
 interleaved, and the ratio is the median of the rounds' ratios.
+
+``--stats`` times the intake's batch callback instead, three ways interleaved:
+as it was before per-metric statistics existed, with them off (the intake's
+observer list empty) and on; it prints the ratios to the first.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from benchmarks.workload import shapes_of
 from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd.core.aggregator import Aggregator
 from twisted_statsd.core.enrich import Enricher
+from twisted_statsd.core.stats import MetricStats, series_per_context
 from twisted_statsd.intake.pipeline import Pipeline
+from twisted_statsd.intake.service import IntakeService
 from twisted_statsd.telemetry import Telemetry
 
 
@@ -58,6 +64,47 @@ def run_pipeline(packets) -> float:
     return time.perf_counter() - start
 
 
+class _FixedClock:
+    def seconds(self) -> float:
+        return 1_000_000.0
+
+
+def run_intake(packets, variant: str) -> float:
+    """The intake's batch callback: ``before`` (as written before observers), ``off`` or ``on``."""
+    telemetry = Telemetry()
+    pipeline = Pipeline(Aggregator(), Enricher(hostname="bench"), telemetry, RateLimitedReporter(telemetry))
+    intake = IntakeService(_FixedClock(), pipeline, buffer_size=32, flush_timeout=0.1)
+    if variant == "before":
+        clock = intake.clock
+
+        def process(batch: list[bytes]) -> None:
+            pipeline.process(batch, clock.seconds(), eol_required=False, origin=None)
+
+    else:
+        process = intake.buffer_for("udp")._process
+        if variant == "on":
+            intake.observers.append(MetricStats(series_per_context(("max",), (0.95,))).received)
+    process(packets)
+    pipeline.fold()
+    start = time.perf_counter()
+    for i in range(0, len(packets), 32):
+        process(packets[i : i + 32])
+    pipeline.fold()
+    return time.perf_counter() - start
+
+
+def compare_stats(packets, lines: int, runs: int) -> None:
+    times: dict[str, list[float]] = {"before": [], "off": [], "on": []}
+    for _ in range(runs):
+        for variant, found in times.items():
+            found.append(run_intake(packets, variant))
+    print(f"{lines} metrics in {len(packets)} packets, median of {runs} rounds, through the intake's batch callback")
+    for variant, found in times.items():
+        ratio = statistics.median(t / b for t, b in zip(found, times["before"], strict=True))
+        label = {"before": "before (no observer hook)", "off": "stats off", "on": "stats on"}[variant]
+        print(f"  {label:<30} {lines / statistics.median(found):>12,.0f} metrics/s  time ratio {ratio:.3f}")
+
+
 def run_ceiling(packets) -> float:
     """The ceiling receiver's own loop (benchmarks.ceiling), without the socket."""
     handle = Counter().packet
@@ -71,8 +118,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--contexts", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=11)
+    parser.add_argument("--stats", action="store_true", help="the cost of per-metric statistics, off and on")
     args = parser.parse_args()
     packets, lines = workload(args.contexts)
+    if args.stats:
+        compare_stats(packets, lines, args.runs)
+        return
     # Interleaved, so that a machine that speeds up or slows down mid-run
     # moves both figures: the ratio is the median of the per-round ratios.
     ceiling_times, pipeline_times = [], []

@@ -9,11 +9,15 @@ misbehaving client flood the log and stall the reactor.
 
 from __future__ import annotations
 
+from collections import deque
+
 from twisted.logger import Logger, LogLevel
 
 from twisted_statsd.telemetry import Telemetry
 
 SAMPLE_LIMIT = 400
+# The latest problems kept, with their input, for the admin endpoint's explain.
+RECENT_LIMIT = 200
 ERRORS = "errors"
 
 
@@ -27,6 +31,8 @@ class RateLimitedReporter:
         self.per_interval = per_interval
         self.level = LogLevel.warn if verbose else LogLevel.debug
         self._counts: dict[str, int] = {}
+        # (reason, message, input truncated): the latest RECENT_LIMIT problems, oldest first.
+        self.recent: deque[tuple[str, str, bytes]] = deque(maxlen=RECENT_LIMIT)
 
     def report(self, reason: str, message: str, sample: bytes = b"", *, dropped: bool = True, count: int = 1) -> None:
         """Count and maybe log one problem, which lost ``count`` lines; ``dropped=False`` for those that lose none."""
@@ -34,6 +40,7 @@ class RateLimitedReporter:
             self.telemetry.drop(reason, count)
         else:
             self.telemetry.incr(ERRORS, count, ("reason:" + reason,))
+        self.recent.append((reason, message, sample[:SAMPLE_LIMIT]))
         seen = self._counts.get(reason, 0) + 1
         self._counts[reason] = seen
         if seen <= self.per_interval:

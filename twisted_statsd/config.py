@@ -569,6 +569,10 @@ class Config:
     dogstatsd_workers: int = _key(_bounded(_parse_int, above=0), 1)
     statsd_forward_host: str = _key(_string, "")
     statsd_forward_port: int = _key(_port, 0, encode=_port_text)
+    # The admin HTTP endpoint (README "Admin endpoint"): off while 0; loopback unless admin_host says otherwise.
+    admin_port: int = _key(_port, 0, encode=_port_text)
+    admin_host: str = _key(_string, "127.0.0.1")
+    dogstatsd_metrics_stats_enable: bool = _key(_boolean, False)
     sinks: tuple[SinkConfig, ...] = _key(_sinks, (), env=False, encode=_sinks_data)
     warnings: tuple[str, ...] = ()
 

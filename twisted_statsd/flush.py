@@ -91,6 +91,8 @@ class FlushService(Service):
         # Called before every flush (may return Deferreds): drain packet buffers,
         # collect the workers' aggregates, refresh telemetry.
         self.before_flush = list(before_flush)
+        # Called with every batch once it is built, before the sinks get it (the admin page's view).
+        self.after_flush: list = []
         self.freeze_gc = freeze_gc
         self._flushes_since_thaw = 0
         # Slices run at once, and for how long, before the Cooperator takes over
@@ -103,6 +105,13 @@ class FlushService(Service):
         # The server's shared Cooperator; one of its own when built alone.
         self._cooperator = cooperator or _cooperate.cooperator(clock)
         self._writes: set[defer.Deferred] = set()
+        # Seconds the latest flush took to compute its batch (sink writes not included), for the admin status.
+        self.last_duration: float | None = None
+
+    @property
+    def looping(self) -> bool:
+        """Whether the periodic flush is scheduled (false before start, after stop, or if the loop died)."""
+        return self._loop.running
 
     def startService(self):
         super().startService()
@@ -185,6 +194,12 @@ class FlushService(Service):
             self.log.failure("Flush failed; the buckets it had closed are lost")
             return None, []
         self.telemetry.incr("flushes")
+        self.last_duration = self.clock.seconds() - started
+        for observe in self.after_flush:
+            try:
+                observe(batch)
+            except Exception:
+                self.log.failure("A flush observer failed")
         self.telemetry.set_gauge("flushed_contexts", self.aggregator.flushed_contexts)
         return batch, self._deliver(batch)
 

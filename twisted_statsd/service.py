@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted_statsd._cooperate import SharedCooperatorService
 from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd._twisted_helpers import Waiters, periodic
+from twisted_statsd.admin import AdminService
 from twisted_statsd.config import EPHEMERAL_PORT, Config
 from twisted_statsd.core.aggregator import Aggregator
 from twisted_statsd.core.enrich import Blocklist, Enricher
@@ -58,6 +59,8 @@ class StatsdService(MultiService):
         self.telemetry = telemetry
         self.pipeline = pipeline
         self.enricher = pipeline.enricher
+        # The profiles the enricher's mapper was built from (explained by the admin endpoint).
+        self.mapper_profiles = tuple(config.dogstatsd_mapper_profiles)
         self.flusher: FlushService | None = None
         self.intake: IntakeService | None = None
         self.forwarder: ForwarderService | None = None
@@ -68,6 +71,7 @@ class StatsdService(MultiService):
         self.unixstream: UnixStreamListenerService | None = None
         self.tcp: TCPListenerService | None = None
         self.memory: MemoryMonitorService | None = None
+        self.admin: AdminService | None = None
 
     def privilegedStartService(self):
         self._start_or_abandon(super().privilegedStartService)
@@ -122,6 +126,7 @@ class StatsdService(MultiService):
             listener.read_pending()
         self.intake.drain()
         self.enricher.mapper = mapper
+        self.mapper_profiles = tuple(profiles)
         self.pipeline.forget_shapes()
         self.log.info("Metric mapper reloaded: {count} profiles", count=len(profiles))
 
@@ -224,7 +229,12 @@ def build_service(
     telemetry, reporter, aggregator = pipeline.telemetry, pipeline.reporter, pipeline.aggregator
     blocklist = pipeline.enricher.blocklist
     root = StatsdService(config, aggregator, telemetry, pipeline)
-    # The first child, so stopped last: the sinks' last writes run through it.
+    if config.admin_port:
+        # The first child: it stops last, so /health answers 503 while the rest stops.
+        port = 0 if config.admin_port == EPHEMERAL_PORT else config.admin_port
+        root.admin = AdminService(reactor, root, port=port, host=config.admin_host)
+        root.admin.setServiceParent(root)
+    # Stopped after everything but the admin endpoint: the sinks' last writes run through it.
     cooperator = SharedCooperatorService(reactor)
     cooperator.setServiceParent(root)
 
@@ -291,6 +301,10 @@ def build_service(
         _add_unix_listeners(root, config, reactor, intake, reporter, throttle, _proc_root)
     if config.dogstatsd_tcp_port:
         _add_tcp_listener(root, config, reactor, intake, reporter, throttle, senders, tls)
+    if root.admin is not None:
+        root.flusher.before_flush.append(root.admin.before_flush)
+        root.flusher.after_flush.append(root.admin.after_flush)
+        root.admin.set_stats(config.dogstatsd_metrics_stats_enable)
     return root
 
 

@@ -61,6 +61,9 @@ EVERY_KEY_CHANGED = {
     "dogstatsd_workers": 3,
     "statsd_forward_host": "127.0.0.1",
     "statsd_forward_port": 9999,
+    "admin_port": "__random__",
+    "admin_host": "::1",
+    "dogstatsd_metrics_stats_enable": True,
     "sinks": [{"type": "jsonl", "path": "/tmp/out.jsonl"}],
 }
 

@@ -555,3 +555,11 @@ class Aggregator:
             keys.update(bucket.metrics)
             keys.update(bucket.sketches)
         return len(keys)
+
+    def held(self) -> tuple[list[Bucket], list[Counter]]:
+        """The buckets held, oldest first, and each live counter's latest object: for inspection.
+
+        Lists, so a reader can walk them a slice at a time while intake goes on.
+        Staged samples are not in them: the caller folds them in first.
+        """
+        return [self._buckets[start] for start in sorted(self._buckets)], list(self._counters.values())

@@ -35,6 +35,9 @@ class IntakeService(MultiService):
         self.eol_required = frozenset(eol_required)
         self.forward = forward  # called with every packet as it arrives, when forwarding is on
         self.buffers: list[PacketBuffer] = []
+        # Called with (packets, now, transport, origin) for every batch before it is parsed, while
+        # per-metric statistics or a capture want them; empty otherwise, so a batch pays one truth test.
+        self.observers: list = []
         periodic(clock, flush_timeout, self.drain, pipeline.telemetry, "drain").setServiceParent(self)
 
     def buffer_for(self, transport: str, origin: bytes | None = None) -> PacketBuffer:
@@ -45,10 +48,14 @@ class IntakeService(MultiService):
         a Unix listener detected one, and tags every metric of the buffer.
         """
         eol = transport in self.eol_required
-        pipeline, clock = self.pipeline, self.clock
+        pipeline, clock, observers = self.pipeline, self.clock, self.observers
 
         def process(packets: list[bytes]) -> None:
-            pipeline.process(packets, clock.seconds(), eol_required=eol, origin=origin)
+            now = clock.seconds()
+            if observers:
+                for observe in observers:
+                    observe(packets, now, transport, origin)
+            pipeline.process(packets, now, eol_required=eol, origin=origin)
 
         buffer = PacketBuffer(process, self.buffer_size, pipeline.telemetry, transport, self.forward)
         self.buffers.append(buffer)

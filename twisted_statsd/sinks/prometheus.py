@@ -37,14 +37,13 @@ from twisted.internet.endpoints import quoteStringArgument, serverFromString
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
-from twisted.web.server import Site
 from zope.interface import implementer
 
 from twisted_statsd import _cooperate
 from twisted_statsd._binding import BindingService
 from twisted_statsd._cooperate import run_in_slices
+from twisted_statsd._http import CappedSite, close_site
 from twisted_statsd.config import SinkOption
 from twisted_statsd.core.model import SERIES_COUNT, SERIES_RATE, FlushBatch
 from twisted_statsd.core.sketch import value_of
@@ -381,7 +380,6 @@ class PrometheusState:
 
 # Scrape connections open at once; a scraper needs one.
 MAX_CONNECTIONS = 64
-_TOO_LARGE = b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
 class _MetricsResource(Resource):
@@ -400,51 +398,6 @@ class _MetricsResource(Resource):
             return b"Not found: the metrics are at /metrics\n"
         request.setHeader(b"Content-Type", CONTENT_TYPE)
         return self._scrape()
-
-
-class _Channel(HTTPChannel):
-    """Tracks itself in the site's ``channels`` so that stopping can close open connections.
-
-    A scrape carries no body, so a request announcing one is refused at its
-    headers (413) instead of being spooled to a temporary file.
-    """
-
-    def headerReceived(self, line):
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"", b"0")):
-            self.transport.write(_TOO_LARGE)
-            self.transport.loseConnection()
-            return False
-        return super().headerReceived(line)
-
-    def connectionMade(self):
-        super().connectionMade()
-        self.factory.channels[self] = defer.Deferred()
-
-    def connectionLost(self, reason):
-        super().connectionLost(reason)
-        done = self.factory.channels.pop(self, None)
-        if done is not None:
-            done.callback(None)
-
-
-class _Site(Site):
-    protocol = _Channel
-    noisy = False
-
-    def buildProtocol(self, addr):
-        """At most ``MAX_CONNECTIONS`` scrapers at once; more are refused."""
-        if len(self.channels) >= MAX_CONNECTIONS:
-            return None
-        return super().buildProtocol(addr)
-
-    def __init__(self, resource, reactor):
-        super().__init__(resource, reactor=reactor)
-        self.channels: dict[_Channel, defer.Deferred] = {}
-
-    def log(self, request):
-        """Scrapes are counted in telemetry, not logged one line each."""
 
 
 @implementer(IMetricSink)
@@ -493,7 +446,7 @@ class PrometheusSink(BindingService):
         failure (CannotListenError) is raised here, synchronously, as twistd
         expects of a bind.
         """
-        self._site = _Site(_MetricsResource(self.scrape), self.reactor)
+        self._site = CappedSite(_MetricsResource(self.scrape), self.reactor, MAX_CONNECTIONS)
         description = f"tcp:{self.port}:interface={quoteStringArgument(self.bind_host)}"
         listened: list = []
         serverFromString(self.reactor, description).listen(self._site).addBoth(listened.append)
@@ -543,10 +496,7 @@ class PrometheusSink(BindingService):
         listening, self._listening = self._listening, None
         if listening is None:
             return defer.succeed(None)
-        waits = [defer.maybeDeferred(listening.stopListening), *self._site.channels.values()]
-        for channel in list(self._site.channels):
-            channel.transport.abortConnection()
-        return defer.gatherResults(waits).addCallback(lambda _: None)
+        return close_site(listening, self._site)
 
 
 #: Options of a ``prometheus`` entry of ``sinks``: name -> (converter, default).
