@@ -17,9 +17,9 @@ from urllib.parse import urlencode
 
 import pytest
 import pytest_twisted
-from helpers import with_deadline
+from helpers import wait_for, with_deadline
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import defer, error, protocol, task
+from twisted.internet import defer, endpoints, error, protocol, task
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 
 from twisted_statsd.core.model import SERIES_GAUGE, SERIES_RATE, FlushBatch, Series, SketchSeries
@@ -336,5 +336,99 @@ async def test_an_ipv6_bind_host_goes_through_the_endpoint_string(reactor, agent
         assert sink.address.host == "::1"
         response, _body = await fetch(reactor, agent, f"http://[::1]:{sink.address.port}/metrics")
         assert response.code == 200
+    finally:
+        await with_deadline(reactor, sink.stopService())
+
+
+class _Trickler(protocol.Protocol):
+    """A slow client: one byte of a request at a time, on a timer, never a complete request."""
+
+    def __init__(self, reactor, every: float):
+        self.reactor, self.every = reactor, every
+        self.lost: defer.Deferred = defer.Deferred()
+        self._sending = None
+
+    def connectionMade(self):
+        self._sending = task.LoopingCall(self.transport.write, b"G")
+        self._sending.clock = self.reactor
+        self._sending.start(self.every)
+
+    def connectionLost(self, reason):
+        if self._sending is not None and self._sending.running:
+            self._sending.stop()
+        self.lost.callback(None)
+
+
+async def open_tricklers(reactor, port: int, count: int, every: float) -> list[_Trickler]:
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    return [
+        await with_deadline(reactor, endpoints.connectProtocol(endpoint, _Trickler(reactor, every)))
+        for _ in range(count)
+    ]
+
+
+async def close_all(reactor, clients) -> None:
+    for client in clients:
+        if not client.lost.called:
+            client.transport.abortConnection()
+    await with_deadline(reactor, defer.gatherResults([client.lost for client in clients]))
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_clients_holding_every_slot_do_not_starve_a_scrape(reactor, agent):
+    """Issue 12 defect 6: 64 connections trickling a byte at a time used to hold every slot, so every
+    scrape was refused; now a new connection evicts the oldest one that has no complete request."""
+    from twisted_statsd.sinks.prometheus import MAX_CONNECTIONS
+
+    sink = await start_sink(reactor)
+    slow = []
+    try:
+        sink.write(first_batch())
+        slow = await open_tricklers(reactor, sink.address.port, MAX_CONNECTIONS, every=0.2)
+        await wait_for(reactor, lambda: len(sink._site.channels) == MAX_CONNECTIONS)
+        started = time.monotonic()
+        response, body = await fetch(reactor, agent, f"http://127.0.0.1:{sink.address.port}/metrics")
+        assert response.code == 200
+        assert b"page_views_total" in body
+        assert time.monotonic() - started < 2.0
+        assert sink.telemetry.get("sink_connections_evicted", "sink:prometheus") >= 1
+        # The evicted slow client is the oldest one.
+        await with_deadline(reactor, slow[0].lost)
+    finally:
+        await close_all(reactor, slow)
+        await with_deadline(reactor, sink.stopService())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_trickling_client_is_cut_off_at_the_request_deadline(reactor):
+    """A byte every 100 ms no longer keeps a connection: it has the deadline to finish its request."""
+    sink = await start_sink(reactor, _request_deadline=0.5)
+    slow = []
+    try:
+        started = time.monotonic()
+        slow = await open_tricklers(reactor, sink.address.port, 1, every=0.1)
+        await with_deadline(reactor, slow[0].lost, timeout=5.0)
+        assert 0.4 < time.monotonic() - started < 3.0
+        assert sink.telemetry.get("sink_request_timeouts", "sink:prometheus") == 1
+    finally:
+        await close_all(reactor, slow)
+        await with_deadline(reactor, sink.stopService())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_response_the_client_does_not_read_is_abandoned_at_the_deadline(reactor):
+    """A client that asks and never reads (nor asks again) keeps its connection only until the deadline."""
+    sink = await start_sink(reactor, _request_deadline=0.5)
+    try:
+        sink.write(first_batch())
+        conn = socket.create_connection(("127.0.0.1", sink.address.port), timeout=5)
+        try:
+            conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            await wait_for(reactor, lambda: sink.telemetry.get("sink_scrapes", "sink:prometheus") == 1)
+            assert len(sink._site.channels) == 1
+            await wait_for(reactor, lambda: not sink._site.channels, timeout=5.0)
+            assert sink.telemetry.get("sink_request_timeouts", "sink:prometheus") == 1
+        finally:
+            conn.close()
     finally:
         await with_deadline(reactor, sink.stopService())

@@ -43,7 +43,7 @@ from zope.interface import implementer
 from twisted_statsd import _cooperate
 from twisted_statsd._binding import BindingService
 from twisted_statsd._cooperate import run_in_slices
-from twisted_statsd._http import CappedSite, close_site
+from twisted_statsd._http import REQUEST_DEADLINE, CappedSite, close_site
 from twisted_statsd.config import SinkOption
 from twisted_statsd.core.model import SERIES_COUNT, SERIES_RATE, FlushBatch
 from twisted_statsd.core.sketch import value_of
@@ -378,7 +378,8 @@ class PrometheusState:
         return self._page
 
 
-# Scrape connections open at once; a scraper needs one.
+# Scrape connections open at once; a scraper needs one.  Slow clients cannot
+# hold them: see _http.py for the request deadline and the eviction.
 MAX_CONNECTIONS = 64
 
 
@@ -415,11 +416,13 @@ class PrometheusSink(BindingService):
         port: int = 9102,
         bind_host: str = "127.0.0.1",
         cooperator: Cooperator | None = None,
+        _request_deadline: float = REQUEST_DEADLINE,
         **options,
     ):
         """``options`` are :class:`PrometheusState`'s: ttl, buckets, quantiles, distribution_as,
         bare_tag_value, host_label, counter_suffix."""
         self.reactor, self.telemetry = reactor, telemetry
+        self._request_deadline = _request_deadline
         self.port, self.bind_host = port, bind_host
         self.state = PrometheusState(**options)
         self._cooperator = cooperator or _cooperate.cooperator(reactor)
@@ -446,7 +449,13 @@ class PrometheusSink(BindingService):
         failure (CannotListenError) is raised here, synchronously, as twistd
         expects of a bind.
         """
-        self._site = CappedSite(_MetricsResource(self.scrape), self.reactor, MAX_CONNECTIONS)
+        self._site = CappedSite(
+            _MetricsResource(self.scrape),
+            self.reactor,
+            MAX_CONNECTIONS,
+            count=self._count,
+            request_deadline=self._request_deadline,
+        )
         description = f"tcp:{self.port}:interface={quoteStringArgument(self.bind_host)}"
         listened: list = []
         serverFromString(self.reactor, description).listen(self._site).addBoth(listened.append)
@@ -463,6 +472,9 @@ class PrometheusSink(BindingService):
         if d is None:
             return self._report(outcome, now)
         return d.addCallback(lambda _: self._report(outcome, now))
+
+    def _count(self, name: str) -> None:
+        self.telemetry.incr("sink_" + name, 1, self._tags)
 
     def _report(self, outcome: Outcome, now: float) -> None:
         self.telemetry.incr("sink_sent", outcome.accepted, self._tags)
