@@ -39,6 +39,7 @@ from twisted.logger import Logger
 from twisted_statsd import _cooperate
 from twisted_statsd._cooperate import SLICE_SECONDS, run_in_slices
 from twisted_statsd._ratelimit import RateLimitedReporter
+from twisted_statsd._stop_deadline import StopDeadline
 from twisted_statsd._twisted_helpers import deadline
 from twisted_statsd.core.aggregator import Aggregator
 from twisted_statsd.core.enrich import Blocklist
@@ -56,7 +57,8 @@ INLINE_STEPS = 50
 # With freeze_gc: flushes between two full collections (an hour at the default 15 s).
 THAW_EVERY = 240
 
-# How long stopping waits for the sinks to take the final flush before giving up on them.
+# How long a whole stop may take: the sinks taking the final flush, then sending what they hold
+# (one budget shared by every wait, see _stop_deadline.py).
 SINK_STOP_TIMEOUT = 30.0
 
 
@@ -79,6 +81,7 @@ class FlushService(Service):
         before_flush=(),
         freeze_gc: bool = False,
         cooperator: Cooperator | None = None,
+        stop_deadline: StopDeadline | None = None,
     ):
         self.clock = clock
         self.aggregator = aggregator
@@ -94,6 +97,8 @@ class FlushService(Service):
         # Called with every batch once it is built, before the sinks get it (the admin page's view).
         self.after_flush: list = []
         self.freeze_gc = freeze_gc
+        # Waiting for the sinks at stop takes what remains of the whole stop's budget.
+        self.stop_deadline = stop_deadline or StopDeadline(clock, SINK_STOP_TIMEOUT)
         self._flushes_since_thaw = 0
         # Slices run at once, and for how long, before the Cooperator takes over
         # (tests may make both unbounded).
@@ -251,15 +256,16 @@ class FlushService(Service):
             return
         # Wait for the writes or the deadline, whichever comes first; the writes
         # are not cancelled, a sink may still finish while the process exits.
+        timeout = self.stop_deadline.remaining()
         outcome = defer.Deferred()
-        cancel = deadline(self.clock, SINK_STOP_TIMEOUT, lambda: outcome.called or outcome.callback(False))
+        cancel = deadline(self.clock, timeout, lambda: outcome.called or outcome.callback(False))
         defer.DeferredList(list(self._writes)).addBoth(lambda _: outcome.called or outcome.callback(True))
         if not await outcome.addBoth(cancel):
             self.telemetry.incr("sink_stop_timeouts")
             self.log.error(
                 "Gave up waiting for {count} sink writes after {timeout} s at shutdown",
                 count=len(self._writes),
-                timeout=SINK_STOP_TIMEOUT,
+                timeout=timeout,
             )
 
     def stopService(self):

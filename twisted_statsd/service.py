@@ -8,22 +8,26 @@ buffered.
 
 from __future__ import annotations
 
+from itertools import groupby
+
 from twisted.application.service import IService, MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from twisted_statsd._cooperate import SharedCooperatorService
 from twisted_statsd._ratelimit import RateLimitedReporter
+from twisted_statsd._stop_deadline import StopDeadline
 from twisted_statsd._twisted_helpers import Waiters, periodic
 from twisted_statsd.admin import AdminService
 from twisted_statsd.config import EPHEMERAL_PORT, Config
 from twisted_statsd.core.aggregator import Aggregator
 from twisted_statsd.core.enrich import Blocklist, Enricher
 from twisted_statsd.core.mapper import MetricMapper
-from twisted_statsd.flush import FlushService
+from twisted_statsd.flush import SINK_STOP_TIMEOUT, FlushService
 from twisted_statsd.forwarder import ForwarderService
 from twisted_statsd.intake.pipeline import Pipeline
 from twisted_statsd.intake.service import IntakeService
+from twisted_statsd.interfaces import IMetricSink
 from twisted_statsd.listeners.memory import MemoryMonitorService, MemoryProbe, MemoryThresholds, ReadThrottle
 from twisted_statsd.listeners.origin import OriginResolver
 from twisted_statsd.listeners.senders import SenderAllowList
@@ -46,7 +50,10 @@ class StatsdService(MultiService):
 
     Children are added as sinks, forwarder, flush, intake, listeners, so stopping closes
     the listeners, drains the buffers, runs the final flush, and then closes
-    the sinks: everything accepted reaches the sinks before the process exits.
+    the sinks, all of them at once: everything accepted reaches the sinks before
+    the process exits.  The whole stop has one budget, ``stop_deadline``, started
+    when stopping begins: the final flush's wait for the sinks and each sink's
+    own stop take what remains of it, so slow sinks cannot add up their waits.
     """
 
     log = Logger()
@@ -66,6 +73,7 @@ class StatsdService(MultiService):
         self.forwarder: ForwarderService | None = None
         self.udp: UDPListenerService | None = None
         self._stop_waiters = Waiters()
+        self.stop_deadline: StopDeadline | None = None
         self.workers: WorkerPoolService | None = None
         self.unixgram: UnixDatagramListenerService | None = None
         self.unixstream: UnixStreamListenerService | None = None
@@ -137,13 +145,25 @@ class StatsdService(MultiService):
         if not stopping:
             # Service.stopService, not MultiService's: the children are stopped here, in order.
             super(MultiService, self).stopService()
+            if self.stop_deadline is not None:
+                self.stop_deadline.start()
             defer.ensureDeferred(self._stop_children()).addBoth(self._stop_waiters.fire)
         return waiter
 
     async def _stop_children(self, everything: bool = False) -> None:
-        for service in reversed(list(self)):
-            if everything or service.running:
-                await defer.maybeDeferred(service.stopService)
+        stopping = [service for service in reversed(list(self)) if everything or service.running]
+        for sinks, services in groupby(stopping, key=IMetricSink.providedBy):
+            if not sinks:
+                for service in services:
+                    await defer.maybeDeferred(service.stopService)
+                continue
+            # Sinks are independent: each gets what remains of the one budget, at the same time.
+            results = await defer.DeferredList(
+                [defer.maybeDeferred(sink.stopService) for sink in services], consumeErrors=True
+            )
+            for stopped, failure in results:
+                if not stopped:
+                    failure.raiseException()
         self._log_late_drops()
 
     def _log_late_drops(self) -> None:
@@ -229,6 +249,7 @@ def build_service(
     telemetry, reporter, aggregator = pipeline.telemetry, pipeline.reporter, pipeline.aggregator
     blocklist = pipeline.enricher.blocklist
     root = StatsdService(config, aggregator, telemetry, pipeline)
+    root.stop_deadline = StopDeadline(reactor, SINK_STOP_TIMEOUT)
     if config.admin_port:
         # The first child: it stops last, so /health answers 503 while the rest stops.
         port = 0 if config.admin_port == EPHEMERAL_PORT else config.admin_port
@@ -248,6 +269,8 @@ def build_service(
             sink.name = f"{sink.name}-{seen[sink.name]}"
         if IService.providedBy(sink):
             sink.setServiceParent(root)
+        if hasattr(sink, "stop_deadline"):
+            sink.stop_deadline = root.stop_deadline
 
     if config.statsd_forward_host and config.statsd_forward_port:
         root.forwarder = ForwarderService(reactor, reporter, config.statsd_forward_host, config.statsd_forward_port)
@@ -273,6 +296,7 @@ def build_service(
         before_flush=[intake.drain, pipeline.fold, lag.report],
         freeze_gc=freeze_gc,
         cooperator=cooperator.coop,
+        stop_deadline=root.stop_deadline,
     )
     root.flusher.setServiceParent(root)
     intake.setServiceParent(root)

@@ -34,6 +34,7 @@ from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import implementer
 
 from twisted_statsd import _cooperate
+from twisted_statsd._stop_deadline import StopDeadline
 from twisted_statsd._twisted_helpers import Waiters, deadline
 from twisted_statsd.errors import StartupError
 from twisted_statsd.flush import SINK_STOP_TIMEOUT
@@ -429,18 +430,23 @@ class HttpDelivery:
 
     # -- lifecycle ----------------------------------------------------------
 
-    def stop(self) -> defer.Deferred:
-        """Stop backing off, give what is queued one try within the stop budget, close the pool."""
-        return defer.ensureDeferred(self._stop())
+    def stop(self, deadline: StopDeadline | None = None) -> defer.Deferred:
+        """Stop backing off, give what is queued one try within the stop budget, close the pool.
 
-    async def _stop(self) -> None:
+        The budget is this delivery's own stop timeout, or what remains of
+        ``deadline`` (the whole server's stop) if that is less.
+        """
+        return defer.ensureDeferred(self._stop(deadline))
+
+    async def _stop(self, stop_deadline: StopDeadline | None) -> None:
         self._stopping = True
         if self._unblock is not None:
             self._unblock.cancel()
             self._unblock = None
         if self._encoding:
             await defer.DeferredList(list(self._encoding))
-        cancel = deadline(self.reactor, self._stop_timeout, self._abandon)
+        timeout = self._stop_timeout if stop_deadline is None else stop_deadline.remaining(self._stop_timeout)
+        cancel = deadline(self.reactor, timeout, self._abandon)
         if self._held:
             idle = self._idle.wait()
             self._pump()

@@ -30,6 +30,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from twisted_statsd import __version__
+from twisted_statsd._stop_deadline import StopDeadline
 from twisted_statsd.config import SinkOption
 from twisted_statsd.core.model import FlushBatch
 from twisted_statsd.flush import SINK_STOP_TIMEOUT
@@ -46,6 +47,8 @@ class DatadogSink(Service):
     """Sends flushes to Datadog's HTTP API with gzip, splitting, retries and a byte-bounded queue."""
 
     name = "datadog"
+    # Set by build_service: the whole server's stop, whose remaining time bounds this sink's.
+    stop_deadline: StopDeadline | None = None
 
     def __init__(
         self,
@@ -108,7 +111,7 @@ class DatadogSink(Service):
 
     def stopService(self):
         super().stopService()
-        return self._delivery.stop()
+        return self._delivery.stop(self.stop_deadline)
 
 
 #: Options of a ``datadog`` entry of ``sinks``: name -> (converter, default).

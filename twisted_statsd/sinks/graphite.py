@@ -39,6 +39,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from twisted_statsd import _cooperate
+from twisted_statsd._stop_deadline import StopDeadline
 from twisted_statsd._twisted_helpers import deadline
 from twisted_statsd.config import SinkOption
 from twisted_statsd.core.model import FlushBatch
@@ -219,6 +220,8 @@ class GraphiteSink(Service):
     """Sends every flush to carbon over TCP, buffering up to ``max_buffered_lines`` lines."""
 
     name = "graphite"
+    # Set by build_service: the whole server's stop, whose remaining time bounds this sink's.
+    stop_deadline: StopDeadline | None = None
     log = Logger()
 
     def __init__(
@@ -376,7 +379,10 @@ class GraphiteSink(Service):
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        """Finish formatting, hand everything buffered to the transport, then close (bounded by ``stop_timeout``)."""
+        """Finish formatting, hand everything buffered to the transport, then close.
+
+        Bounded by ``stop_timeout``, or by what remains of the server's ``stop_deadline`` if that is less.
+        """
         if self._formatting:
             await defer.DeferredList(list(self._formatting))
         self._send(force=True)
@@ -391,16 +397,17 @@ class GraphiteSink(Service):
                 count=unsent,
                 log_category="GRAPHITE_UNSENT",
             )
-        await self._client.stopService().addBoth(deadline(self.clock, self.stop_timeout, self._abort))
+        timeout = self.stop_timeout if self.stop_deadline is None else self.stop_deadline.remaining(self.stop_timeout)
+        await self._client.stopService().addBoth(deadline(self.clock, timeout, lambda: self._abort(timeout)))
 
-    def _abort(self) -> None:
+    def _abort(self, timeout: float) -> None:
         protocol = self._protocol
         if protocol is not None:
             self.telemetry.incr("sink_stop_timeouts", 1, _TAGS)
             self.log.warn(
                 "Carbon at {address} did not take the last lines within {timeout} s; closing anyway",
                 address=self.address,
-                timeout=self.stop_timeout,
+                timeout=timeout,
                 log_category="GRAPHITE_STOP_TIMEOUT",
             )
             protocol.transport.abortConnection()

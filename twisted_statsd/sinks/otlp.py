@@ -27,6 +27,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from twisted_statsd import __version__
+from twisted_statsd._stop_deadline import StopDeadline
 from twisted_statsd.config import SinkOption
 from twisted_statsd.core.model import FlushBatch
 from twisted_statsd.errors import StartupError
@@ -66,6 +67,8 @@ class OtlpSink(Service):
     """Sends flushes as OTLP/HTTP protobuf with gzip, retries and a byte-bounded queue."""
 
     name = "otlp"
+    # Set by build_service: the whole server's stop, whose remaining time bounds this sink's.
+    stop_deadline: StopDeadline | None = None
     log = Logger()
 
     def __init__(
@@ -165,7 +168,7 @@ class OtlpSink(Service):
 
     def stopService(self):
         super().stopService()
-        return self._delivery.stop()
+        return self._delivery.stop(self.stop_deadline)
 
 
 #: Options of a ``otlp`` entry of ``sinks``: name -> (converter, default).
