@@ -297,13 +297,19 @@ class UnixDatagramListenerService(BindingService):
             self.reader.read(DRAIN_LIMIT)
 
     def stopService(self):
-        """Remove the file (no new senders), read what is queued, close, flush the buffers."""
+        """Refuse new datagrams and remove the file, read what is queued, close, flush the buffers.
+
+        Shutting the socket for reading first makes every later send fail at
+        once (EPIPE) instead of landing in a queue about to be closed: a sender
+        whose send succeeded has its datagram read, even under load.
+        """
         super().stopService()
         if self._sweep.running:
             self._sweep.stopService()  # the sweep is synchronous: stopped at once
         reader, self.reader = self.reader, None
         if reader is not None:
             reader.stop_reading()
+            reader.socket.shutdown(socket.SHUT_RD)
             sockets.remove_socket_file(self.path, self._identity)
             reader.read(DRAIN_LIMIT)
             reader.close()
