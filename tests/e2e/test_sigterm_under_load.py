@@ -19,8 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from tests.e2e.test_twistd import TWISTD, free_udp_port, start, wait_for_text
+from e2e.test_twistd import TWISTD, free_udp_port, start, wait_for_text
 
 pytestmark = pytest.mark.skipif(not TWISTD.exists(), reason="twistd is not installed next to this Python")
 
