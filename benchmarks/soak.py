@@ -12,7 +12,8 @@ loopback with counters ``soak.m<k>`` tagged ``gen:<g>``: every
 previous one, which then expires, so the server keeps creating and forgetting
 contexts.  Without ``--rate``, the sustained rate is first measured on a
 separate server (5 s of sending as fast as this process can; accepted = sent
-minus what the kernel dropped) and the soak runs at half of it.
+minus what the kernel dropped, over the time until the server is idle again)
+and the soak runs at half of it.
 
 Every ``--sample-seconds`` the server's RSS (``/proc/<pid>/status`` VmRSS) is
 recorded.  At the end: the RSS series, the growth from the end of the warm-up
@@ -125,12 +126,18 @@ def soak_totals(path: str) -> float:
 
 
 def calibrate(workdir: str, contexts: int) -> float:
-    """Metrics/s the server accepts while this process sends as fast as it can."""
+    """Metrics/s the server accepts while this process sends as fast as it can.
+
+    What it accepted (sent minus the kernel's drops) over the time until it
+    had processed all of it: the sending, and the backlog read after it.
+    """
     os.makedirs(workdir, exist_ok=True)
     with SoakServer(workdir, "udp", RCVBUF) as server:
         sender = Sender(server.port, None, contexts, rotate=3600)
-        seconds = sender.run(CALIBRATION_SECONDS)
+        start = time.monotonic()
+        sender.run(CALIBRATION_SECONDS)
         server.settle()
+        seconds = time.monotonic() - start
         state = procfs.udp_socket(server.port) or {"drops": 0}
         lost = state["drops"] * LINES_PER_DATAGRAM
         return max(sender.sent - lost, 0) / seconds
