@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from twisted_statsd import _cooperate
 from twisted_statsd._binding import BindingService
+from twisted_statsd._stop_deadline import StopDeadline
 from twisted_statsd.config import SinkOption
 from twisted_statsd.core.model import FlushBatch
 from twisted_statsd.interfaces import IMetricSink
@@ -242,6 +243,8 @@ class JsonlSink(BindingService):
     """
 
     name = "jsonl"
+    # Set by build_service: the whole server's stop, whose remaining time bounds this sink's.
+    stop_deadline: StopDeadline | None = None
     log = Logger()
 
     def __init__(
@@ -312,12 +315,16 @@ class JsonlSink(BindingService):
             )
 
     def stopService(self):
-        """Close the output; a slow reader of standard output gets a few seconds to catch up."""
+        """Close the output; a slow reader of standard output gets a few seconds to catch up
+        (``STDOUT_DRAIN_SECONDS``, or what remains of the server's ``stop_deadline`` if less)."""
         super().stopService()
         out, self._file = self._file, None
         if isinstance(out, PipeWriter):
             d = out.drained()
-            d.addTimeout(STDOUT_DRAIN_SECONDS, self.reactor)
+            limit = STDOUT_DRAIN_SECONDS
+            if self.stop_deadline is not None:
+                limit = self.stop_deadline.remaining(limit)
+            d.addTimeout(limit, self.reactor)
             d.addErrback(lambda failure: failure.trap(defer.TimeoutError))
             return d.addCallback(lambda _: out.close())
         if out is not None:
