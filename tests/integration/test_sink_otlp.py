@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest_twisted
 from datadog.dogstatsd import DogStatsd
-from helpers import early_in_a_bucket, wait_for, with_deadline
+from helpers import counted, early_in_a_bucket, wait_for, with_deadline
 from otlp_receiver import OtlpReceiver, Partial, data_points
 
 from twisted_statsd import build_service, load_config
@@ -162,7 +162,7 @@ async def test_the_server_sends_what_a_dogstatsd_client_sent_to_the_receiver(rea
         for v in (0.25, 0.5, 0.5, 2000.0):
             statsd.distribution("latency", v, tags=["bare"])
         statsd.close_socket()
-        await wait_for(reactor, lambda: service.telemetry.get("metrics") >= 13)
+        await wait_for(reactor, lambda: counted(service) >= 13)
     finally:
         await with_deadline(reactor, service.stopService())
         await receiver.close()

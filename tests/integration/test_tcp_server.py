@@ -89,7 +89,7 @@ async def test_statsd_tcp_client(reactor, tmp_path):
         with client.pipeline() as pipe:  # one write of several lines
             pipe.incr("piped")
             pipe.incr("piped")
-        await wait_for(reactor, lambda: service.telemetry.get("metrics") == 6)
+        await wait_for(reactor, lambda: counted(service) == 6)
         assert service.telemetry.gauges[("tcp_connections", ())] == 1
         client.close()
         await wait_for(reactor, lambda: len(service.tcp.tracker) == 0)
@@ -114,7 +114,7 @@ async def test_lines_split_across_writes_and_coalesced_in_one(reactor, tmp_path)
             await wait_for(reactor, lambda i=i: protocol.decoder.pending == (i + 1) % 10)
         sock.send(b"".join(b"many.%d:%d|c\n" % (n % 10, n) for n in range(1000)) + b"tail:")
         sock.send(b"5|g\n")
-        await wait_for(reactor, lambda: service.telemetry.get("metrics") == 1002)
+        await wait_for(reactor, lambda: counted(service) == 1002)
     finally:
         sock.close()
         await stop(reactor, service)
@@ -133,7 +133,7 @@ async def test_a_line_too_long_closes_only_that_connection(reactor, tmp_path):
         await wait_for(reactor, lambda: closed_by_peer(bad))
         assert service.telemetry.dropped("tcp_line_too_long") == 1
         good.send(b"good:1|c\n")
-        await wait_for(reactor, lambda: service.telemetry.get("metrics") == 3)
+        await wait_for(reactor, lambda: counted(service) == 3)
         assert len(service.tcp.tracker) == 1
     finally:
         bad.close()
@@ -154,7 +154,7 @@ async def test_connections_over_the_cap_are_refused(reactor, tmp_path):
         assert service.telemetry.dropped("tcp_connection_refused") == 1
         for sock in socks[:2]:
             sock.send(b"ok:1|c\n")
-        await wait_for(reactor, lambda: service.telemetry.get("metrics") == 2)
+        await wait_for(reactor, lambda: counted(service) == 2)
     finally:
         for sock in socks:
             sock.close()
@@ -170,7 +170,7 @@ async def test_an_idle_connection_is_closed(reactor, tmp_path):
         await wait_for(reactor, lambda: closed_by_peer(idle))
         assert service.telemetry.get("tcp_connections_idle_closed") == 1
         assert service.telemetry.dropped("tcp_line_truncated") == 1
-        await wait_for(reactor, lambda: service.telemetry.get("metrics") == 1)
+        await wait_for(reactor, lambda: counted(service) == 1)
     finally:
         idle.close()
         await stop(reactor, service)
@@ -243,7 +243,7 @@ async def test_memory_pressure_pauses_reading_but_delivers(reactor, tmp_path):
         for _ in range(50):
             sock.send(b"pressed:1|c\n")
             await wait_for(reactor, lambda: True)  # a reactor turn, so that the writes are separate reads
-        await wait_for(reactor, lambda: service.telemetry.get("metrics") == 50)
+        await wait_for(reactor, lambda: counted(service) == 50)
         assert service.telemetry.get("uds_read_holds") > 0
     finally:
         sock.close()
@@ -264,7 +264,7 @@ async def test_senders_outside_the_allow_list_are_refused_on_udp_and_tcp(reactor
         await wait_for(reactor, lambda: closed_by_peer(sock))
         await wait_for(reactor, lambda: service.telemetry.dropped("udp_sender_refused") == 1)
         assert service.telemetry.dropped("tcp_sender_refused") == 1
-        assert service.telemetry.get("metrics") == 0
+        assert counted(service) == 0
     finally:
         sock.close()
         await stop(reactor, service)
@@ -277,7 +277,7 @@ async def test_senders_inside_the_allow_list_are_served(reactor, tmp_path):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
             udp.sendto(b"by.udp:1|c", ("127.0.0.1", service.udp.address.port))
         TCPStatsClient("127.0.0.1", port).incr("by.tcp")
-        await wait_for(reactor, lambda: service.telemetry.get("metrics") == 2)
+        await wait_for(reactor, lambda: counted(service) == 2)
     finally:
         await stop(reactor, service)
     assert values(out) == {"by.udp": 0.1, "by.tcp": 0.1}
@@ -374,7 +374,7 @@ async def test_tls_with_a_real_client(reactor, tmp_path, pki):
     try:
         lines = b"".join(b"secure.%d:1|c\n" % (n % 5) for n in range(500))
         await with_deadline(reactor, threads.deferToThread(tls_send, port, pki["ca"][0], lines))
-        await wait_for(reactor, lambda: service.telemetry.get("metrics") == 500)
+        await wait_for(reactor, lambda: counted(service) == 500)
         await wait_for(reactor, lambda: len(service.tcp.tracker) == 0)
     finally:
         await stop(reactor, service)
@@ -390,7 +390,7 @@ async def test_tls_client_certificates_must_be_signed_by_the_ca(reactor, tmp_pat
         assert await with_deadline(reactor, threads.deferToThread(tls_refused, port, ca, pki["rogue"]))
         assert await with_deadline(reactor, threads.deferToThread(tls_refused, port, ca, None))
         await with_deadline(reactor, threads.deferToThread(tls_send, port, ca, b"trusted:1|c\n", pki["client"]))
-        await wait_for(reactor, lambda: service.telemetry.get("metrics") == 1)
+        await wait_for(reactor, lambda: counted(service) == 1)
         await wait_for(reactor, lambda: len(service.tcp.tracker) == 0)
     finally:
         await stop(reactor, service)

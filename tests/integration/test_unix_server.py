@@ -249,7 +249,7 @@ async def test_one_user_is_held_to_the_per_user_cap(reactor, tmp_path, paths):
         assert service.telemetry.dropped("stream_connection_refused_user") == 1
         for sock in socks[:2]:
             sock.send(frame(b"ok:1|c"))
-        await wait_for(reactor, lambda: service.telemetry.get("metrics") == 2)
+        await wait_for(reactor, lambda: counted(service) == 2)
     finally:
         for sock in socks:
             sock.close()
