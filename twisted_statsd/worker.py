@@ -49,6 +49,7 @@ def main() -> None:
         def lineReceived(self, line: bytes) -> None:
             port.doRead()  # what the socket holds now belongs to this ship
             intake.drain()
+            pipeline.fold()
             state = {
                 "aggregates": pipeline.aggregator.export(),
                 "telemetry": pipeline.telemetry.deltas(),

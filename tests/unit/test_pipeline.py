@@ -25,6 +25,12 @@ def make(**enrich):
     return pipeline, aggregator, telemetry
 
 
+def flush(pipeline, now, *, final=False):
+    """Fold what the pipeline staged, as every reader of the aggregator does, then flush."""
+    pipeline.fold()
+    return pipeline.aggregator.flush(now, final=final)
+
+
 def flushed(aggregator):
     batch = aggregator.flush(NOW + 100, final=True)
     series = sorted((s.name, s.host, s.tags, s.type, tuple(s.points)) for s in batch.series)
@@ -149,7 +155,8 @@ def test_fast_path_matches_reference_parse(seed):
     packets = packets_of(lines, rng)
     for i in range(0, len(packets), 32):
         pipeline.process(packets[i : i + 32], NOW)
-    assert len(pipeline._cache) > 10  # the fast path was really exercised
+    assert len(pipeline.shapes) > 10  # the fast path was really exercised
+    pipeline.fold()
     assert flushed(aggregator) == reference(lines)
 
 
@@ -164,11 +171,12 @@ def test_fast_path_matches_reference_with_enrichment():
     lines = corpus(11)
     pipeline, aggregator, _ = make(**settings)
     pipeline.process(packets_of(lines, random.Random(11)), NOW)
+    pipeline.fold()
     assert flushed(aggregator) == reference(lines, **settings)
 
 
 def test_every_dropped_line_is_counted_by_reason():
-    pipeline, aggregator, telemetry = make()
+    pipeline, _aggregator, telemetry = make()
     pipeline.process([b"ok:1|c\nbad:x|g\nnan:nan|g\nzero:1|c|@0\nzero:1|c|@0\n:1|c\nh:1|h|T5\n\n", b"ok:2|c"], NOW)
     pipeline.fold()  # samples are counted as they are folded into the aggregator
     assert telemetry.get("metrics") == 2
@@ -177,15 +185,15 @@ def test_every_dropped_line_is_counted_by_reason():
     assert telemetry.dropped("zero_sample_rate") == 2
     assert telemetry.dropped("timestamped_unsupported_type") == 1
     assert telemetry.total_dropped() == 6
-    (series,) = [s for s in aggregator.flush(NOW + 20).series]
+    (series,) = [s for s in flush(pipeline, NOW + 20).series]
     assert series.points[0][1] == 0.3
 
 
 def test_blocked_metric_is_counted_every_time():
-    pipeline, aggregator, telemetry = make(blocklist=Blocklist(["secret"]))
+    pipeline, _aggregator, telemetry = make(blocklist=Blocklist(["secret"]))
     pipeline.process([b"secret:1|c", b"secret:1|c\nopen:1|c"], NOW)
     assert telemetry.dropped("blocked") == 2
-    assert [s.name for s in aggregator.flush(NOW + 20).series] == ["open"]
+    assert [s.name for s in flush(pipeline, NOW + 20).series] == ["open"]
 
 
 def test_eol_required_drops_the_unterminated_line():
@@ -199,62 +207,62 @@ def test_eol_required_drops_the_unterminated_line():
 
 def test_host_tag_sets_host_and_is_removed():
     """spec §1.3: host:<h> becomes the metric's host; an empty value sets an empty host."""
-    pipeline, aggregator, _ = make()
+    pipeline, _aggregator, _ = make()
     pipeline.process([b"a:1|g|#host:web1,x\nb:1|g|#host:,y\nc:1|g"], NOW)
-    hosts = {s.name: (s.host, s.tags) for s in aggregator.flush(NOW + 20).series}
+    hosts = {s.name: (s.host, s.tags) for s in flush(pipeline, NOW + 20).series}
     assert hosts == {"a": ("web1", ("x",)), "b": ("", ("y",)), "c": ("myhost", ())}
 
 
 def test_namespace_and_exclusions():
     """spec §6.2: with namespace testNamespace., daemon becomes testNamespace.daemon; excluded prefixes stay."""
-    pipeline, aggregator, _ = make(namespace="testNamespace.", namespace_exclusions=("datadog.agent",))
+    pipeline, _aggregator, _ = make(namespace="testNamespace.", namespace_exclusions=("datadog.agent",))
     pipeline.process([b"daemon:21|g\ndatadog.agent.daemon:1|g"], NOW)
-    assert sorted(s.name for s in aggregator.flush(NOW + 20).series) == ["datadog.agent.daemon", "testNamespace.daemon"]
+    assert sorted(s.name for s in flush(pipeline, NOW + 20).series) == ["datadog.agent.daemon", "testNamespace.daemon"]
 
 
 def test_histogram_copy_to_distribution():
     """spec §6.2: prefix dist. turns daemon:666|h into histogram daemon plus distribution dist.daemon."""
-    pipeline, aggregator, _ = make(histogram_copy_prefix="dist.")
+    pipeline, _aggregator, _ = make(histogram_copy_prefix="dist.")
     pipeline.process([b"daemon:666|h\ndaemon:666|h"], NOW)
-    batch = aggregator.flush(NOW + 20)
+    batch = flush(pipeline, NOW + 20)
     assert {s.name for s in batch.series} >= {"daemon.max", "daemon.count"}
     assert [(s.name, s.points[0][1].count) for s in batch.sketches] == [("dist.daemon", 2)]
 
 
 def test_extra_tags_appended_to_metrics_events_and_checks():
-    pipeline, aggregator, _ = make(extra_tags=("env:prod",))
+    pipeline, _aggregator, _ = make(extra_tags=("env:prod",))
     pipeline.process([b"m:1|g|#a\n_e{1,1}:t|x|#b\n_sc|c|0|#host:h2,c"], NOW)
-    batch = aggregator.flush(NOW + 20)
+    batch = flush(pipeline, NOW + 20)
     assert batch.series[0].tags == ("a", "env:prod")
     assert batch.events[0].tags == ("b", "env:prod")
     assert (batch.service_checks[0].tags, batch.service_checks[0].host) == (("c", "env:prod"), "h2")
 
 
 def test_event_timestamp_zero_becomes_now():
-    pipeline, aggregator, _ = make()
+    pipeline, _aggregator, _ = make()
     pipeline.process([b"_e{1,1}:t|x\n_e{1,1}:t|x|d:21"], NOW)
-    assert [e.timestamp for e in aggregator.flush(NOW).events] == [int(NOW), 21]
+    assert [e.timestamp for e in flush(pipeline, NOW).events] == [int(NOW), 21]
 
 
 def test_cache_is_bounded():
-    pipeline, aggregator, telemetry = make()
-    pipeline.cache_size = 10
+    pipeline, _aggregator, telemetry = make()
+    pipeline.shapes.size = 10
     pipeline.process([b"\n".join(b"m%d:1|c" % i for i in range(25))], NOW)
-    assert len(pipeline._cache) <= 10
+    assert len(pipeline.shapes) <= 10
     assert telemetry.get("shape_cache_resets") == 2
-    assert len(aggregator.flush(NOW + 20).series) == 25
+    assert len(flush(pipeline, NOW + 20).series) == 25
 
 
 def test_stale_shapes_expire_and_live_ones_stay():
     """Contexts unseen for dogstatsd_context_expiry_seconds leave the cache (spec §6.5)."""
-    pipeline, aggregator, _ = make()
+    pipeline, _aggregator, _ = make()
     pipeline.context_expiry = 20
     pipeline.process([b"live:1|c\nstale:1|c"], NOW)
     for t in (15, 25, 35, 45):
         pipeline.process([b"live:1|c"], NOW + t)
-    cached = set(pipeline._cache) | set(pipeline._previous)
+    cached = pipeline.shapes.keys()
     assert cached == {b"live:|c"}
-    assert aggregator.flush(NOW + 100, final=True).series  # and the samples were all aggregated
+    assert flush(pipeline, NOW + 100, final=True).series  # and the samples were all aggregated
 
 
 @pytest.mark.parametrize(
@@ -285,7 +293,7 @@ def test_origin_tags_metrics_and_c_field_wins():
     pipeline.process([b"m:1|g\nn:1|g|c:ci-own"], NOW, origin=b"detected")
     pipeline.process([b"m:2|g"], NOW)  # same shape, no origin: another context
     pipeline.process([b"_sc|chk|0"], NOW, origin=b"detected")
-    batch = aggregator.flush(NOW + 20)
+    batch = flush(pipeline, NOW + 20)
     assert sorted((s.name, s.tags, s.points[0][1]) for s in batch.series) == [
         ("m", (), 2.0),
         ("m", ("container_id:detected",), 1.0),
@@ -314,9 +322,9 @@ def test_mapper_renames_and_adds_tags_server_level_vector():
     """spec §5.5 server-level vector: mapped tags are appended to the client's own."""
     from twisted_statsd.core.mapper import MetricMapper
 
-    pipeline, aggregator, _ = make(mapper=MetricMapper(MAPPER_PROFILES), namespace="ns.")
+    pipeline, _aggregator, _ = make(mapper=MetricMapper(MAPPER_PROFILES), namespace="ns.")
     pipeline.process([b"test.job.duration.my_job_type.my_job_name:666|g|#some:tag,more:tags\nother:1|g"], NOW)
-    series = {s.name: s.tags for s in aggregator.flush(NOW + 20).series}
+    series = {s.name: s.tags for s in flush(pipeline, NOW + 20).series}
     # mapping comes before the namespace (spec §5.4)
     assert series == {
         "ns.test.job.duration": ("job_name:my_job_name", "job_type:my_job_type", "more:tags", "some:tag"),
@@ -328,17 +336,17 @@ def test_mapped_host_tag_sets_the_host():
     """Mapping happens before host: extraction (spec §5.4)."""
     from twisted_statsd.core.mapper import MetricMapper
 
-    pipeline, aggregator, _ = make(mapper=MetricMapper(MAPPER_PROFILES))
+    pipeline, _aggregator, _ = make(mapper=MetricMapper(MAPPER_PROFILES))
     pipeline.process([b"test.host.web7:1|g"], NOW)
-    (series,) = aggregator.flush(NOW + 20).series
+    (series,) = flush(pipeline, NOW + 20).series
     assert (series.name, series.host, series.tags) == ("test.by_host", "web7", ())
 
 
 def test_a_gauge_with_rate_zero_given_to_a_counter_does_not_break_the_batch():
     """First type in a bucket decides (spec §6.4); a rate-0 sample of another type adds as it is."""
-    pipeline, aggregator, telemetry = make()
+    pipeline, _aggregator, telemetry = make()
     pipeline.process([b"x:1|c\nx:2|g|@0\nx:3|g|@0\ny:1|g"], NOW)
-    series = {s.name: s.points[0][1] for s in aggregator.flush(NOW + 20).series}
+    series = {s.name: s.points[0][1] for s in flush(pipeline, NOW + 20).series}
     assert series == {"x": pytest.approx(0.6), "y": 1.0}
     pipeline.fold()  # samples are counted as they are folded into the aggregator
     assert telemetry.get("metrics") == 4
@@ -356,25 +364,25 @@ def test_extreme_histograms_cost_only_their_own_series(lines):
     """A histogram whose maths overflows is left out; the rest of the flush goes out."""
     pipeline, aggregator, _ = make()
     pipeline.process([b"\n".join(lines + [b"ok:1|g", b"_e{1,1}:t|x"])], NOW)
-    batch = aggregator.flush(NOW + 20)
+    batch = flush(pipeline, NOW + 20)
     assert [s.name for s in batch.series] == ["ok"]
     assert len(batch.events) == 1
     assert aggregator.non_finite_points >= 1
 
 
 def test_a_histogram_rate_outside_zero_to_infinity_counts_once():
-    pipeline, aggregator, _ = make()
+    pipeline, _aggregator, _ = make()
     pipeline.process([b"lat:1|h|@inf\nlat:1|h|@-2"], NOW)
-    series = {s.name: s.points[0][1] for s in aggregator.flush(NOW + 20).series}
+    series = {s.name: s.points[0][1] for s in flush(pipeline, NOW + 20).series}
     assert series["lat.count"] == pytest.approx(0.2)
 
 
 def test_a_tiny_distribution_rate_is_capped():
     from twisted_statsd.core.sketch import MAX_BIN_COUNT
 
-    pipeline, aggregator, _ = make()
+    pipeline, _aggregator, _ = make()
     pipeline.process([b"x:1|d|@1e-300"], NOW)
-    (sketch_series,) = aggregator.flush(NOW + 20).sketches
+    (sketch_series,) = flush(pipeline, NOW + 20).sketches
     sketch = sketch_series.points[0][1]
     _keys, counts = sketch.bins()
     assert counts == [MAX_BIN_COUNT] and sketch.count == MAX_BIN_COUNT
@@ -389,27 +397,27 @@ def test_a_tiny_distribution_rate_is_capped():
 )
 def test_contexts_never_collide_through_odd_bytes(lines):
     """spec §6.4: (name, host, tags) identify a context, whatever bytes they hold."""
-    pipeline, aggregator, _ = make()
+    pipeline, _aggregator, _ = make()
     pipeline.process([b"\n".join(lines)], NOW)
-    assert len(aggregator.flush(NOW + 20).series) == 2
+    assert len(flush(pipeline, NOW + 20).series) == 2
 
 
 def test_timestamped_counter_ignores_a_zero_sample_rate():
     """spec §1.4: the sample rate does not apply to timestamped samples."""
-    pipeline, aggregator, _telemetry = make()
+    pipeline, _aggregator, _telemetry = make()
     pipeline.process([b"x:5|c|@0|T1657100430"], NOW)
-    (series,) = aggregator.flush(NOW + 20).series
+    (series,) = flush(pipeline, NOW + 20).series
     assert series.points == [(1657100430, 0.5)]
 
 
 def test_memory_hard_limit_refuses_only_contexts_not_yet_known():
-    pipeline, aggregator, telemetry = make()
-    pipeline.cache_size = 2
+    pipeline, _aggregator, telemetry = make()
+    pipeline.shapes.size = 2
     pipeline.process([b"a:1|c\nb:1|c\nc:1|c"], NOW)  # the cache has forgotten some shapes
     pipeline.refuse_new_contexts = True
     pipeline.process([b"a:1|c\nb:1|c\nc:1|c\nnew:1|c\nc:1|c|#other"], NOW)
     assert telemetry.dropped("memory_hard_limit") == 2
-    assert {s.name: s.points[0][1] for s in aggregator.flush(NOW + 20).series} == {"a": 0.2, "b": 0.2, "c": 0.2}
+    assert {s.name: s.points[0][1] for s in flush(pipeline, NOW + 20).series} == {"a": 0.2, "b": 0.2, "c": 0.2}
 
 
 # -- staging: values wait in their shape's slot until a fold -------------------------
@@ -417,18 +425,18 @@ def test_memory_hard_limit_refuses_only_contexts_not_yet_known():
 
 def test_gauge_shapes_of_one_context_keep_arrival_order():
     """Tag order does not make another context (spec §6.4), and the last gauge wins across shapes."""
-    pipeline, aggregator, _ = make()
+    pipeline, _aggregator, _ = make()
     pipeline.process([b"g:1|g|#a,b\ng:2|g|#b,a\ng:3|g|#a,b"], NOW)
-    (series,) = aggregator.flush(NOW + 20).series
+    (series,) = flush(pipeline, NOW + 20).series
     assert series.points[0][1] == 3.0
 
 
 def test_first_type_in_each_bucket_decides_for_a_context_seen_under_two_types():
     """spec §6.4, bucket by bucket: a counter first, then a gauge first in the next bucket."""
-    pipeline, aggregator, _ = make()
+    pipeline, _aggregator, _ = make()
     pipeline.process([b"m:1|c\nm:5|g"], NOW)
     pipeline.process([b"m:7|g\nm:2|c\nm:9|g"], NOW + 10)
-    batch = aggregator.flush(NOW + 30)
+    batch = flush(pipeline, NOW + 30)
     (series,) = batch.series
     assert [(ts - int(NOW) + int(NOW) % 10, value) for ts, value in series.points][:2] == [(0, 0.6), (10, 9.0)]
 
@@ -436,29 +444,29 @@ def test_first_type_in_each_bucket_decides_for_a_context_seen_under_two_types():
 def test_every_shape_of_a_context_goes_one_at_a_time_once_it_is_seen_under_two_types():
     """spec §6.4 with two tag orders: a counter shape learnt before the gauge came still keeps
     its place in line order in the next bucket, so the counter comes first there too."""
-    pipeline, aggregator, _ = make()
+    pipeline, _aggregator, _ = make()
     pipeline.process([b"m:1|c|#a,b\nm:1|c|#b,a"], NOW)
     pipeline.process([b"m:5|g|#a,b"], NOW)  # the context is now seen under two types
     pipeline.process([b"m:2|c|#b,a\nm:7|g|#b,a"], NOW + 10)
-    (series,) = aggregator.flush(NOW + 30).series
+    (series,) = flush(pipeline, NOW + 30).series
     assert [(ts - int(NOW) + int(NOW) % 10, value) for ts, value in series.points][:2] == [(0, 0.7), (10, 0.9)]
 
 
 def test_a_bad_value_in_a_learnt_shape_is_reported_when_folded():
-    pipeline, aggregator, telemetry = make()
+    pipeline, _aggregator, telemetry = make()
     pipeline.process([b"x:1|c\nx:abc|c\nx:1_0|c\nx:2|c"], NOW)
     assert telemetry.dropped("metric_bad_value") == 0  # still staged
     pipeline.fold()
     assert telemetry.dropped("metric_bad_value") == 2
     assert telemetry.get("metrics") == 2
-    (series,) = aggregator.flush(NOW + 20).series
+    (series,) = flush(pipeline, NOW + 20).series
     assert series.points[0][1] == 0.3
 
 
 def test_staged_values_land_in_the_bucket_they_arrived_in():
-    pipeline, aggregator, _ = make()
+    pipeline, _aggregator, _ = make()
     start = NOW - NOW % 10
     pipeline.process([b"x:1|c"], start + 9.5)
     pipeline.process([b"x:2|c"], start + 10.5)  # a new bucket: the first one is folded first
-    (series,) = aggregator.flush(start + 30).series
+    (series,) = flush(pipeline, start + 30).series
     assert series.points == [(int(start), 0.1), (int(start) + 10, 0.2)]

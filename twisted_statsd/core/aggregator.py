@@ -6,20 +6,24 @@ turns it into series stamped with the bucket start; open buckets wait for a
 later flush, or for the final flush on shutdown, which closes everything.
 
 The aggregator is pure: it never reads a clock, every method takes the time as
-an argument, and it imports nothing from Twisted.  The hot path (the pipeline)
-reaches a bucket's dictionaries directly through :meth:`Aggregator.bucket`, so
-a sample for a known context costs one dictionary probe and one method call.
+an argument, and it imports nothing from Twisted.  It owns every DogStatsD rule
+about where a sample goes (the first type in a bucket decides, the counter
+registry, sample weights); the intake hands it a batch through
+:meth:`Aggregator.add_runs`, runs of values per target, so a run costs one
+dictionary probe and one batch method call (``add_many``) on its metric.
 """
 
 from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from itertools import accumulate
-from operator import itemgetter, mul
+from collections.abc import Iterable, Sequence
+from itertools import accumulate, repeat
+from operator import itemgetter, mul, truediv
 
 from twisted_statsd.core.model import (
     COUNTER,
+    DISTRIBUTION,
     GAUGE,
     SERIES_GAUGE,
     SERIES_RATE,
@@ -45,6 +49,25 @@ HISTOGRAM_SAMPLES_PER_CONTEXT = 100
 # between two flushes; anything beyond is refused and counted by the caller.
 MAX_PENDING = 100_000
 
+# What the intake hands over: (context, metric type, sample rate, values), the
+# values in arrival order (floats; set members as bytes).
+Run = tuple[Context, bytes, float, Sequence]
+
+
+def histogram_weight(rate: float) -> float:
+    """A histogram sample's weight: ``1 / rate``, and 1 for a rate that is not positive and finite."""
+    return 1.0 / rate if 0.0 < rate < math.inf else 1.0
+
+
+def sketch_weight(rate: float) -> float:
+    """A distribution sample's weight: ``1 / rate``, and 1 for a rate outside (0, 1] (spec §1.4)."""
+    return 1.0 / rate if 0.0 < rate <= 1.0 else 1.0
+
+
+def bucket_start(now: float) -> int:
+    """The start of the bucket that samples received at ``now`` belong to."""
+    return int(now) - int(now) % BUCKET_SECONDS
+
 
 class Gauge:
     """Last value wins, by arrival order (spec §6.5)."""
@@ -58,6 +81,10 @@ class Gauge:
 
     def add(self, value: float, rate: float, now: float) -> None:
         self.value = value
+        self.last = now
+
+    def add_many(self, values: Sequence[float], rate: float, now: float) -> None:
+        self.value = values[-1]
         self.last = now
 
     def series(self, ts, aggregator):
@@ -91,6 +118,11 @@ class Counter:
         self.value += value / rate if rate else value
         self.last = now
 
+    def add_many(self, values: Sequence[float], rate: float, now: float) -> None:
+        # Summed left to right from the current value, as ``add`` one by one would.
+        self.value = sum(values if rate == 1.0 or not rate else map(truediv, values, repeat(rate)), self.value)
+        self.last = now
+
     def series(self, ts, aggregator):
         yield "", SERIES_RATE, self.value / BUCKET_SECONDS
 
@@ -117,6 +149,10 @@ class Set:
 
     def add(self, member, rate: float, now: float) -> None:
         self.members.add(member)
+        self.last = now
+
+    def add_many(self, members: Sequence, rate: float, now: float) -> None:
+        self.members.update(members)
         self.last = now
 
     def series(self, ts, aggregator):
@@ -151,7 +187,12 @@ class Histogram:
 
     def add(self, value: float, rate: float, now: float) -> None:
         self.values.append(value)
-        self.weights.append(1.0 / rate if 0.0 < rate < math.inf else 1.0)
+        self.weights.append(histogram_weight(rate))
+        self.last = now
+
+    def add_many(self, values: Sequence[float], rate: float, now: float) -> None:
+        self.values.extend(values)
+        self.weights.extend(repeat(histogram_weight(rate), len(values)))
         self.last = now
 
     def merge(self, other) -> None:
@@ -222,6 +263,11 @@ def _weighted_rank(ordered: list[float], cumulative: list[float] | None, target:
 METRIC_CLASSES = {GAUGE: Gauge, COUNTER: Counter, SET: Set, b"h": Histogram, b"ms": Histogram}
 
 
+def one_metric(a: bytes, b: bytes) -> bool:
+    """Whether samples of types ``a`` and ``b`` (not distributions) go into the same kind of metric."""
+    return METRIC_CLASSES[a] is METRIC_CLASSES[b]
+
+
 class Bucket:
     """The samples of one 10-second interval: metrics by context key, and sketches apart.
 
@@ -268,22 +314,19 @@ class Aggregator:
         self.non_finite_points = 0
         # Contexts (per bucket) in the last flush, for telemetry.
         self.flushed_contexts = 0
-        # Called before anything reads the buckets: whoever stages samples
-        # outside the aggregator (the pipeline) folds them in here.
-        self.before_read: list = []
 
     # -- intake ---------------------------------------------------------------
 
-    def bucket(self, now: float) -> Bucket:
+    def _bucket(self, now: float) -> Bucket:
         """The bucket that on-time samples received at ``now`` belong to."""
-        start = int(now) - int(now) % BUCKET_SECONDS
+        start = bucket_start(now)
         bucket = self._buckets.get(start)
         if bucket is None:
             bucket = self._buckets[start] = Bucket(start)
         return bucket
 
-    def new_metric(self, bucket: Bucket, context: Context, mtype: bytes, now: float):
-        """Create the metric object for a context's first sample in ``bucket``."""
+    def _new_metric(self, bucket: Bucket, context: Context, mtype: bytes, now: float):
+        """Create the metric object for a context's first sample in ``bucket``; its type stays (spec §6.4)."""
         metric = bucket.metrics[context.key] = METRIC_CLASSES[mtype](context)
         if mtype == COUNTER:
             seen = self._counters.get(context.key)
@@ -291,49 +334,51 @@ class Aggregator:
                 self._counters[context.key] = metric
         return metric
 
-    def _settle(self) -> None:
-        for fold in self.before_read:
-            fold()
-
     def knows(self, context: Context, now: float) -> bool:
         """Whether the context already has samples in the open bucket or is a live counter.
 
-        Staged samples are not looked at: the caller folds them in first.
+        Samples the intake still holds are not looked at: the caller hands them over first.
         """
         key = context.key
-        bucket = self._buckets.get(int(now) - int(now) % BUCKET_SECONDS)
+        bucket = self._buckets.get(bucket_start(now))
         if bucket is not None and (key in bucket.metrics or key in bucket.sketches):
             return True
         return key in self._counters
 
     def add(self, context: Context, mtype: bytes, value, rate: float, now: float) -> None:
         """Add one on-time sample; the readable path, used outside the hot loop."""
-        bucket = self.bucket(now)
-        if mtype == b"d":
-            self.add_distribution(bucket, context, value, rate)
-            return
-        metric = bucket.metrics.get(context.key)
-        if metric is None:
-            metric = self.new_metric(bucket, context, mtype, now)
-        elif mtype == SET and type(metric) is not Set:
-            value = 0.0  # a set member carries no number for another type
-        metric.add(value, rate, now)
+        self.add_runs(now, [(context, mtype, rate, (value,))])
+
+    def add_runs(self, now: float, runs: Iterable[Run]) -> None:
+        """Add on-time samples received at ``now``, run by run, in the order given.
+
+        The first type a context gets in a bucket decides its metric (spec
+        §6.4): a run of another type is given to that metric value by value,
+        a set member as 0 at rate 1.  Distributions live apart, in sketches.
+        """
+        bucket = self._bucket(now)
+        metrics = bucket.metrics
+        for context, mtype, rate, values in runs:
+            if mtype == DISTRIBUTION:
+                self._sketch(bucket, context).add_many(values, sketch_weight(rate))
+                continue
+            metric = metrics.get(context.key)
+            if metric is None:
+                metric = self._new_metric(bucket, context, mtype, now)
+            if metric.__class__ is METRIC_CLASSES[mtype]:
+                metric.add_many(values, rate, now)
+                continue
+            if mtype == SET:  # a member carries no number, nor a sample rate, for another type
+                values, rate = repeat(0.0, len(values)), 1.0
+            for value in values:
+                metric.add(value, rate, now)
 
     @staticmethod
-    def add_distribution(bucket: Bucket, context: Context, value: float, rate: float) -> None:
-        """Add to the context's sketch; rates outside (0, 1] count as 1 (spec §1.4)."""
+    def _sketch(bucket: Bucket, context: Context) -> Sketch:
         entry = bucket.sketches.get(context.key)
         if entry is None:
             entry = bucket.sketches[context.key] = (context, Sketch())
-        entry[1].add(value, 1.0 / rate if 0.0 < rate <= 1.0 else 1.0)
-
-    @staticmethod
-    def add_distributions(bucket: Bucket, context: Context, values: list[float], rate: float) -> None:
-        """:meth:`add_distribution` for several values of one context and rate at once."""
-        entry = bucket.sketches.get(context.key)
-        if entry is None:
-            entry = bucket.sketches[context.key] = (context, Sketch())
-        entry[1].add_many(values, 1.0 / rate if 0.0 < rate <= 1.0 else 1.0)
+        return entry[1]
 
     def add_timestamped(self, context: Context, mtype: bytes, value: float, timestamp: int) -> bool:
         """Pass a client-timestamped gauge or counter straight to the next flush (spec §6.7).
@@ -389,8 +434,7 @@ class Aggregator:
         since the previous flush, live counters get a zero point at
         ``cutoff - 10`` (spec §6.5).
         """
-        self._settle()
-        cutoff = int(now) - int(now) % BUCKET_SECONDS
+        cutoff = bucket_start(now)
         due = [self._buckets.pop(start) for start in sorted(self._buckets) if final or start + BUCKET_SECONDS <= cutoff]
         if not due and cutoff - self._last_cutoff >= BUCKET_SECONDS and self._last_cutoff:
             due = [Bucket(cutoff - BUCKET_SECONDS)]
@@ -507,7 +551,6 @@ class Aggregator:
         A worker process ships this to the process that flushes, which folds it
         in with :meth:`merge`; the counter registry stays, for zero-filling.
         """
-        self._settle()
         state = {
             "buckets": [(b.start, b.metrics, b.sketches) for b in self._buckets.values()],
             "timestamped": self._timestamped,
@@ -549,7 +592,6 @@ class Aggregator:
 
     def context_count(self) -> int:
         """Contexts with samples in open buckets, plus live counters (walks them all: for inspection)."""
-        self._settle()
         keys = set(self._counters)
         for bucket in self._buckets.values():
             keys.update(bucket.metrics)

@@ -1,0 +1,76 @@
+"""Staging: the samples the pipeline holds, to hand to the aggregator in one batch.
+
+Two kinds, all received in the bucket open at the time:
+
+* raw values by :class:`~twisted_statsd.intake.shapes.Shape`: lines of learnt
+  shapes, appended with C-level calls, so a staged batch costs no Python
+  bytecode per line; they are converted when folded, a counter's values into
+  one run (one ``sum``);
+* runs: the converted values of lines taken one at a time, in arrival order.
+
+Between two folds a context's samples are all of one kind: a context leaves
+the bulk path (its shapes go one at a time) only after a fold, and comes back
+to it only when the shape cache starts over, after a fold too.  So handing the
+runs over before the values by shape keeps every context's arrival order.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from collections.abc import Sequence
+
+from twisted_statsd.core.aggregator import Run
+from twisted_statsd.core.enrich import Target
+from twisted_statsd.core.model import DISTRIBUTION
+from twisted_statsd.intake.shapes import Shape
+
+_append = list.append
+
+
+class Staging:
+    """Staged samples and when they arrived; :meth:`take` empties it."""
+
+    __slots__ = ("kept", "latest", "lines", "opened", "runs", "values")
+
+    def __init__(self) -> None:
+        self.values: defaultdict[Shape, list[bytes]] = defaultdict(list)
+        self.runs: list[Run] = []
+        self.kept = 0  # samples in ``runs``, distribution copies aside
+        self.lines = 0  # lines received since the last take
+        self.opened = 0.0  # when the first of them arrived
+        self.latest = 0.0  # when the latest of them arrived
+
+    def __bool__(self) -> bool:
+        return bool(self.runs or self.values)
+
+    def note(self, lines: int, now: float) -> None:
+        """Count ``lines`` received at ``now``."""
+        if not self.lines:
+            self.opened = now
+        self.lines += lines
+        self.latest = now
+
+    def stage(self, shapes: list[Shape], raws: list[bytes]) -> None:
+        """Append each raw value to its shape's values, with C-level calls only."""
+        deque(map(_append, map(self.values.__getitem__, shapes), raws), 0)
+
+    def add_run(self, target: Shape | Target, values: Sequence) -> None:
+        """Queue the converted values of one target, and their distribution copy if it has one."""
+        if values:
+            self.runs.append((target.context, target.type, target.rate, values))
+            self.kept += len(values)
+            if target.copy is not None:
+                self.runs.append((target.copy, DISTRIBUTION, target.rate, values))
+
+    def take(self) -> tuple[list[Run], int]:
+        """The runs and how many samples they hold; staging starts empty.
+
+        Raw values left by shape are dropped: the caller converts them into
+        runs first.  The containers are emptied in place, so a loop holding
+        them goes on staging into them.
+        """
+        taken = self.runs.copy(), self.kept
+        self.values.clear()
+        self.runs.clear()
+        self.kept = self.lines = 0
+        return taken
