@@ -262,9 +262,15 @@ def test_non_finite_points_left_out_and_counted():
 
 
 def test_merging_partial_aggregates_equals_one_aggregator():
-    """Issue 7: workers' partial aggregates merge exactly into what one process would have."""
+    """Issue 7: workers' partial aggregates merge exactly into what one process would have.
+
+    Every context of every type has samples in several parts, in the same
+    bucket, so each type's ``merge`` runs; times only grow, as a clock's do,
+    so the latest gauge of the parts is the last one sent.
+    """
     import pickle
     import random
+    from collections import defaultdict
 
     rng = random.Random(5)
     samples = []
@@ -272,13 +278,17 @@ def test_merging_partial_aggregates_equals_one_aggregator():
         kind = rng.choice([COUNTER, GAUGE, SET, HISTOGRAM, TIMING, DISTRIBUTION])
         value = b"m%d" % rng.randint(0, 5) if kind == SET else float(rng.randint(-5, 50))
         samples.append(
-            (ctx(f"{kind.decode()}.{i % 7}", f"t:{i % 3}"), kind, value, rng.choice([1.0, 0.5]), 1000 + i % 25)
+            (ctx(f"{kind.decode()}.{i % 7}", f"t:{i % 2}"), kind, value, rng.choice([1.0, 0.5]), 1000 + i * 0.0125)
         )
     whole = Aggregator()
     parts = [Aggregator(), Aggregator(), Aggregator()]
+    held_by = defaultdict(set)
     for n, (context, kind, value, rate, now) in enumerate(samples):
         whole.add(context, kind, value, rate, now)
         parts[n % 3].add(context, kind, value, rate, now)
+        held_by[kind, context.key, int(now) // 10].add(n % 3)
+    merged_kinds = {kind for (kind, _key, _bucket), held in held_by.items() if len(held) > 1}
+    assert merged_kinds == {COUNTER, GAUGE, SET, HISTOGRAM, TIMING, DISTRIBUTION}
     merged = parts[0]
     for part in parts[1:]:
         merged.merge(pickle.loads(pickle.dumps(part.export())))
@@ -291,6 +301,38 @@ def test_merging_partial_aggregates_equals_one_aggregator():
         return series, sketches
 
     assert summary(merged.flush(1100, final=True)) == summary(whole.flush(1100, final=True))
+
+
+@pytest.mark.parametrize(
+    "held, shipped, expected",
+    [
+        # the counter came first: the gauge's value is added to it
+        ([(COUNTER, 3.0, 1.0)], [(GAUGE, 7.0, 1.0)], {"m": 1.0}),
+        # the gauge came first: the counter's total (scaled by its rate) is its next value
+        ([(GAUGE, 2.0, 1.0)], [(COUNTER, 5.0, 0.5)], {"m": 10.0}),
+        # a histogram takes each set member as 0
+        (
+            [(HISTOGRAM, 1.0, 1.0), (HISTOGRAM, 2.0, 1.0)],
+            [(SET, b"a", 1.0), (SET, b"b", 1.0)],
+            {"m.max": 2.0, "m.median": 0.0, "m.avg": 0.75, "m.count": 0.4, "m.95percentile": 2.0},
+        ),
+        # a set takes each histogram sample as a member
+        ([(SET, b"a", 1.0)], [(TIMING, 5.0, 1.0), (TIMING, 6.0, 1.0)], {"m": 3.0}),
+        # a histogram takes another histogram's weights along with its samples
+        ([(HISTOGRAM, 1.0, 1.0)], [(HISTOGRAM, 3.0, 0.5)], {"m.max": 3.0, "m.count": 0.3}),
+    ],
+)
+def test_merging_a_context_held_under_another_type_feeds_the_first_type(held, shipped, expected):
+    """spec §6.4 across processes: the metric the flushing process holds decides the type,
+    and the shipped metric's samples are given to it."""
+    mine, other = Aggregator(), Aggregator()
+    for kind, value, rate in held:
+        mine.add(ctx("m"), kind, value, rate, 1001)
+    for kind, value, rate in shipped:
+        other.add(ctx("m"), kind, value, rate, 1002)
+    mine.merge(other.export())
+    series = {s.name: s.points[0][1] for s in mine.flush(1010).series}
+    assert {name: series[name] for name in expected} == pytest.approx(expected)
 
 
 def _reference_histogram_series(values, weights, aggregates, percent_ranks):
