@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import random
+from unittest import mock
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd.core import parser
 from twisted_statsd.core.aggregator import Aggregator
 from twisted_statsd.core.enrich import Blocklist, Enricher
 from twisted_statsd.core.model import SET
+from twisted_statsd.intake import pipeline as pipeline_module
 from twisted_statsd.intake.pipeline import Pipeline
 from twisted_statsd.telemetry import Telemetry
 
@@ -48,39 +52,49 @@ def flushed(aggregator):
 
 def reference(lines, **enrich):
     """The straightforward path: full parse and enrichment of every line, one sample at a time."""
-    Telemetry()
+    aggregator, _kept = reference_aggregator([(line, NOW, None) for line in lines], **enrich)
+    return flushed(aggregator)
+
+
+def reference_aggregator(received, **enrich):
+    """:func:`reference` for (line, time received, origin) triples; also how many samples it kept."""
     aggregator = Aggregator(histogram_aggregates=("max", "min", "median", "avg", "sum", "count"))
     enricher = Enricher(hostname=enrich.pop("hostname", "myhost"), **enrich)
-    for line in lines:
+    kept = 0
+    for line, now, origin in received:
         try:
             kind = parser.message_kind(line)
             if kind == parser.EVENT:
-                aggregator.add_event(enricher.event(parser.parse_event(line), NOW))
+                aggregator.add_event(enricher.event(parser.parse_event(line), now, origin))
                 continue
             if kind == parser.SERVICE_CHECK:
-                aggregator.add_service_check(enricher.service_check(parser.parse_service_check(line), NOW))
+                aggregator.add_service_check(enricher.service_check(parser.parse_service_check(line), now, origin))
                 continue
             message = parser.parse_metric(line)
         except parser.ParseError:
             continue
-        target = enricher.metric_target(message)
-        if target is None or (target.type == b"c" and target.rate == 0):
+        target = enricher.metric_target(message, origin)
+        if target is None:
             continue
         if message.timestamp:
             for v in message.values:
                 if v == v and abs(v) != float("inf"):
-                    aggregator.add_timestamped(target.context, target.type, v, message.timestamp)
+                    kept += aggregator.add_timestamped(target.context, target.type, v, message.timestamp)
+            continue
+        if target.type == b"c" and target.rate == 0:
             continue
         if message.type == SET:
-            aggregator.add(target.context, SET, message.set_member, 1.0, NOW)
+            aggregator.add(target.context, SET, message.set_member, 1.0, now)
+            kept += 1
             continue
         for v in message.values:
             if v != v or abs(v) == float("inf"):
                 continue
-            aggregator.add(target.context, target.type, v, target.rate, NOW)
+            aggregator.add(target.context, target.type, v, target.rate, now)
+            kept += 1
             if target.copy is not None:
-                aggregator.add(target.copy, b"d", v, target.rate, NOW)
-    return flushed(aggregator)
+                aggregator.add(target.copy, b"d", v, target.rate, now)
+    return aggregator, kept
 
 
 CORPUS_SHAPES = [
@@ -470,3 +484,117 @@ def test_staged_values_land_in_the_bucket_they_arrived_in():
     pipeline.process([b"x:2|c"], start + 10.5)  # a new bucket: the first one is folded first
     (series,) = flush(pipeline, start + 30).series
     assert series.points == [(int(start), 0.1), (int(start) + 10, 0.2)]
+
+
+@pytest.mark.parametrize(
+    "cache_size, packets, gauge",
+    [
+        # the cache starts over while the counter line is learnt, and forgot that x was a gauge first
+        (3, [b"f3:1|c\nf1:1|c\nf4:1|c\nx:5|g", b"x:1|c\nf0:1|c\nf2:1|c\nx:5|g"], 5.0),
+        # a reset while the batch is looked up again after x turned mixed (it used to loop forever)
+        (2, [b"f2:1|c\nf0:1|c\nf1:1|c\nx:0|g\nx:1|c"], 1.0),
+    ],
+)
+def test_a_context_under_two_types_keeps_its_last_gauge_across_a_shape_cache_reset(cache_size, packets, gauge):
+    """Issue 12: a context sent as a gauge, then as a counter and a gauge around a shape-cache
+    reset: the gauge came first in the bucket (spec §6.4) and takes the values in arrival order."""
+    pipeline, _aggregator, telemetry = make()
+    pipeline.shapes.size = cache_size
+    for packet in packets:
+        pipeline.process([packet], NOW)
+    assert telemetry.get("shape_cache_resets") >= 1
+    pipeline.fold()
+    series, _sketches, _events, _checks = ours = flushed(pipeline.aggregator)
+    assert [(name, points) for name, _host, _tags, _type, points in series if name == "x"] == [
+        ("x", ((int(NOW) - int(NOW) % 10, gauge),))
+    ]
+    assert ours == reference(b"\n".join(packets).split(b"\n"))
+
+
+def test_after_a_rotation_the_type_already_in_the_bucket_still_decides():
+    """The shape cache forgets which type came first when it rotates; the bucket does not (spec
+    §6.4): counters at two rates sent after a gauge are given to the gauge in arrival order."""
+    pipeline, _aggregator, _ = make()
+    pipeline.context_expiry = 2
+    start = NOW - NOW % 10
+    pipeline.process([b"x:5|g"], start)
+    pipeline.process([b"x:1|c\nx:2|c|@0.5\nx:3|c"], start + 3)  # a new generation
+    (series,) = flush(pipeline, start + 20).series
+    assert series.points == [(int(start), 3.0)]
+
+
+# -- the staged path against the one-line-at-a-time reference, over generated streams ---
+
+_NAMES = [b"a", b"b.c"]
+_TYPES = [b"c", b"g", b"ms", b"h", b"d", b"s"]
+_RATES = [b"", b"|@0.5", b"|@0", b"|@1"]
+_TAGS = [b"", b"|#x,y", b"|#y,x", b"|#x,x,y", b"|#host:h2,x"]
+_VALUES = [b"1", b"0", b"-2.5", b"1e2", b"3:4", b"1:x", b"u7", b"", b"nan", b"+Inf", b"1e400", b"1_0", b".5", b" 1"]
+_OTHER_LINES = [
+    b"_e{1,1}:t|x|#x",
+    b"_sc|chk|0",
+    b"a:1|g|T1657100430",
+    b"b.c:2:3|c|@0|T1657100431",
+    b"a:1|h|T1657100431",
+    b"a:1|q",
+    b"garbage",
+    b"a:1|c|#dd.internal.entity_id:p,y",
+]
+
+_metric_lines = st.builds(
+    lambda name, value, mtype, rate, tags: name + b":" + value + b"|" + mtype + rate + tags,
+    st.sampled_from(_NAMES),
+    st.sampled_from(_VALUES),
+    st.sampled_from(_TYPES),
+    st.sampled_from(_RATES),
+    st.sampled_from(_TAGS),
+)
+_lines = st.one_of(_metric_lines, _metric_lines, _metric_lines, st.sampled_from(_OTHER_LINES))
+# Each batch: seconds since the previous one, its packets, and the sender's detected container.
+_batches = st.lists(
+    st.tuples(
+        st.sampled_from([0.0, 0.0, 0.5, 3.0, 10.0]),
+        st.lists(st.lists(_lines, min_size=1, max_size=8), min_size=1, max_size=4),
+        st.sampled_from([None, None, b"ctr"]),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    batches=_batches,
+    cache_size=st.sampled_from([2, 3, 5, 1000]),
+    context_expiry=st.sampled_from([2.0, 5.0, 1000.0]),
+    few_shapes=st.sampled_from([0, 4, 4096]),
+    fold_lines=st.sampled_from([1, 7, 65536]),
+)
+def test_staged_path_equals_one_line_at_a_time(batches, cache_size, context_expiry, few_shapes, fold_lines):
+    """Issue 12: over random and adversarial streams (contexts under two types, gauge order across
+    tag orders, packed values, sample rates, bad values, and shape-cache resets, generation
+    rotations, mode switches and folds in the middle of them), nothing escapes as an exception,
+    the pipeline aggregates exactly what the reference does, and counts every sample it keeps."""
+    telemetry = Telemetry()
+    aggregator = Aggregator(histogram_aggregates=("max", "min", "median", "avg", "sum", "count"))
+    pipeline = Pipeline(
+        aggregator,
+        Enricher(hostname="myhost"),
+        telemetry,
+        RateLimitedReporter(telemetry, verbose=False),
+        cache_size=cache_size,
+        context_expiry=context_expiry,
+    )
+    received, now = [], NOW
+    with (
+        mock.patch.object(pipeline_module, "FEW_SHAPES", few_shapes),
+        mock.patch.object(pipeline_module, "FOLD_LINES", fold_lines),
+    ):
+        for advance, packets, origin in batches:
+            now += advance
+            pipeline.process([b"\n".join(packet) for packet in packets], now, origin=origin)
+            received += [(line, now, origin) for packet in packets for line in packet]
+        pipeline.fold()
+    expected, kept = reference_aggregator(received)
+    assert flushed(aggregator) == flushed(expected)
+    assert telemetry.get("metrics") == kept

@@ -263,11 +263,6 @@ def _weighted_rank(ordered: list[float], cumulative: list[float] | None, target:
 METRIC_CLASSES = {GAUGE: Gauge, COUNTER: Counter, SET: Set, b"h": Histogram, b"ms": Histogram}
 
 
-def one_metric(a: bytes, b: bytes) -> bool:
-    """Whether samples of types ``a`` and ``b`` (not distributions) go into the same kind of metric."""
-    return METRIC_CLASSES[a] is METRIC_CLASSES[b]
-
-
 class Bucket:
     """The samples of one 10-second interval: metrics by context key, and sketches apart.
 
@@ -344,6 +339,12 @@ class Aggregator:
         if bucket is not None and (key in bucket.metrics or key in bucket.sketches):
             return True
         return key in self._counters
+
+    def held_by(self, context: Context, now: float) -> type | None:
+        """The class of the metric ``context`` has in the bucket open at ``now`` (distributions aside), if any."""
+        bucket = self._buckets.get(bucket_start(now))
+        metric = None if bucket is None else bucket.metrics.get(context.key)
+        return None if metric is None else type(metric)
 
     def add(self, context: Context, mtype: bytes, value, rate: float, now: float) -> None:
         """Add one on-time sample; the readable path, used outside the hot loop."""

@@ -41,7 +41,7 @@ from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd.core import parser
 from twisted_statsd.core.aggregator import Aggregator, bucket_start
 from twisted_statsd.core.enrich import Enricher, Target
-from twisted_statsd.core.model import COUNTER, GAUGE, SET, forget_shared_tag_sets
+from twisted_statsd.core.model import COUNTER, GAUGE, SET, Context, forget_shared_tag_sets
 from twisted_statsd.core.parser import ParseError, parse_values
 from twisted_statsd.intake.shapes import Shape, ShapeCache
 from twisted_statsd.intake.staging import Staging
@@ -103,7 +103,7 @@ class Pipeline:
         self.timestamps = timestamps
         self.origin_client = origin_client
         self.context_expiry = context_expiry
-        self.shapes = ShapeCache(cache_size, telemetry, self.fold)
+        self.shapes = ShapeCache(cache_size, telemetry, self.fold, self._held)
         self.staging = Staging()
         self._bucket_start: int | None = None
         self._rotate_at: float | None = None
@@ -166,7 +166,8 @@ class Pipeline:
         for shape, raws in staging.values.items():
             staging.add_run(shape, self._values_of(shape, raws))
         runs, kept = staging.take()
-        self.aggregator.add_runs(staging.latest, runs)
+        if runs:  # an empty batch would open a bucket, which zero-filled counters would then fill
+            self.aggregator.add_runs(staging.latest, runs)
         self.telemetry.incr("metrics", kept)
 
     def fold_if_older(self, now: float, age: float) -> None:
@@ -250,6 +251,9 @@ class Pipeline:
         if self.refuse_new_contexts and not self._known(target.context, now):
             return None
         return cache.add(key, Shape(target, key))
+
+    def _held(self, context: Context) -> type | None:
+        return self.aggregator.held_by(context, self.staging.latest)
 
     def _known(self, context, now: float) -> bool:
         self.fold()

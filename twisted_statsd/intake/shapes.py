@@ -23,13 +23,17 @@ current one the previous one, and a shape missing from the current generation
 is taken back from the previous one, so a shape unseen for a whole generation
 is dropped.  ``before_change`` is called before shapes are moved off the bulk
 path or forgotten, so that values staged under them are folded first.
+
+A context's first shape in a generation is checked against the metric its
+context already has in the open bucket (``held``): after a rotation or a
+reset, nothing of it is staged, and the aggregator knows its first type.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from twisted_statsd.core.aggregator import one_metric
+from twisted_statsd.core.aggregator import METRIC_CLASSES
 from twisted_statsd.core.enrich import Target
 from twisted_statsd.core.model import DISTRIBUTION, GAUGE, SET, Context
 from twisted_statsd.telemetry import Telemetry
@@ -72,10 +76,17 @@ class ShapeCache:
     mixed, found without a scan.  ``get`` is the current generation's lookup.
     """
 
-    def __init__(self, size: int, telemetry: Telemetry, before_change: Callable[[], None]):
+    def __init__(
+        self,
+        size: int,
+        telemetry: Telemetry,
+        before_change: Callable[[], None],
+        held: Callable[[Context], type | None],
+    ):
         self.size = size
         self.telemetry = telemetry
         self.before_change = before_change
+        self.held = held
         self._shapes: dict[bytes, Shape] = {}
         self._previous: dict[bytes, Shape] = {}
         self._refused: dict[bytes, str] = {}
@@ -129,10 +140,15 @@ class ShapeCache:
                 self._mixed[key] = shape
                 return None
             if first is None:
+                held = self.held(shape.context)
+                if held is not None and held is not METRIC_CLASSES[shape.type]:
+                    self._mixed_contexts.add(context_key)
+                    self._mixed[key] = shape
+                    return None
                 self._first[context_key] = shape
                 if key != shape.key:  # a shape taken back from the previous generation under another key
                     self._more_keys.setdefault(context_key, []).append(key)
-            elif not one_metric(first.type, shape.type):
+            elif METRIC_CLASSES[first.type] is not METRIC_CLASSES[shape.type]:
                 self._mix(context_key, first)
                 self._mixed[key] = shape
                 return None
