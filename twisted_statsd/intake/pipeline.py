@@ -33,6 +33,7 @@ over.  Pure: time comes in as ``now``, and nothing here touches the reactor.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from itertools import repeat
 from operator import itemgetter
@@ -41,7 +42,7 @@ from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd.core import parser
 from twisted_statsd.core.aggregator import Aggregator, bucket_start
 from twisted_statsd.core.enrich import Enricher, Target
-from twisted_statsd.core.model import COUNTER, GAUGE, SET, Context, forget_shared_tag_sets
+from twisted_statsd.core.model import COUNTER, DISTRIBUTION, GAUGE, SET, Context, forget_shared_tag_sets
 from twisted_statsd.core.parser import ParseError, parse_values
 from twisted_statsd.intake.shapes import Shape, ShapeCache
 from twisted_statsd.intake.staging import Staging
@@ -138,23 +139,23 @@ class Pipeline:
         keys = list(map(_key, zip(map(_first, heads), map(_third, tails), strict=False)))
         if origin is not None:
             keys = list(map(_concat, repeat(b"\n" + origin + b"\n"), keys))
-        raws = list(map(_first, tails))
         staging = self.staging
         if len(self.shapes) > FEW_SHAPES:
             if staging:  # staged while there were few shapes: those samples come first
                 self.fold()
             staging.note(len(lines), now)
-            self._each(lines, keys, raws, now, origin, stage=False)
+            self._each(lines, keys, list(map(_first, tails)), now, origin, stage=False)
             self.fold()
             return
         staging.note(len(lines), now)
         shapes = self.shapes.lookup(keys)
         if None in shapes:
             cut = shapes.index(None)
+            raws = list(map(_first, tails))
             staging.stage(shapes[:cut], raws[:cut])
             self._each(lines[cut:], keys[cut:], raws[cut:], now, origin, stage=True)
         else:
-            staging.stage(shapes, raws)
+            staging.stage(shapes, map(_first, tails))
         if staging.lines >= FOLD_LINES:
             self.fold()
 
@@ -163,8 +164,9 @@ class Pipeline:
         staging = self.staging
         if not staging:
             return
+        add_run, values_of = staging.add_run, self._values_of
         for shape, raws in staging.values.items():
-            staging.add_run(shape, self._values_of(shape, raws))
+            add_run(shape, values_of(shape, raws))
         runs, kept = staging.take()
         if runs:  # an empty batch would open a bucket, which zero-filled counters would then fill
             self.aggregator.add_runs(staging.latest, runs)
@@ -208,7 +210,8 @@ class Pipeline:
         of its context off the bulk path.
         """
         get = self.shapes.get
-        values = self.staging.values
+        staging = self.staging
+        values, runs = staging.values, staging.runs  # emptied in place by a fold meanwhile
         for line, key, raw in zip(lines, keys, raws, strict=True):
             shape = get(key)
             if shape is None:
@@ -218,8 +221,21 @@ class Pipeline:
                     continue
             if stage:
                 values[shape].append(raw)
-            else:
-                self._convert(shape, raw)
+                continue
+            # _convert, inlined for the common case: one plain decimal value.
+            if shape.type != SET and not raw.strip(_DECIMAL):
+                try:
+                    value = float(raw)
+                except ValueError:
+                    value = math.nan
+                if value - value == 0.0:
+                    single = (value,)
+                    runs.append((shape.context, shape.type, shape.rate, single))
+                    staging.kept += 1
+                    if shape.copy is not None:
+                        runs.append((shape.copy, DISTRIBUTION, shape.rate, single))
+                    continue
+            self._convert(shape, raw)
 
     def _learn(self, line: bytes, key: bytes, now: float, origin) -> Shape | None:
         """The bulk shape for a new key, or None for a line that goes alone.
@@ -285,14 +301,17 @@ class Pipeline:
         if shape.type == SET:
             if b"" not in raws:
                 return raws
-        elif not b"".join(raws).strip(_DECIMAL):
+        elif not (joined := b"".join(raws)).strip(_DECIMAL):
             try:
                 values = list(map(float, raws))
             except ValueError:
                 pass
             else:
+                # Only an exponent or over 308 digits make a plain decimal infinite (Go refuses it).
+                if len(joined) <= 308 and b"e" not in joined and b"E" not in joined:
+                    return values
                 total = sum(values)
-                if total - total == 0.0:  # else a value beyond float range (Go refuses it), or an overflow
+                if total - total == 0.0:  # else an infinite value, or finite ones whose sum overflows
                     return values
         return [value for raw in raws for value in self._parse(shape, raw)]
 

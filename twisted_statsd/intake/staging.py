@@ -17,7 +17,7 @@ runs over before the values by shape keeps every context's arrival order.
 from __future__ import annotations
 
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from twisted_statsd.core.aggregator import Run
 from twisted_statsd.core.enrich import Target
@@ -50,7 +50,7 @@ class Staging:
         self.lines += lines
         self.latest = now
 
-    def stage(self, shapes: list[Shape], raws: list[bytes]) -> None:
+    def stage(self, shapes: list[Shape], raws: Iterable[bytes]) -> None:
         """Append each raw value to its shape's values, with C-level calls only."""
         deque(map(_append, map(self.values.__getitem__, shapes), raws), 0)
 
