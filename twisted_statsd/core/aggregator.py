@@ -340,7 +340,7 @@ class Aggregator:
             return True
         return key in self._counters
 
-    def held_by(self, context: Context, now: float) -> type | None:
+    def metric_class(self, context: Context, now: float) -> type | None:
         """The class of the metric ``context`` has in the bucket open at ``now`` (distributions aside), if any."""
         bucket = self._buckets.get(bucket_start(now))
         metric = None if bucket is None else bucket.metrics.get(context.key)

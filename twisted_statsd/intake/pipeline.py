@@ -104,7 +104,7 @@ class Pipeline:
         self.timestamps = timestamps
         self.origin_client = origin_client
         self.context_expiry = context_expiry
-        self.shapes = ShapeCache(cache_size, telemetry, self.fold, self._held)
+        self.shapes = ShapeCache(cache_size, telemetry, self.fold, self._class_held)
         self.staging = Staging()
         self._bucket_start: int | None = None
         self._rotate_at: float | None = None
@@ -268,8 +268,8 @@ class Pipeline:
             return None
         return cache.add(key, Shape(target, key))
 
-    def _held(self, context: Context) -> type | None:
-        return self.aggregator.held_by(context, self.staging.latest)
+    def _class_held(self, context: Context) -> type | None:
+        return self.aggregator.metric_class(context, self.staging.latest)
 
     def _known(self, context, now: float) -> bool:
         self.fold()
