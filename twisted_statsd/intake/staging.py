@@ -6,11 +6,12 @@ Two kinds, all received in the bucket open at the time:
   shapes, appended with C-level calls, so a staged batch costs no Python
   bytecode per line; they are converted when folded, a counter's values into
   one run (one ``sum``);
-* runs: the converted values of lines taken one at a time, in arrival order.
+* runs: the converted values of lines taken one by one, in arrival order.
 
 Between two folds a context's samples are all of one kind: a context leaves
-the bulk path (its shapes go one at a time) only after a fold, and comes back
-to it only when the shape cache starts over, after a fold too.  So handing the
+the bulk path (its lines go one at a time) only after a fold; it comes back
+to it only when the shape cache starts over or rotates, after a fold too; and
+the pipeline folds before it stops staging values by shape.  So handing the
 runs over before the values by shape keeps every context's arrival order.
 """
 
