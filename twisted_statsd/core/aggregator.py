@@ -260,7 +260,14 @@ def _weighted_rank(ordered: list[float], cumulative: list[float] | None, target:
     return ordered[min(index, len(ordered) - 1)]
 
 
-METRIC_CLASSES = {GAUGE: Gauge, COUNTER: Counter, SET: Set, b"h": Histogram, b"ms": Histogram}
+Metric = Gauge | Counter | Set | Histogram
+METRIC_CLASSES: dict[bytes, type[Metric]] = {
+    GAUGE: Gauge,
+    COUNTER: Counter,
+    SET: Set,
+    b"h": Histogram,
+    b"ms": Histogram,
+}
 
 
 class Bucket:
@@ -274,7 +281,7 @@ class Bucket:
 
     def __init__(self, start: int):
         self.start = start
-        self.metrics: dict[int, object] = {}
+        self.metrics: dict[int, Metric] = {}
         self.sketches: dict[int, tuple[Context, Sketch]] = {}
 
 
@@ -320,10 +327,10 @@ class Aggregator:
             bucket = self._buckets[start] = Bucket(start)
         return bucket
 
-    def _new_metric(self, bucket: Bucket, context: Context, mtype: bytes, now: float):
+    def _new_metric(self, bucket: Bucket, context: Context, mtype: bytes, now: float) -> Metric:
         """Create the metric object for a context's first sample in ``bucket``; its type stays (spec §6.4)."""
         metric = bucket.metrics[context.key] = METRIC_CLASSES[mtype](context)
-        if mtype == COUNTER:
+        if isinstance(metric, Counter):
             seen = self._counters.get(context.key)
             if seen is None or now > seen.last:
                 self._counters[context.key] = metric
@@ -370,7 +377,9 @@ class Aggregator:
                 metric.add_many(values, rate, now)
                 continue
             if mtype == SET:  # a member carries no number, nor a sample rate, for another type
-                values, rate = repeat(0.0, len(values)), 1.0
+                for _ in values:
+                    metric.add(0.0, 1.0, now)
+                continue
             for value in values:
                 metric.add(value, rate, now)
 
@@ -580,11 +589,11 @@ class Aggregator:
                     if seen is None or existing.last > seen.last:
                         self._counters[key] = existing
             for key, (context, sketch) in sketches.items():
-                existing = bucket.sketches.get(key)
-                if existing is None:
+                held = bucket.sketches.get(key)
+                if held is None:
                     bucket.sketches[key] = (context, sketch)
                 else:
-                    existing[1].merge(sketch)
+                    held[1].merge(sketch)
         self._timestamped.extend(state["timestamped"])
         self._events.extend(state["events"])
         self._service_checks.extend(state["service_checks"])

@@ -12,6 +12,7 @@ along.  Pure Python and clock-free: the aggregator owns one sketch per
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from itertools import repeat
 from math import floor, inf, log, log1p
 from operator import mul, truediv
@@ -177,7 +178,7 @@ class Sketch:
         else:
             self._new_bin(k, c)
 
-    def add_many(self, values: list[float], n: float = 1.0) -> None:
+    def add_many(self, values: Sequence[float], n: float = 1.0) -> None:
         """Count every one of ``values`` with weight ``n``; the same bins and totals as ``add`` one by one.
 
         Positive values of ordinary size (the common case) take their keys with

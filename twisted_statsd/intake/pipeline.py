@@ -37,6 +37,7 @@ import math
 from collections.abc import Sequence
 from itertools import repeat
 from operator import itemgetter
+from typing import cast
 
 from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd.core import parser
@@ -152,10 +153,10 @@ class Pipeline:
         if None in shapes:
             cut = shapes.index(None)
             raws = list(map(_first, tails))
-            staging.stage(shapes[:cut], raws[:cut])
+            staging.stage(cast("list[Shape]", shapes[:cut]), raws[:cut])  # no None before the cut
             self._each(lines[cut:], keys[cut:], raws[cut:], now, origin, stage=True)
         else:
-            staging.stage(shapes, map(_first, tails))
+            staging.stage(cast("list[Shape]", shapes), map(_first, tails))  # no None at all
         if staging.lines >= FOLD_LINES:
             self.fold()
 
@@ -279,6 +280,7 @@ class Pipeline:
 
     def _convert(self, shape: Shape, raw: bytes) -> None:
         """Stage the value(s) of one line of a learnt shape as a run."""
+        values: Sequence[bytes | float]
         if shape.type == SET:
             values = (raw,) if raw else self._parse(shape, raw)
         elif raw.strip(_DECIMAL):
