@@ -265,7 +265,7 @@ bad_lines = (mutated() | st.binary(min_size=1, max_size=60)).filter(
 )
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(
     st.lists(st.tuples(st.booleans(), good_lines, bad_lines), min_size=1, max_size=12),
     st.sampled_from([b"\n", b"\r\n"]),
