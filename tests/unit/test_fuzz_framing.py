@@ -1,11 +1,12 @@
-"""Property tests of the Unix stream frame decoder over hostile byte streams (issue 12, item 4).
+"""Property tests of the stream decoders over hostile byte streams (issue 12, item 4).
 
 ``test_unix_framing.py`` covers well-formed streams and one oversized header.
-Here a stream is any mixture of good frames, zero and huge length headers,
-truncated frames and garbage, cut into reads anywhere.  The decoder must give
-what a one-shot reference reading of the whole stream gives, never hold more
-than one frame, and the connection protocol must never raise, close the
-connection exactly when the stream turns bad, and count that as one drop.
+Here a Unix stream is any mixture of good frames, zero and huge length
+headers, truncated frames and garbage, cut into reads anywhere.  The decoder
+must give what a one-shot reference reading of the whole stream gives, never
+hold more than one frame, and the connection protocol must never raise, close
+the connection exactly when the stream turns bad, and count that as one drop.
+The TCP listener's newline decoder is held to the same one-shot reference.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from twisted_statsd._ratelimit import RateLimitedReporter
+from twisted_statsd.listeners.tcp import LineDecoder
 from twisted_statsd.listeners.unixstream import FrameDecoder, FramedStreamFactory
 from twisted_statsd.telemetry import Telemetry
 
@@ -104,3 +106,47 @@ def test_the_connection_never_raises_and_counts_a_bad_stream_once(stream, cuts):
         expected["stream_frame_truncated"] = 1
     assert {r: telemetry.dropped(r) for r in expected} == expected
     assert telemetry.total_dropped() == sum(expected.values())
+
+
+# --- the TCP listener's newline decoder ----------------------------------------------------
+
+
+def line_reference(stream: bytes, max_length: int) -> tuple[bytes, str | None, int]:
+    """Complete lines handed on, error reason and bytes left over, reading the whole stream at once."""
+    taken = 0
+    for line in stream.split(b"\n")[:-1]:
+        if len(line) + 1 > max_length:
+            return stream[:taken], "tcp_line_too_long", 0
+        taken += len(line) + 1
+    if len(stream) - taken >= max_length:  # a partial line whose newline would not fit
+        return stream[:taken], "tcp_line_too_long", 0
+    return stream[:taken], None, len(stream) - taken
+
+
+line_streams = st.lists(
+    st.one_of(
+        st.binary(max_size=MAX + 8),
+        st.sampled_from([b"\n", b"\n\n", b"a:1|c\n", b"\r\n"]),
+        st.integers(min_value=MAX - 2, max_value=MAX + 1).map(lambda n: b"x" * n + b"\n"),
+        st.integers(min_value=MAX - 1, max_value=MAX + 1).map(lambda n: b"\n" + b"y" * n),  # a long last line
+    ),
+    max_size=12,
+).map(b"".join)
+
+
+@settings(max_examples=500)
+@given(line_streams, cut_points, st.booleans())
+def test_any_line_stream_cut_anywhere_decodes_as_the_reference_reads_it(stream, cuts, cut_packets):
+    """The TCP decoder hands on exactly the complete lines before a too-long one, whatever the reads."""
+    taken, reason, left = line_reference(stream, MAX)
+    decoder = LineDecoder(MAX, cut_packets=cut_packets)
+    packets = []
+    for data in reads(stream, cuts):
+        packets += decoder.feed(data)
+        assert decoder.pending < MAX  # never more than one short partial line held
+    assert b"".join(packets) == taken
+    assert all(packet.endswith(b"\n") for packet in packets)
+    if cut_packets:
+        assert all(len(packet) <= MAX for packet in packets)
+    assert (decoder.error.reason if decoder.error else None) == reason
+    assert decoder.pending == left
