@@ -506,6 +506,13 @@ def test_unmatched_optional_group_expands_to_nothing():
     assert m.map(b"test.b") == (b"-b", ())
 
 
+def test_a_percent_sign_survives_beside_an_unmatched_optional_group():
+    """Found by fuzzing: a template without references kept its text only while every group matched."""
+    m = one(r"test\.(a)?.*", "100%s", {"k": "$1", "p": "50%"}, "regex")
+    assert m.map(b"test.b") == (b"100%s", (b"k:", b"p:50%"))
+    assert m.map(b"test.ab") == (b"100%s", (b"k:a", b"p:50%"))
+
+
 def test_go_style_named_group_syntax():
     """Go 1.22's ``(?<name>…)`` is accepted like ``(?P<name>…)``."""
     m = one(r"test\.(?<kind>\w+)", "x", {"k": "$kind"}, "regex")

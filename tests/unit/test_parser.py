@@ -8,6 +8,7 @@ tests.  No reactor is involved: the parser is pure.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -26,6 +27,13 @@ from twisted_statsd.core.model import (
 )
 from twisted_statsd.core.parser import (
     EVENT,
+    MAX_EVENT_TEXT_LENGTH,
+    MAX_EVENT_TITLE_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_SERVICE_CHECK_MESSAGE_LENGTH,
+    MAX_TAG_LENGTH,
+    MAX_TAGS,
+    MAX_VALUES,
     METRIC,
     REASONS,
     SERVICE_CHECK,
@@ -907,6 +915,101 @@ def test_service_check_edge_errors(line, reason):
     assert caught.value.reason == reason
 
 
+# --- size limits (README "Limits") ----------------------------------------------------
+
+
+def event(title: bytes, text: bytes, rest: bytes = b"") -> bytes:
+    return b"_e{%d,%d}:%s|%s%s" % (len(title), len(text), title, text, rest)
+
+
+def many_tags(count: int) -> bytes:
+    return b",".join(b"t%d" % i for i in range(count))
+
+
+# (parser, a line exactly at a limit, the same line one over it, the drop reason)
+LIMITS = [
+    (parse_metric, b"n" * MAX_NAME_LENGTH + b":1|c", b"n" * (MAX_NAME_LENGTH + 1) + b":1|c", "name_too_long"),
+    (
+        parse_service_check,
+        b"_sc|" + b"n" * MAX_NAME_LENGTH + b"|0",
+        b"_sc|" + b"n" * (MAX_NAME_LENGTH + 1) + b"|0",
+        "name_too_long",
+    ),
+    (parse_metric, b"m:1|c|#" + many_tags(MAX_TAGS), b"m:1|c|#" + many_tags(MAX_TAGS + 1), "too_many_tags"),
+    (parse_metric, b"m:1|c|#" + b"," * (MAX_TAGS - 1), b"m:1|c|#" + b"," * MAX_TAGS, "too_many_tags"),
+    (
+        parse_metric,
+        b"m:1|c|#a," + b"k" * MAX_TAG_LENGTH + b",b",
+        b"m:1|c|#a," + b"k" * (MAX_TAG_LENGTH + 1) + b",b",
+        "tag_too_long",
+    ),
+    (
+        parse_event,
+        event(b"t", b"x", b"|#" + many_tags(MAX_TAGS)),
+        event(b"t", b"x", b"|#" + many_tags(MAX_TAGS + 1)),
+        "too_many_tags",
+    ),
+    (
+        parse_service_check,
+        b"_sc|n|0|#" + b"k" * MAX_TAG_LENGTH,
+        b"_sc|n|0|#" + b"k" * (MAX_TAG_LENGTH + 1),
+        "tag_too_long",
+    ),
+    (parse_metric, b"m:" + b"1:" * MAX_VALUES + b"|h", b"m:" + b"1:" * (MAX_VALUES + 1) + b"|h", "too_many_values"),
+    (parse_metric, b"m:" + b"1::" * MAX_VALUES + b"|d", b"m:" + b"1::" * (MAX_VALUES + 1) + b"|d", "too_many_values"),
+    (
+        parse_event,
+        event(b"t" * MAX_EVENT_TITLE_LENGTH, b"x"),
+        event(b"t" * (MAX_EVENT_TITLE_LENGTH + 1), b"x"),
+        "event_title_too_long",
+    ),
+    (
+        parse_event,
+        event(b"t", b"x" * MAX_EVENT_TEXT_LENGTH),
+        event(b"t", b"x" * (MAX_EVENT_TEXT_LENGTH + 1)),
+        "event_text_too_long",
+    ),
+    (
+        parse_service_check,
+        b"_sc|n|0|m:" + b"x" * MAX_SERVICE_CHECK_MESSAGE_LENGTH,
+        b"_sc|n|0|m:" + b"x" * (MAX_SERVICE_CHECK_MESSAGE_LENGTH + 1),
+        "service_check_message_too_long",
+    ),
+]
+LIMIT_ERRORS = [(parse, over) for parse, _at, over, _reason in LIMITS]
+
+
+@pytest.mark.parametrize("parse, at_limit, over_limit, reason", LIMITS)
+def test_a_field_at_its_size_limit_is_accepted_and_one_byte_more_is_refused(parse, at_limit, over_limit, reason):
+    """Each limit is inclusive, and going over it is the named drop reason."""
+    parse(at_limit)
+    with pytest.raises(ParseError) as caught:
+        parse(over_limit)
+    assert caught.value.reason == reason
+    assert len(caught.value.message) < 200  # the log line does not carry the huge field
+
+
+def test_packed_values_are_counted_after_skipping_empty_pieces():
+    """``1::2`` is two values, so empty pieces never push a line over MAX_VALUES."""
+    assert len(parse_values(b":" * (2 * MAX_VALUES) + b"1")) == 1
+
+
+def test_the_limits_are_documented_in_the_readme():
+    """README's Limits table names every limit's value and drop reason."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    table = readme[readme.index("## Limits") :]
+    for value, reason in [
+        (MAX_NAME_LENGTH, "name_too_long"),
+        (MAX_TAGS, "too_many_tags"),
+        (MAX_TAG_LENGTH, "tag_too_long"),
+        (MAX_VALUES, "too_many_values"),
+        (MAX_EVENT_TITLE_LENGTH, "event_title_too_long"),
+        (MAX_EVENT_TEXT_LENGTH, "event_text_too_long"),
+        (MAX_SERVICE_CHECK_MESSAGE_LENGTH, "service_check_message_too_long"),
+    ]:
+        assert f"{value:,}" in table and f"`{reason}`" in table, reason
+
+
 # --- reasons -------------------------------------------------------------------------
 
 
@@ -918,6 +1021,7 @@ def test_every_raised_reason_is_documented_and_every_reason_is_raised():
         + [(parse_service_check, line) for line, _ in SERVICE_CHECK_ERRORS + SERVICE_CHECK_EDGE_ERRORS]
         + [(parse_values, raw) for raw, _ in VALUES_ERRORS]
         + [(parse_float, raw) for raw in FLOAT_ERRORS]
+        + LIMIT_ERRORS
     )
     raised = set()
     for parse, line in cases:

@@ -78,6 +78,27 @@ def test_a_symlink_to_a_stale_socket_is_not_followed(path, short_tmpdir):
     assert os.path.lexists(path) and os.path.exists(target)
 
 
+@pytest.mark.parametrize("target", ["missing.socket", "."])
+def test_a_dangling_symlink_or_one_to_a_directory_is_refused_and_left_alone(path, short_tmpdir, target):
+    os.symlink(os.path.join(short_tmpdir, target), path)
+    with pytest.raises(SocketPathError, match="not a Unix socket"):
+        sockets.prepare_path(path)
+    assert os.path.islink(path)
+
+
+def test_a_symlink_put_in_place_of_our_socket_is_not_removed_at_stop(path, short_tmpdir):
+    """Stop removes only the file we bound: a symlink swapped in (even to a socket) and its target stay."""
+    sock = sockets.bind_datagram_socket(path, 0o722)
+    identity = sockets.file_identity(path)
+    sock.close()
+    target = os.path.join(short_tmpdir, "other.socket")
+    stale_socket(target)
+    os.rename(path, path + ".ours")  # keeps our inode alive, so the symlink cannot reuse it
+    os.symlink(target, path)
+    assert not sockets.remove_socket_file(path, identity)
+    assert os.path.islink(path) and os.path.exists(target)
+
+
 def test_a_missing_directory_is_a_clear_error(short_tmpdir):
     with pytest.raises(SocketPathError, match="does not exist"):
         sockets.prepare_path(os.path.join(short_tmpdir, "nope", "dsd.socket"))

@@ -220,7 +220,12 @@ class _Template(NamedTuple):
     groups: tuple[int, ...]
 
     def expand(self, match: re.Match) -> bytes:
-        """The slow path, for a regex group that took no part (None): Go expands it to nothing."""
+        """The slow path, for a regex group that took no part (None): Go expands it to nothing.
+
+        A template without references is plain text (its ``%`` not doubled), as in :meth:`_Rule.result`.
+        """
+        if not self.groups:
+            return self.fmt
         return self.fmt % tuple(match.group(g) or b"" for g in self.groups)
 
 

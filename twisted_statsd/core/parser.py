@@ -24,6 +24,13 @@ from twisted_statsd.core.model import (
 
 __all__ = [
     "EVENT",
+    "MAX_EVENT_TEXT_LENGTH",
+    "MAX_EVENT_TITLE_LENGTH",
+    "MAX_NAME_LENGTH",
+    "MAX_SERVICE_CHECK_MESSAGE_LENGTH",
+    "MAX_TAGS",
+    "MAX_TAG_LENGTH",
+    "MAX_VALUES",
     "METRIC",
     "REASONS",
     "SERVICE_CHECK",
@@ -43,6 +50,21 @@ METRIC = "metric"
 EVENT = "event"
 SERVICE_CHECK = "service_check"
 
+# Size limits on what one line may hold.  A datagram or stream frame is already
+# bounded by ``dogstatsd_buffer_size``; these bound what one line may cost once
+# parsed (a tag is an object and a label in every sink; a packed value is a
+# sample), whatever the buffer size.  Each is well above what Datadog itself
+# keeps (200-character names and tags, 100-character event titles, 4,000-
+# character event texts), so no client in normal use meets them.  DogStatsD has
+# no such limits and no configuration keys for them, hence constants.
+MAX_NAME_LENGTH = 4_096  # bytes of a metric or service check name
+MAX_TAGS = 1_000  # entries of one '#' tag field, empty ones included
+MAX_TAG_LENGTH = 4_096  # bytes of one tag
+MAX_VALUES = 65_536  # packed values of one metric line
+MAX_EVENT_TITLE_LENGTH = 4_096  # wire bytes, as the event header counts them
+MAX_EVENT_TEXT_LENGTH = 65_536
+MAX_SERVICE_CHECK_MESSAGE_LENGTH = 65_536
+
 REASONS: dict[str, str] = {
     "metric_no_pipe": "metric line has no '|' field separator",
     "metric_bad_name_value": "metric name or value is missing (no ':' or an empty side)",
@@ -58,6 +80,13 @@ REASONS: dict[str, str] = {
     "service_check_invalid": "service check has fewer than two '|' or 4 bytes",
     "service_check_empty_name": "service check name is empty",
     "service_check_bad_status": "service check status is not exactly 0, 1, 2 or 3",
+    "name_too_long": f"a metric or service check name is longer than {MAX_NAME_LENGTH} bytes",
+    "too_many_tags": f"a tag field holds more than {MAX_TAGS} tags",
+    "tag_too_long": f"a tag is longer than {MAX_TAG_LENGTH} bytes",
+    "too_many_values": f"a metric line packs more than {MAX_VALUES} values",
+    "event_title_too_long": f"an event title is longer than {MAX_EVENT_TITLE_LENGTH} bytes",
+    "event_text_too_long": f"an event text is longer than {MAX_EVENT_TEXT_LENGTH} bytes",
+    "service_check_message_too_long": f"a service check message is over {MAX_SERVICE_CHECK_MESSAGE_LENGTH} bytes",
 }
 
 
@@ -179,16 +208,33 @@ def _parse_int64(raw: bytes) -> int | None:
 
 
 def parse_values(raw: bytes) -> tuple[float, ...]:
-    """Parse packed values (``1:2::3``); empty pieces are skipped, one bad piece rejects all."""
-    values = tuple([parse_float(piece) for piece in raw.split(b":") if piece])
+    """Parse packed values (``1:2::3``); empty pieces are skipped, one bad piece rejects all.
+
+    More than ``MAX_VALUES`` values are refused before any is parsed.
+    """
+    pieces = raw.split(b":")
+    if len(pieces) > MAX_VALUES and len(pieces) - pieces.count(b"") > MAX_VALUES:
+        raise ParseError("too_many_values", f"more than {MAX_VALUES} packed values in {raw[:64]!r}...")
+    values = tuple([parse_float(piece) for piece in pieces if piece])
     if not values:
         raise ParseError("metric_no_value", f"could not parse dogstatsd metric values {raw!r}: no value found")
     return values
 
 
 def parse_tags(raw: bytes) -> list[bytes]:
-    """Split a tag field on ',' only: no trimming, no de-duplication, empty entries kept (§1.3)."""
-    return raw.split(b",") if raw else []
+    """Split a tag field on ',' only: no trimming, no de-duplication, empty entries kept (§1.3).
+
+    A field of more than ``MAX_TAGS`` tags, or with a tag longer than
+    ``MAX_TAG_LENGTH`` bytes, is refused (and with it the whole line).
+    """
+    if not raw:
+        return []
+    tags = raw.split(b",")
+    if len(tags) > MAX_TAGS:
+        raise ParseError("too_many_tags", f"{len(tags)} tags in one line, more than {MAX_TAGS}")
+    if len(raw) > MAX_TAG_LENGTH and max(map(len, tags)) > MAX_TAG_LENGTH:
+        raise ParseError("tag_too_long", f"a tag is longer than {MAX_TAG_LENGTH} bytes")
+    return tags
 
 
 # --- lines -----------------------------------------------------------------
@@ -273,6 +319,8 @@ def parse_metric(line: bytes, *, timestamps: bool = True, origin_client: bool = 
                     timestamp = _parse_metric_timestamp(field[1:])
             elif origin_client and field[:2] == b"c:":
                 container_id = field[2:] or None
+    if len(name) > MAX_NAME_LENGTH:
+        raise ParseError("name_too_long", f"a metric name of {len(name)} bytes, more than {MAX_NAME_LENGTH}")
     return MetricMessage(name, metric_type, values, set_member, rate, tags, timestamp, container_id)
 
 
@@ -307,6 +355,14 @@ def parse_event(line: bytes, *, origin_client: bool = False) -> EventMessage:
     text_end = text_start + text_length
     if len(body) < text_end:
         raise ParseError("event_too_short", f"invalid event: body shorter than its header {header!r} says")
+    if title_length > MAX_EVENT_TITLE_LENGTH:
+        raise ParseError(
+            "event_title_too_long", f"an event title of {title_length} bytes, more than {MAX_EVENT_TITLE_LENGTH}"
+        )
+    if text_length > MAX_EVENT_TEXT_LENGTH:
+        raise ParseError(
+            "event_text_too_long", f"an event text of {text_length} bytes, more than {MAX_EVENT_TEXT_LENGTH}"
+        )
     event = EventMessage(
         title=body[:title_length].replace(b"\\n", b"\n"),
         text=body[text_start:text_end].replace(b"\\n", b"\n"),
@@ -403,8 +459,16 @@ def parse_service_check(line: bytes, *, origin_client: bool = False) -> ServiceC
     status = CHECK_STATUSES.get(raw_status)
     if status is None:
         raise ParseError("service_check_bad_status", f"invalid dogstatsd service check status: {raw_status!r}")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ParseError("name_too_long", f"a service check name of {len(name)} bytes, more than {MAX_NAME_LENGTH}")
     check = ServiceCheckMessage(name=name, status=status)
     for field in fields[2:]:
-        if not _apply_shared_field(check, field, origin_client, "service check") and field[:2] == b"m:":
-            check.message = field[2:]
+        if _apply_shared_field(check, field, origin_client, "service check") or field[:2] != b"m:":
+            continue
+        if len(field) - 2 > MAX_SERVICE_CHECK_MESSAGE_LENGTH:
+            raise ParseError(
+                "service_check_message_too_long",
+                f"a service check message of {len(field) - 2} bytes, more than {MAX_SERVICE_CHECK_MESSAGE_LENGTH}",
+            )
+        check.message = field[2:]
     return check
