@@ -21,8 +21,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet import defer
+from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
+
+from twisted_statsd._twisted_helpers import deadline
 
 TOO_LARGE = b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
@@ -38,9 +43,11 @@ class BodylessChannel(HTTPChannel):
     was aborted, its slot free although its ``connectionLost`` is still to come.
     """
 
+    #: A TCP connection (a listening TCP port builds the channels).
+    transport: ITCPTransport
     answering = False
     closing = False
-    _deadline = None
+    _disarm_deadline: Callable[..., object] = staticmethod(lambda result=None: result)
 
     def headerReceived(self, line):
         name, _, value = line.partition(b":")
@@ -68,11 +75,7 @@ class BodylessChannel(HTTPChannel):
 
     def _arm_deadline(self) -> None:
         self._disarm_deadline()
-        self._deadline = self.factory.reactor.callLater(self.factory.request_deadline, self._deadline_passed)
-
-    def _disarm_deadline(self) -> None:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
+        self._disarm_deadline = deadline(self.factory.reactor, self.factory.request_deadline, self._deadline_passed)
 
     def _deadline_passed(self) -> None:
         self.factory.count("request_timeouts")
@@ -83,7 +86,7 @@ class BodylessChannel(HTTPChannel):
         self.closing = True
         self.transport.abortConnection()
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._disarm_deadline()
         super().connectionLost(reason)
         done = self.factory.channels.pop(self, None)
@@ -102,7 +105,8 @@ class CappedSite(Site):
     ``connections_refused``, for the owner's telemetry.
     """
 
-    protocol = BodylessChannel
+    # Twisted annotates this as its HTTP/2-negotiating wrapper factory; any HTTPChannel class serves.
+    protocol = BodylessChannel  # type: ignore[assignment]
     noisy = False
 
     def __init__(

@@ -250,13 +250,13 @@ def build_service(
     blocklist = pipeline.enricher.blocklist
     root = StatsdService(config, aggregator, telemetry, pipeline)
     root.stop_deadline = StopDeadline(reactor, SINK_STOP_TIMEOUT)
+    cooperator = SharedCooperatorService(reactor)
     if config.admin_port:
         # The first child: it stops last, so /health answers 503 while the rest stops.
         port = 0 if config.admin_port == EPHEMERAL_PORT else config.admin_port
-        root.admin = AdminService(reactor, root, port=port, host=config.admin_host)
+        root.admin = AdminService(reactor, root, cooperator.coop, port=port, host=config.admin_host)
         root.admin.setServiceParent(root)
     # Stopped after everything but the admin endpoint: the sinks' last writes run through it.
-    cooperator = SharedCooperatorService(reactor)
     cooperator.setServiceParent(root)
 
     if sinks is None:

@@ -15,6 +15,9 @@ import pickle
 import socket
 import sys
 
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+
 from twisted_statsd.config import load_config
 
 UDP_FD = 3
@@ -60,7 +63,7 @@ def main() -> None:
                 port.stopListening()
                 reactor.stop()
 
-        def connectionLost(self, reason):
+        def connectionLost(self, reason: Failure = connectionDone) -> None:
             if reactor.running:
                 reactor.stop()
 

@@ -29,14 +29,14 @@ from __future__ import annotations
 import socket
 
 from twisted.internet import defer
-from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import LoopingCall
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
 
 from twisted_statsd._binding import BindingService
 from twisted_statsd._ratelimit import RateLimitedReporter
-from twisted_statsd._twisted_helpers import Waiters
+from twisted_statsd._twisted_helpers import PeriodicService, Waiters, periodic
 from twisted_statsd.listeners.memory import ReadThrottle
 from twisted_statsd.listeners.senders import SenderAllowList
 from twisted_statsd.telemetry import Telemetry
@@ -67,15 +67,13 @@ class ConnectionTracker:
     """The open connections, so that stopping can close them all and wait, and idle ones can be closed.
 
     The count is published as the ``<prefix>_connections`` gauge.  With an
-    ``idle_timeout``, one LoopingCall (running between :meth:`start` and
+    ``idle_timeout``, one periodic check (running between :meth:`start` and
     :meth:`stop`) closes connections that completed no packet for that long
     (silent, or holding a partial frame or line) and counts them in
     ``<prefix>_connections_idle_closed``.  Invariant: a connection's
     ``idle_checks`` is the number of checks since its last complete packet,
     which the protocol resets with a plain attribute store.
     """
-
-    log = Logger()
 
     def __init__(self, telemetry: Telemetry, prefix: str = "uds", *, clock=None, idle_timeout: float = 0.0):
         self.telemetry = telemetry
@@ -84,10 +82,10 @@ class ConnectionTracker:
         self._idle_counter = prefix + "_connections_idle_closed"
         self.idle_timeout = idle_timeout
         self._empty = Waiters()
-        self._idle_loop: LoopingCall | None = None
+        self._idle_loop: PeriodicService | None = None
         if idle_timeout:
-            self._idle_loop = LoopingCall(self.close_idle)
-            self._idle_loop.clock = clock
+            interval = idle_timeout / IDLE_CHECKS
+            self._idle_loop = periodic(clock, interval, self.close_idle, telemetry, prefix + "_idle_check")
         telemetry.set_gauge(self._gauge, 0)
 
     def __len__(self) -> int:
@@ -106,13 +104,11 @@ class ConnectionTracker:
     def start(self) -> None:
         """Start closing idle connections (when there is an idle timeout)."""
         if self._idle_loop is not None and not self._idle_loop.running:
-            self._idle_loop.start(self.idle_timeout / IDLE_CHECKS, now=False).addErrback(
-                lambda f: self.log.failure("Idle connection check died", f)
-            )
+            self._idle_loop.startService()
 
     def stop(self) -> None:
-        if self._idle_loop is not None and self._idle_loop.running:
-            self._idle_loop.stop()
+        if self._idle_loop is not None:
+            self._idle_loop.stopService()
 
     def close_idle(self) -> None:
         """Close every connection that completed no packet in the last ``IDLE_CHECKS`` full check intervals."""
@@ -178,7 +174,7 @@ class StreamProtocol(Protocol):
         if throttle is not None and throttle.delay:
             throttle.hold(self)
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         factory = self.factory
         decoder = self.decoder
         if decoder is not None and decoder.pending:

@@ -33,9 +33,10 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_statsd import _cooperate
@@ -187,7 +188,7 @@ class _CarbonProtocol(Protocol):
         self.transport.registerProducer(self, True)
         self.sink._connection_made(self)
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.paused = True
         self.sink._connection_lost(self, reason)
 
