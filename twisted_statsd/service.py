@@ -116,6 +116,8 @@ class StatsdService(MultiService):
         open buckets too.  Datagrams a client in this process has already sent
         are therefore in the batch, with no waiting on timers.
         """
+        if self.flusher is None:
+            raise RuntimeError("this service has no flusher: build it with build_service()")
         for listener in self.listeners:
             listener.read_pending()
         return self.flusher.flush_and_wait(final)
@@ -130,6 +132,8 @@ class StatsdService(MultiService):
         if cache_size is None:
             cache_size = self.config.dogstatsd_mapper_cache_size
         mapper = MetricMapper(profiles, cache_size) if profiles else None
+        if self.intake is None:
+            raise RuntimeError("this service has no intake: build it with build_service()")
         for listener in self.listeners:
             listener.read_pending()
         self.intake.drain()

@@ -24,7 +24,8 @@ UDP_FD = 3
 
 
 def main() -> None:
-    from twisted.internet import reactor, stdio
+    from twisted.internet import reactor, stdio, udp
+    from twisted.internet.interfaces import IReactorSocket
     from twisted.protocols.basic import LineReceiver
 
     from twisted_statsd.listeners.senders import SenderAllowList
@@ -40,10 +41,12 @@ def main() -> None:
     probe = socket.socket(fileno=os.dup(UDP_FD))
     family = probe.family
     probe.close()
-    port = reactor.adoptDatagramPort(
+    adopted = IReactorSocket(reactor).adoptDatagramPort(
         UDP_FD, family, receiver, max(receiver.read_size, config.dogstatsd_buffer_size + 1)
     )
     os.close(UDP_FD)  # adoptDatagramPort holds its own copy
+    assert isinstance(adopted, udp.Port)  # what every POSIX reactor adopts a datagram socket as; read below
+    port: udp.Port = adopted
     out = os.fdopen(sys.stdout.fileno(), "wb", buffering=0)
 
     class Commands(LineReceiver):
@@ -68,7 +71,8 @@ def main() -> None:
                 reactor.stop()
 
     intake.startService()
-    stdio.StandardIO(Commands(), stdout=os.open(os.devnull, os.O_WRONLY))
+    # Twisted's stubs see the Windows StandardIO, which has no stdout argument; the POSIX one has.
+    stdio.StandardIO(Commands(), stdout=os.open(os.devnull, os.O_WRONLY))  # type: ignore[call-arg]
     reactor.run()
 
 

@@ -27,8 +27,10 @@ message when a connection closes with bytes pending).
 from __future__ import annotations
 
 import socket
+from typing import Any, ClassVar
+from typing import Protocol as TypingProtocol
 
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
@@ -37,6 +39,7 @@ from twisted.python.failure import Failure
 from twisted_statsd._binding import BindingService
 from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd._twisted_helpers import PeriodicService, Waiters, periodic
+from twisted_statsd.intake.buffer import PacketBuffer
 from twisted_statsd.listeners.memory import ReadThrottle
 from twisted_statsd.listeners.senders import SenderAllowList
 from twisted_statsd.telemetry import Telemetry
@@ -61,6 +64,21 @@ class StreamError(Exception):
         self.message = message
         self.length = length
         self.sample = sample
+
+
+class Decoder(TypingProtocol):
+    """What a stream listener's decoder provides (see the module docstring)."""
+
+    TRUNCATED: ClassVar[tuple[str, str]]
+    error: StreamError | None
+
+    @property
+    def pending(self) -> int: ...
+
+    @property
+    def pending_sample(self) -> bytes: ...
+
+    def feed(self, data: bytes) -> list[bytes]: ...
 
 
 class ConnectionTracker:
@@ -136,8 +154,13 @@ class StreamProtocol(Protocol):
     """One client connection: packets go to the connection's packet buffer; never raises."""
 
     factory: StreamFactory
-    decoder = None
-    buffer = None
+    #: tcp.Server, unix.Server, or the TLS layer over one: no interface of
+    #: Twisted's declares what is used here (pause/resumeProducing, connected,
+    #: disconnecting, getHandle) together.
+    transport: Any
+    # Both set in connectionMade; the buffer is handed back in connectionLost.
+    decoder: Decoder | None = None
+    buffer: PacketBuffer | None = None
     refused = False
     idle_checks = 0
     #: Who is at the other end, for listeners that can tell (SO_PEERCRED on Unix sockets).
@@ -154,12 +177,14 @@ class StreamProtocol(Protocol):
             self.drop_connection()
 
     def dataReceived(self, data: bytes):
-        decoder = self.decoder
+        decoder, buffer = self.decoder, self.buffer
+        if decoder is None or buffer is None:  # not connected (yet, or any more)
+            return
         packets = decoder.feed(data)
         if packets:
             # Only a complete packet counts as activity: trickling a frame or a line byte by byte does not.
             self.idle_checks = 0
-            append = self.buffer.append
+            append = buffer.append
             for packet in packets:
                 append(packet)
         if decoder.error is not None:
@@ -215,7 +240,7 @@ class StreamProtocol(Protocol):
         """
         transport, receiver = self._socket_layer()
         handle = transport.getHandle()
-        while limit > 0 and self.decoder.error is None:
+        while limit > 0 and self.decoder is not None and self.decoder.error is None:
             if self.transport.disconnecting or not self.transport.connected or transport.disconnecting:
                 return
             try:
@@ -249,7 +274,7 @@ class StreamFactory(Factory):
     """
 
     noisy = False
-    protocol = StreamProtocol
+    protocol: type[StreamProtocol] = StreamProtocol  # type: ignore[assignment]  # Twisted's Factory types it by a TypeVar of its own
     transport_name = "uds"
     refused_reason = "stream_connection_refused"
     cap_key = "dogstatsd_stream_max_connections"
@@ -330,7 +355,8 @@ class StreamListenerService(BindingService):
 
     log = Logger()
     factory: StreamFactory
-    port = None
+    #: The listening port (a Unix stream port is a tcp.Port subclass too).
+    port: tcp.Port | None = None
 
     @property
     def tracker(self) -> ConnectionTracker:
