@@ -21,12 +21,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet import defer
-from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.interfaces import IListeningPort, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
 
+from twisted_statsd._binding import BindingService
 from twisted_statsd._twisted_helpers import deadline
 
 TOO_LARGE = b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -145,3 +146,26 @@ def close_site(listening, site: CappedSite) -> defer.Deferred:
     for channel in list(site.channels):
         channel.close()
     return defer.gatherResults(waits).addCallback(lambda _: None)
+
+
+class SiteService(BindingService):
+    """A BindingService whose ``bind`` sets ``_site`` (a CappedSite) and ``_listening`` (its port)."""
+
+    _site: CappedSite | None = None
+    _listening: IListeningPort | None = None
+
+    @property
+    def address(self):
+        """The bound address (``.port`` is the real port when 0 was asked for), or None."""
+        return self._listening.getHost() if self._listening else None
+
+    @property
+    def bound(self) -> bool:
+        return self._listening is not None
+
+    def _close_site(self) -> defer.Deferred:
+        """Stop listening and abort the open connections; fires when both are done (at once if not listening)."""
+        listening, self._listening = self._listening, None
+        if listening is None or self._site is None:
+            return defer.succeed(None)
+        return close_site(listening, self._site)

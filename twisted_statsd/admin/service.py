@@ -18,9 +18,8 @@ from functools import partial
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 
-from twisted_statsd._binding import BindingService
 from twisted_statsd._cooperate import run_in_slices
-from twisted_statsd._http import CappedSite, close_site
+from twisted_statsd._http import CappedSite, SiteService
 from twisted_statsd._twisted_helpers import periodic
 from twisted_statsd.admin import capture, contexts, explain, page, recent, stats, status
 from twisted_statsd.admin._routes import AdminResource
@@ -54,7 +53,7 @@ class RateWindow:
         return result
 
 
-class AdminService(BindingService):
+class AdminService(SiteService):
     """Serves the admin resources on ``host:port`` (port 0: the kernel picks one).
 
     Its slow work (recording flushes for the live page, walking the live
@@ -80,8 +79,6 @@ class AdminService(BindingService):
             periodic(reactor, RATE_SAMPLE_SECONDS, self._sample, root.telemetry, "admin_rates"),
             periodic(reactor, MERGE_SECONDS, self.merge_stats, root.telemetry, "admin_stats_merge"),
         ]
-        self._listening = None
-        self._site: CappedSite | None = None
 
     def _routes(self) -> dict:
         get = {
@@ -102,15 +99,6 @@ class AdminService(BindingService):
         routes.update({path: {b"POST": partial(handler, self)} for path, handler in post.items()})
         return routes
 
-    @property
-    def address(self):
-        """The bound address (``.port`` is the real port when 0 was asked for), or None."""
-        return self._listening.getHost() if self._listening else None
-
-    @property
-    def bound(self) -> bool:
-        return self._listening is not None
-
     def bind(self) -> None:
         self._site = CappedSite(AdminResource(self._routes()), self.reactor, MAX_CONNECTIONS)
         self._listening = self.reactor.listenTCP(self.port, self._site, interface=self.host)
@@ -127,9 +115,7 @@ class AdminService(BindingService):
             loop.stopService()
         if self.capture is not None:
             self.capture.close()
-        listening, self._listening = self._listening, None
-        if listening is not None:
-            return close_site(listening, self._site)
+        return self._close_site()
 
     # -- what the resources read ----------------------------------------------------
 

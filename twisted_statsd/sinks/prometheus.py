@@ -41,9 +41,8 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from twisted_statsd import _cooperate
-from twisted_statsd._binding import BindingService
 from twisted_statsd._cooperate import run_in_slices
-from twisted_statsd._http import REQUEST_DEADLINE, CappedSite, close_site
+from twisted_statsd._http import REQUEST_DEADLINE, CappedSite, SiteService
 from twisted_statsd.config import SinkOption
 from twisted_statsd.core.model import SERIES_COUNT, SERIES_RATE, FlushBatch
 from twisted_statsd.core.sketch import Sketch, value_of
@@ -406,7 +405,7 @@ class _MetricsResource(Resource):
 
 
 @implementer(IMetricSink)
-class PrometheusSink(BindingService):
+class PrometheusSink(SiteService):
     """Keeps a :class:`PrometheusState` from the flushes and serves it at ``/metrics`` over HTTP."""
 
     name = "prometheus"
@@ -431,17 +430,6 @@ class PrometheusSink(BindingService):
         self.state = PrometheusState(**options)
         self._cooperator = cooperator or _cooperate.cooperator(reactor)
         self._tags = ("sink:" + self.name,)
-        self._listening = None
-        self._site: CappedSite | None = None
-
-    @property
-    def address(self):
-        """The bound address (``.port`` is the real port when 0 was asked for), or None."""
-        return self._listening.getHost() if self._listening else None
-
-    @property
-    def bound(self) -> bool:
-        return self._listening is not None
 
     def describe(self) -> tuple[str, str]:
         return f"sinks: {self.name}", f"listen on http {self.bind_host}:{self.port}"
@@ -510,10 +498,7 @@ class PrometheusSink(BindingService):
     def stopService(self):
         """Stop listening and close open scrape connections; fires when both are done."""
         super().stopService()
-        listening, self._listening = self._listening, None
-        if listening is None:
-            return defer.succeed(None)
-        return close_site(listening, self._site)
+        return self._close_site()
 
 
 #: Options of a ``prometheus`` entry of ``sinks``: name -> (converter, default).
