@@ -28,6 +28,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cache
 from itertools import chain
 from math import ceil, inf, log2
 from typing import Any
@@ -125,15 +126,11 @@ def bucket_bounds(index: int) -> tuple[float, float]:
     return 2.0 ** (index / _SCALE_FACTOR), 2.0 ** ((index + 1) / _SCALE_FACTOR)
 
 
-# Sketch key (> 0, finite) -> bucket index of the bin's value; bounded by the key space (< 2**15).
-_KEY_INDEX: dict[int, int] = {}
-
-
+# Cached: bounded by the key space (< 2**15).
+@cache
 def _key_index(key: int) -> int:
-    index = _KEY_INDEX.get(key)
-    if index is None:
-        index = _KEY_INDEX[key] = bucket_index(value_of(key))
-    return index
+    """Sketch key (> 0, finite) -> bucket index of the bin's value."""
+    return bucket_index(value_of(key))
 
 
 def _dense(counts: dict[int, int]) -> tuple[int, list[int]]:
