@@ -53,6 +53,7 @@ class WorkerProtocol(ProcessProtocol):
 
     def __init__(self):
         self._buffer = b""
+        # One per request sent, answered in order by the frames that come back (a queue, not Waiters).
         self._waiting: list[defer.Deferred] = []
         self.ended: defer.Deferred[None] = defer.Deferred()
 
