@@ -21,8 +21,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IListeningPort, ITCPTransport
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
+
+from twisted_statsd._binding import BindingService
+from twisted_statsd._twisted_helpers import deadline
 
 TOO_LARGE = b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
@@ -38,9 +44,11 @@ class BodylessChannel(HTTPChannel):
     was aborted, its slot free although its ``connectionLost`` is still to come.
     """
 
+    #: A TCP connection (a listening TCP port builds the channels).
+    transport: ITCPTransport
     answering = False
     closing = False
-    _deadline = None
+    _disarm_deadline: Callable[..., object] = staticmethod(lambda result=None: result)
 
     def headerReceived(self, line):
         name, _, value = line.partition(b":")
@@ -68,11 +76,7 @@ class BodylessChannel(HTTPChannel):
 
     def _arm_deadline(self) -> None:
         self._disarm_deadline()
-        self._deadline = self.factory.reactor.callLater(self.factory.request_deadline, self._deadline_passed)
-
-    def _disarm_deadline(self) -> None:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
+        self._disarm_deadline = deadline(self.factory.reactor, self.factory.request_deadline, self._deadline_passed)
 
     def _deadline_passed(self) -> None:
         self.factory.count("request_timeouts")
@@ -83,7 +87,7 @@ class BodylessChannel(HTTPChannel):
         self.closing = True
         self.transport.abortConnection()
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._disarm_deadline()
         super().connectionLost(reason)
         done = self.factory.channels.pop(self, None)
@@ -102,7 +106,8 @@ class CappedSite(Site):
     ``connections_refused``, for the owner's telemetry.
     """
 
-    protocol = BodylessChannel
+    # Twisted annotates this as its HTTP/2-negotiating wrapper factory; any HTTPChannel class serves.
+    protocol = BodylessChannel  # type: ignore[assignment]
     noisy = False
 
     def __init__(
@@ -141,3 +146,26 @@ def close_site(listening, site: CappedSite) -> defer.Deferred:
     for channel in list(site.channels):
         channel.close()
     return defer.gatherResults(waits).addCallback(lambda _: None)
+
+
+class SiteService(BindingService):
+    """A BindingService whose ``bind`` sets ``_site`` (a CappedSite) and ``_listening`` (its port)."""
+
+    _site: CappedSite | None = None
+    _listening: IListeningPort | None = None
+
+    @property
+    def address(self):
+        """The bound address (``.port`` is the real port when 0 was asked for), or None."""
+        return self._listening.getHost() if self._listening else None
+
+    @property
+    def bound(self) -> bool:
+        return self._listening is not None
+
+    def _close_site(self) -> defer.Deferred:
+        """Stop listening and abort the open connections; fires when both are done (at once if not listening)."""
+        listening, self._listening = self._listening, None
+        if listening is None or self._site is None:
+            return defer.succeed(None)
+        return close_site(listening, self._site)

@@ -257,9 +257,14 @@ class FlushService(Service):
         # Wait for the writes or the deadline, whichever comes first; the writes
         # are not cancelled, a sink may still finish while the process exits.
         timeout = self.stop_deadline.remaining()
-        outcome = defer.Deferred()
-        cancel = deadline(self.clock, timeout, lambda: outcome.called or outcome.callback(False))
-        defer.DeferredList(list(self._writes)).addBoth(lambda _: outcome.called or outcome.callback(True))
+        outcome: defer.Deferred[bool] = defer.Deferred()
+
+        def settle(written: bool) -> None:
+            if not outcome.called:
+                outcome.callback(written)
+
+        cancel = deadline(self.clock, timeout, lambda: settle(False))
+        defer.DeferredList(list(self._writes)).addBoth(lambda _: settle(True))
         if not await outcome.addBoth(cancel):
             self.telemetry.incr("sink_stop_timeouts")
             self.log.error(

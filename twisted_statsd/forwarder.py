@@ -17,6 +17,7 @@ import errno
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.udp import Port
 from twisted.logger import Logger
 
 from twisted_statsd._ratelimit import RateLimitedReporter
@@ -41,7 +42,7 @@ class ForwarderService(Service):
         self.reporter = reporter
         self.host = host
         self.port = port
-        self._udp = None
+        self._udp: Port | None = None
         self._address: tuple[str, int] | None = None
         self._resolver = periodic(reactor, RESOLVE_INTERVAL, self._resolve, reporter.telemetry, "forward_resolve")
 
@@ -66,7 +67,7 @@ class ForwarderService(Service):
 
     def forward(self, packet: bytes) -> None:
         """Send one packet; never raises: a failure is counted as a dropped forward copy."""
-        if self._address is None:
+        if self._address is None or self._udp is None:
             self.reporter.report("forward_unresolved", "the forward target is not resolved yet", packet)
             return
         try:

@@ -116,6 +116,8 @@ class StatsdService(MultiService):
         open buckets too.  Datagrams a client in this process has already sent
         are therefore in the batch, with no waiting on timers.
         """
+        if self.flusher is None:
+            raise RuntimeError("this service has no flusher: build it with build_service()")
         for listener in self.listeners:
             listener.read_pending()
         return self.flusher.flush_and_wait(final)
@@ -130,6 +132,8 @@ class StatsdService(MultiService):
         if cache_size is None:
             cache_size = self.config.dogstatsd_mapper_cache_size
         mapper = MetricMapper(profiles, cache_size) if profiles else None
+        if self.intake is None:
+            raise RuntimeError("this service has no intake: build it with build_service()")
         for listener in self.listeners:
             listener.read_pending()
         self.intake.drain()
@@ -250,13 +254,13 @@ def build_service(
     blocklist = pipeline.enricher.blocklist
     root = StatsdService(config, aggregator, telemetry, pipeline)
     root.stop_deadline = StopDeadline(reactor, SINK_STOP_TIMEOUT)
+    cooperator = SharedCooperatorService(reactor)
     if config.admin_port:
         # The first child: it stops last, so /health answers 503 while the rest stops.
         port = 0 if config.admin_port == EPHEMERAL_PORT else config.admin_port
-        root.admin = AdminService(reactor, root, port=port, host=config.admin_host)
+        root.admin = AdminService(reactor, root, cooperator.coop, port=port, host=config.admin_host)
         root.admin.setServiceParent(root)
     # Stopped after everything but the admin endpoint: the sinks' last writes run through it.
-    cooperator = SharedCooperatorService(reactor)
     cooperator.setServiceParent(root)
 
     if sinks is None:

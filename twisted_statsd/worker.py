@@ -15,13 +15,17 @@ import pickle
 import socket
 import sys
 
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+
 from twisted_statsd.config import load_config
 
 UDP_FD = 3
 
 
 def main() -> None:
-    from twisted.internet import reactor, stdio
+    from twisted.internet import reactor, stdio, udp
+    from twisted.internet.interfaces import IReactorSocket
     from twisted.protocols.basic import LineReceiver
 
     from twisted_statsd.listeners.senders import SenderAllowList
@@ -37,10 +41,12 @@ def main() -> None:
     probe = socket.socket(fileno=os.dup(UDP_FD))
     family = probe.family
     probe.close()
-    port = reactor.adoptDatagramPort(
+    adopted = IReactorSocket(reactor).adoptDatagramPort(
         UDP_FD, family, receiver, max(receiver.read_size, config.dogstatsd_buffer_size + 1)
     )
     os.close(UDP_FD)  # adoptDatagramPort holds its own copy
+    assert isinstance(adopted, udp.Port)  # what every POSIX reactor adopts a datagram socket as; read below
+    port: udp.Port = adopted
     out = os.fdopen(sys.stdout.fileno(), "wb", buffering=0)
 
     class Commands(LineReceiver):
@@ -60,12 +66,13 @@ def main() -> None:
                 port.stopListening()
                 reactor.stop()
 
-        def connectionLost(self, reason):
+        def connectionLost(self, reason: Failure = connectionDone) -> None:
             if reactor.running:
                 reactor.stop()
 
     intake.startService()
-    stdio.StandardIO(Commands(), stdout=os.open(os.devnull, os.O_WRONLY))
+    # Twisted's stubs see the Windows StandardIO, which has no stdout argument; the POSIX one has.
+    stdio.StandardIO(Commands(), stdout=os.open(os.devnull, os.O_WRONLY))  # type: ignore[call-arg]
     reactor.run()
 
 

@@ -53,12 +53,15 @@ class WorkerProtocol(ProcessProtocol):
 
     def __init__(self):
         self._buffer = b""
+        # One per request sent, answered in order by the frames that come back (a queue, not Waiters).
         self._waiting: list[defer.Deferred] = []
-        self.ended = defer.Deferred()
+        self.ended: defer.Deferred[None] = defer.Deferred()
 
     def request(self, command: bytes) -> defer.Deferred:
         """Send ``ship`` or ``stop``; fires with the worker's exported aggregates."""
-        d = defer.Deferred()
+        if self.transport is None:
+            return defer.fail(RuntimeError("the worker process is not running"))
+        d: defer.Deferred = defer.Deferred()
         self._waiting.append(d)
         self.transport.write(command + b"\n")
         return d
@@ -74,7 +77,11 @@ class WorkerProtocol(ProcessProtocol):
                 self._waiting.pop(0).callback(pickle.loads(frame))
 
     def errReceived(self, data: bytes) -> None:
-        self.log.warn("Worker {pid}: {text}", pid=self.transport.pid, text=data.decode("utf-8", "replace").rstrip())
+        self.log.warn(
+            "Worker {pid}: {text}",
+            pid=self.transport.pid if self.transport else None,
+            text=data.decode("utf-8", "replace").rstrip(),
+        )
 
     def processEnded(self, reason) -> None:
         waiting, self._waiting = self._waiting, []
@@ -136,7 +143,7 @@ class WorkerPoolService(Service):
 
     def _kill(self) -> None:
         for worker in self.workers:
-            if not worker.ended.called:
+            if not worker.ended.called and worker.transport is not None:
                 self.log.error("A worker did not exit; killing it")
                 worker.transport.signalProcess("KILL")
 

@@ -466,3 +466,21 @@ def test_tls_files_load_with_a_pyopenssl_that_takes_only_its_own_types(monkeypat
     with pytest.warns(DeprecationWarning):
         options = ServerTLS(*pki["server"], pki["ca"][0]).options()
     assert options.getContext() is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_key_that_cannot_sign_fails_the_start_naming_its_type(reactor, tmp_path, pki):
+    """A PEM private key TLS cannot sign with (X25519, a key-agreement key) is refused by name at start."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import x25519
+
+    key = tmp_path / "x25519.pem"
+    key.write_bytes(
+        x25519.X25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    service, _ = build(tmp_path, dogstatsd_tls_cert=pki["server"][0], dogstatsd_tls_key=str(key))
+    with pytest.raises(TLSError, match=r"dogstatsd_tls_key: .* holds a X25519PrivateKey, which cannot sign for TLS"):
+        service.privilegedStartService()
+    await with_deadline(reactor, service.abandoned)

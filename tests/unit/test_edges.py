@@ -263,6 +263,23 @@ def test_the_flush_and_the_sinks_share_one_cooperator_stopped_after_them(tmp_pat
     assert failures[0].check(SchedulerStopped)
 
 
+def test_the_admin_endpoint_works_on_the_shared_cooperator_and_its_loops_stop_with_it():
+    from twisted_statsd._cooperate import SharedCooperatorService
+
+    reactor = MemoryReactorClock()
+    root = build_service(load_config(data={"dogstatsd_port": 0, "admin_port": "__random__"}), reactor)
+    (shared,) = [s for s in root if isinstance(s, SharedCooperatorService)]
+    assert root.admin.cooperator is shared.coop
+    root.privilegedStartService()
+    root.startService()
+    # reactor lag probe, buffer drain and flush loops, and the admin's rate sampler and statistics merge
+    assert len(reactor.getDelayedCalls()) == 5
+    d = root.stopService()
+    reactor.advance(0)
+    assert d.called
+    assert not reactor.getDelayedCalls()
+
+
 def test_default_sink_is_console():
     root = build_service(load_config(data={"dogstatsd_port": 0}), MemoryReactorClock())
     assert [type(s).__name__ for s in root][1] == "ConsoleSink"

@@ -11,6 +11,7 @@ from importlib import import_module
 import pytest
 
 from twisted_statsd.sinks import SINK_MODULES, sink_options
+from twisted_statsd.sinks._http_sink import DELIVERY_DEFAULTS
 
 
 @pytest.mark.parametrize("kind", list(SINK_MODULES))
@@ -33,6 +34,9 @@ def test_the_schema_defaults_are_the_sinks_own(kind):
     defaults = {}
     for cls in (module.build, getattr(module, _OPTIONS_HANDED_TO.get(kind, "build"))):
         for option, parameter in inspect.signature(cls).parameters.items():
+            if parameter.kind is inspect.Parameter.VAR_KEYWORD:  # an HTTP sink's delivery tuning
+                for name, value in DELIVERY_DEFAULTS.items():
+                    defaults.setdefault(name, value)
             defaults.setdefault(option, parameter.default)
     for option, (_convert, default) in sink_options(kind).items():
         if default is not None:  # None: left to the sink (datadog fills it from the top-level keys)

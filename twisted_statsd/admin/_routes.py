@@ -42,6 +42,17 @@ class BadRequest(Exception):
     """A query parameter the handler cannot use; answered with 400 and the message."""
 
 
+def count_query(request, default: int, maximum: int, name: str = "n") -> int:
+    """Query parameter ``name`` as a whole number from 1 to ``maximum``; BadRequest otherwise."""
+    try:
+        n = int(query(request, name, str(default)))
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer") from None
+    if not 0 < n <= maximum:
+        raise BadRequest(f"{name} must be between 1 and {maximum}")
+    return n
+
+
 class AdminResource(Resource):
     """Dispatches by exact path and method; ``routes`` maps a path to {method: handler(request)}."""
 

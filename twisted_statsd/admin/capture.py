@@ -14,11 +14,11 @@ in the file's end record), once ``max_bytes`` of records were captured
 from __future__ import annotations
 
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.task import LoopingCall
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 import twisted_statsd
+from twisted_statsd._twisted_helpers import deadline, periodic
 from twisted_statsd.admin._routes import BadRequest, query, respond
 from twisted_statsd.capture import CaptureEncoder
 
@@ -47,10 +47,9 @@ class CaptureStream:
         request.registerProducer(self, True)
         request.notifyFinish().addBoth(lambda _: self.close(write=False))
         admin.root.intake.observers.append(self.observe)
-        self._loop = LoopingCall(self.write)
-        self._loop.clock = self.reactor
-        self._loop.start(WRITE_SECONDS, now=True).addErrback(lambda f: admin.log.failure("Capture writer died", f))
-        self._end = self.reactor.callLater(duration, self.close)
+        self._writer = periodic(self.reactor, WRITE_SECONDS, self.write, admin.root.telemetry, "capture_writer")
+        self._writer.startService()
+        self._cancel_end = deadline(self.reactor, duration, self.close)
 
     def observe(self, packets: list[bytes], now: float, transport: str, origin: bytes | None) -> None:
         encoder = self.encoder
@@ -87,10 +86,8 @@ class CaptureStream:
         observers = self.admin.root.intake.observers
         if self.observe in observers:
             observers.remove(self.observe)
-        if self._loop.running:
-            self._loop.stop()
-        if self._end.active():
-            self._end.cancel()
+        self._writer.stopService()
+        self._cancel_end()
         self.admin.capture = None
         self.admin.root.telemetry.incr("captures")
         if write:

@@ -17,17 +17,9 @@ from twisted_statsd.admin.contexts import live_contexts
 from twisted_statsd.core import parser
 from twisted_statsd.core.aggregator import BUCKET_SECONDS
 from twisted_statsd.core.mapper import MetricMapper
-from twisted_statsd.core.model import COUNTER, DISTRIBUTION, GAUGE, HISTOGRAM, METRIC_TYPES, SET, TIMING
+from twisted_statsd.core.model import COUNTER, GAUGE, HISTOGRAM, METRIC_TYPE_NAMES, METRIC_TYPES, SET, TIMING
 
 MAX_INPUT = 4096
-_TYPE_WORDS = {
-    COUNTER: "counter",
-    GAUGE: "gauge",
-    SET: "set",
-    HISTOGRAM: "histogram",
-    TIMING: "timing",
-    DISTRIBUTION: "distribution",
-}
 
 
 def _text(raw: bytes) -> str:
@@ -140,7 +132,7 @@ def explain(admin, request) -> bytes:
         return respond(request, body)
     body["parsed"] = {
         "name": _text(message.name),
-        "type": _TYPE_WORDS[message.type],
+        "type": METRIC_TYPE_NAMES[message.type],
         "sample_rate": message.rate,
         "tags": [_text(t) for t in message.tags],
         "timestamp": message.timestamp,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from twisted_statsd.admin._routes import BadRequest, query, respond
+from twisted_statsd.admin._routes import count_query, query, respond
 from twisted_statsd.core.model import SERIES_COUNT, SERIES_GAUGE, SERIES_RATE
 
 HISTORY = 30
@@ -103,12 +103,7 @@ class RecentFlushes:
 
 
 def recent(admin, request) -> bytes:
-    try:
-        n = int(query(request, "n", "200"))
-    except ValueError:
-        raise BadRequest("n must be an integer") from None
-    if not 0 < n <= MAX_ROWS:
-        raise BadRequest(f"n must be between 1 and {MAX_ROWS}")
+    n = count_query(request, 200, MAX_ROWS)
     view = admin.recent
     view.watch(admin.reactor.seconds())
     body = {

@@ -15,12 +15,12 @@ from __future__ import annotations
 from collections import deque
 from functools import partial
 
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 
-from twisted_statsd._binding import BindingService
-from twisted_statsd._cooperate import cooperator, run_in_slices
-from twisted_statsd._http import CappedSite, close_site
+from twisted_statsd._cooperate import run_in_slices
+from twisted_statsd._http import CappedSite, SiteService
+from twisted_statsd._twisted_helpers import periodic
 from twisted_statsd.admin import capture, contexts, explain, page, recent, stats, status
 from twisted_statsd.admin._routes import AdminResource
 from twisted_statsd.core.stats import MetricStats, series_per_context
@@ -53,12 +53,16 @@ class RateWindow:
         return result
 
 
-class AdminService(BindingService):
-    """Serves the admin resources on ``host:port`` (port 0: the kernel picks one)."""
+class AdminService(SiteService):
+    """Serves the admin resources on ``host:port`` (port 0: the kernel picks one).
+
+    Its slow work (recording flushes for the live page, walking the live
+    contexts for the statistics) runs on the server's shared ``cooperator``.
+    """
 
     log = Logger()
 
-    def __init__(self, reactor, root, *, port: int, host: str = "127.0.0.1"):
+    def __init__(self, reactor, root, cooperator: Cooperator, *, port: int, host: str = "127.0.0.1"):
         self.reactor = reactor
         self.root = root
         self.port, self.host = port, host
@@ -69,13 +73,12 @@ class AdminService(BindingService):
         self.stats_enabled = False
         self.capture: capture.CaptureStream | None = None  # the capture running, if any
         self.recent = recent.RecentFlushes()
-        self.cooperator = cooperator(reactor)
-        self._sampler = LoopingCall(self._sample)
-        self._sampler.clock = reactor
-        self._merger = LoopingCall(self.merge_stats)
-        self._merger.clock = reactor
-        self._listening = None
-        self._site: CappedSite | None = None
+        self.cooperator = cooperator
+        # Started and stopped with this service; they cannot die (a failure is counted as loop_errors).
+        self._loops = [
+            periodic(reactor, RATE_SAMPLE_SECONDS, self._sample, root.telemetry, "admin_rates"),
+            periodic(reactor, MERGE_SECONDS, self.merge_stats, root.telemetry, "admin_stats_merge"),
+        ]
 
     def _routes(self) -> dict:
         get = {
@@ -96,15 +99,6 @@ class AdminService(BindingService):
         routes.update({path: {b"POST": partial(handler, self)} for path, handler in post.items()})
         return routes
 
-    @property
-    def address(self):
-        """The bound address (``.port`` is the real port when 0 was asked for), or None."""
-        return self._listening.getHost() if self._listening else None
-
-    @property
-    def bound(self) -> bool:
-        return self._listening is not None
-
     def bind(self) -> None:
         self._site = CappedSite(AdminResource(self._routes()), self.reactor, MAX_CONNECTIONS)
         self._listening = self.reactor.listenTCP(self.port, self._site, interface=self.host)
@@ -112,23 +106,16 @@ class AdminService(BindingService):
     def startService(self):
         super().startService()
         self.started_at = self.reactor.seconds()
-        self._sampler.start(RATE_SAMPLE_SECONDS, now=True).addErrback(
-            lambda f: self.log.failure("Admin rate sampler died", f)
-        )
-        self._merger.start(MERGE_SECONDS, now=False).addErrback(
-            lambda f: self.log.failure("Per-metric statistics merge died", f)
-        )
+        for loop in self._loops:
+            loop.startService()
 
     def stopService(self):
         super().stopService()
-        for loop in (self._sampler, self._merger):
-            if loop.running:
-                loop.stop()
+        for loop in self._loops:
+            loop.stopService()
         if self.capture is not None:
             self.capture.close()
-        listening, self._listening = self._listening, None
-        if listening is not None:
-            return close_site(listening, self._site)
+        return self._close_site()
 
     # -- what the resources read ----------------------------------------------------
 

@@ -6,7 +6,7 @@ admin service feeds it while statistics are on.
 
 from __future__ import annotations
 
-from twisted_statsd.admin._routes import BadRequest, query, respond
+from twisted_statsd.admin._routes import BadRequest, count_query, query, respond
 from twisted_statsd.core.stats import ORDERINGS
 
 MAX_TOP = 1000
@@ -33,12 +33,7 @@ def top(admin, request) -> bytes:
     by = query(request, "by", "contexts")
     if by not in ORDERINGS:
         raise BadRequest(f"by must be one of {', '.join(ORDERINGS)}")
-    try:
-        n = int(query(request, "n", "20"))
-    except ValueError:
-        raise BadRequest("n must be an integer") from None
-    if not 0 < n <= MAX_TOP:
-        raise BadRequest(f"n must be between 1 and {MAX_TOP}")
+    n = count_query(request, 20, MAX_TOP)
     body = _summary(admin)
     body.update(by=by, n=n, metrics=admin.stats.top(by, n))
     return respond(request, body)

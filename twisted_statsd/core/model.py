@@ -19,6 +19,15 @@ TIMING = b"ms"
 SET = b"s"
 DISTRIBUTION = b"d"
 METRIC_TYPES = frozenset((GAUGE, COUNTER, HISTOGRAM, TIMING, SET, DISTRIBUTION))
+# Their names, as the admin endpoint shows them.
+METRIC_TYPE_NAMES = {
+    COUNTER: "counter",
+    GAUGE: "gauge",
+    SET: "set",
+    HISTOGRAM: "histogram",
+    TIMING: "timing",
+    DISTRIBUTION: "distribution",
+}
 
 # Series types as the Datadog metrics API v2 numbers them.
 SERIES_UNSPECIFIED = 0

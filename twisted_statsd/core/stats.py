@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from itertools import repeat
 from operator import itemgetter
 
-from twisted_statsd.core.model import COUNTER, DISTRIBUTION, GAUGE, HISTOGRAM, SET, TIMING
+from twisted_statsd.core.model import COUNTER, DISTRIBUTION, GAUGE, HISTOGRAM, METRIC_TYPE_NAMES, SET, TIMING
 
 # Datadog turns a distribution context into count, sum, min, max and avg series
 # (percentiles, when enabled on a metric, add five more): the estimate counts five.
@@ -40,14 +40,6 @@ MAX_NAMES = 10_000
 MAX_SENDERS = 16
 
 ORDERINGS = ("contexts", "samples", "series")
-_TYPE_NAMES = {
-    COUNTER: "counter",
-    GAUGE: "gauge",
-    SET: "set",
-    HISTOGRAM: "histogram",
-    TIMING: "timing",
-    DISTRIBUTION: "distribution",
-}
 _CONTAINER = "container_id:"
 _first = itemgetter(0)
 
@@ -178,7 +170,7 @@ class MetricStats:
                 continue
             entry.contexts += 1
             entry.series += per_type.get(mtype, 1)
-            entry.type = _TYPE_NAMES.get(mtype, "")
+            entry.type = METRIC_TYPE_NAMES.get(mtype, "")
             if entry.last_seen is None:  # a name renamed by the mapper or namespace is never seen received
                 entry.last_seen = now
             for tag in tags:

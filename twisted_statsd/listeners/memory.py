@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from twisted.application.service import MultiService
 from twisted.logger import Logger, LogLevel
 
-from twisted_statsd._twisted_helpers import periodic
+from twisted_statsd._twisted_helpers import deadline, periodic
 from twisted_statsd.telemetry import Telemetry
 
 OK, SOFT, HIGH, HARD = 0, 1, 2, 3
@@ -206,7 +206,7 @@ class ReadThrottle:
 
     A reader is anything with ``pause_reading()`` and ``resume_reading()``: the
     datagram socket reader, or a stream connection.  Invariant: a held reader
-    is in ``_held`` and ``_release_call`` is pending; releasing resumes them
+    is in ``_held`` and ``_cancel_release`` is set (its deadline pending); releasing resumes them
     all at once, so there is never more than one timer, whatever the number of
     connections.  With ``delay`` 0 (the normal case) :meth:`hold` is never called.
     """
@@ -216,15 +216,15 @@ class ReadThrottle:
         self.telemetry = telemetry
         self.delay = 0.0
         self._held: set = set()
-        self._release_call = None
+        self._cancel_release: Callable[..., object] | None = None
 
     def hold(self, reader) -> None:
         """Pause ``reader`` until the current pause ends."""
         reader.pause_reading()
         self._held.add(reader)
         self.telemetry.incr("uds_read_holds")
-        if self._release_call is None:
-            self._release_call = self.clock.callLater(self.delay, self.release)
+        if self._cancel_release is None:
+            self._cancel_release = deadline(self.clock, self.delay, self.release)
 
     def forget(self, reader) -> None:
         """Never resume ``reader`` (it is closing)."""
@@ -232,9 +232,9 @@ class ReadThrottle:
 
     def release(self) -> None:
         """Resume every held reader now."""
-        call, self._release_call = self._release_call, None
-        if call is not None and call.active():
-            call.cancel()
+        cancel, self._cancel_release = self._cancel_release, None
+        if cancel is not None:
+            cancel()
         held, self._held = self._held, set()
         for reader in held:
             reader.resume_reading()

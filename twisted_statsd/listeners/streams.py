@@ -27,16 +27,19 @@ message when a connection closes with bytes pending).
 from __future__ import annotations
 
 import socket
+from typing import Any, ClassVar
+from typing import Protocol as TypingProtocol
 
-from twisted.internet import defer
-from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import LoopingCall
+from twisted.internet import defer, tcp
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
 
 from twisted_statsd._binding import BindingService
 from twisted_statsd._ratelimit import RateLimitedReporter
-from twisted_statsd._twisted_helpers import Waiters
+from twisted_statsd._twisted_helpers import PeriodicService, Waiters, periodic
+from twisted_statsd.intake.buffer import PacketBuffer
 from twisted_statsd.listeners.memory import ReadThrottle
 from twisted_statsd.listeners.senders import SenderAllowList
 from twisted_statsd.telemetry import Telemetry
@@ -63,19 +66,32 @@ class StreamError(Exception):
         self.sample = sample
 
 
+class Decoder(TypingProtocol):
+    """What a stream listener's decoder provides (see the module docstring)."""
+
+    TRUNCATED: ClassVar[tuple[str, str]]
+    error: StreamError | None
+
+    @property
+    def pending(self) -> int: ...
+
+    @property
+    def pending_sample(self) -> bytes: ...
+
+    def feed(self, data: bytes) -> list[bytes]: ...
+
+
 class ConnectionTracker:
     """The open connections, so that stopping can close them all and wait, and idle ones can be closed.
 
     The count is published as the ``<prefix>_connections`` gauge.  With an
-    ``idle_timeout``, one LoopingCall (running between :meth:`start` and
+    ``idle_timeout``, one periodic check (running between :meth:`start` and
     :meth:`stop`) closes connections that completed no packet for that long
     (silent, or holding a partial frame or line) and counts them in
     ``<prefix>_connections_idle_closed``.  Invariant: a connection's
     ``idle_checks`` is the number of checks since its last complete packet,
     which the protocol resets with a plain attribute store.
     """
-
-    log = Logger()
 
     def __init__(self, telemetry: Telemetry, prefix: str = "uds", *, clock=None, idle_timeout: float = 0.0):
         self.telemetry = telemetry
@@ -84,10 +100,10 @@ class ConnectionTracker:
         self._idle_counter = prefix + "_connections_idle_closed"
         self.idle_timeout = idle_timeout
         self._empty = Waiters()
-        self._idle_loop: LoopingCall | None = None
+        self._idle_loop: PeriodicService | None = None
         if idle_timeout:
-            self._idle_loop = LoopingCall(self.close_idle)
-            self._idle_loop.clock = clock
+            interval = idle_timeout / IDLE_CHECKS
+            self._idle_loop = periodic(clock, interval, self.close_idle, telemetry, prefix + "_idle_check")
         telemetry.set_gauge(self._gauge, 0)
 
     def __len__(self) -> int:
@@ -106,13 +122,11 @@ class ConnectionTracker:
     def start(self) -> None:
         """Start closing idle connections (when there is an idle timeout)."""
         if self._idle_loop is not None and not self._idle_loop.running:
-            self._idle_loop.start(self.idle_timeout / IDLE_CHECKS, now=False).addErrback(
-                lambda f: self.log.failure("Idle connection check died", f)
-            )
+            self._idle_loop.startService()
 
     def stop(self) -> None:
-        if self._idle_loop is not None and self._idle_loop.running:
-            self._idle_loop.stop()
+        if self._idle_loop is not None:
+            self._idle_loop.stopService()
 
     def close_idle(self) -> None:
         """Close every connection that completed no packet in the last ``IDLE_CHECKS`` full check intervals."""
@@ -140,8 +154,13 @@ class StreamProtocol(Protocol):
     """One client connection: packets go to the connection's packet buffer; never raises."""
 
     factory: StreamFactory
-    decoder = None
-    buffer = None
+    #: tcp.Server, unix.Server, or the TLS layer over one: no interface of
+    #: Twisted's declares what is used here (pause/resumeProducing, connected,
+    #: disconnecting, getHandle) together.
+    transport: Any
+    # Both set in connectionMade; the buffer is handed back in connectionLost.
+    decoder: Decoder | None = None
+    buffer: PacketBuffer | None = None
     refused = False
     idle_checks = 0
     #: Who is at the other end, for listeners that can tell (SO_PEERCRED on Unix sockets).
@@ -158,12 +177,14 @@ class StreamProtocol(Protocol):
             self.drop_connection()
 
     def dataReceived(self, data: bytes):
-        decoder = self.decoder
+        decoder, buffer = self.decoder, self.buffer
+        if decoder is None or buffer is None:  # not connected (yet, or any more)
+            return
         packets = decoder.feed(data)
         if packets:
             # Only a complete packet counts as activity: trickling a frame or a line byte by byte does not.
             self.idle_checks = 0
-            append = self.buffer.append
+            append = buffer.append
             for packet in packets:
                 append(packet)
         if decoder.error is not None:
@@ -178,7 +199,7 @@ class StreamProtocol(Protocol):
         if throttle is not None and throttle.delay:
             throttle.hold(self)
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         factory = self.factory
         decoder = self.decoder
         if decoder is not None and decoder.pending:
@@ -219,7 +240,7 @@ class StreamProtocol(Protocol):
         """
         transport, receiver = self._socket_layer()
         handle = transport.getHandle()
-        while limit > 0 and self.decoder.error is None:
+        while limit > 0 and self.decoder is not None and self.decoder.error is None:
             if self.transport.disconnecting or not self.transport.connected or transport.disconnecting:
                 return
             try:
@@ -253,7 +274,7 @@ class StreamFactory(Factory):
     """
 
     noisy = False
-    protocol = StreamProtocol
+    protocol: type[StreamProtocol] = StreamProtocol  # type: ignore[assignment]  # Twisted's Factory types it by a TypeVar of its own
     transport_name = "uds"
     refused_reason = "stream_connection_refused"
     cap_key = "dogstatsd_stream_max_connections"
@@ -334,7 +355,8 @@ class StreamListenerService(BindingService):
 
     log = Logger()
     factory: StreamFactory
-    port = None
+    #: The listening port (a Unix stream port is a tcp.Port subclass too).
+    port: tcp.Port | None = None
 
     @property
     def tracker(self) -> ConnectionTracker:

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import socket
 
-from twisted.internet.interfaces import IAddress
+from twisted.internet import tcp
+from twisted.internet.address import IPv4Address, IPv6Address
 
 from twisted_statsd.errors import StartupError
 from twisted_statsd.listeners.streams import StreamError, StreamFactory, StreamListenerService, StreamProtocol
@@ -90,7 +91,7 @@ class LineDecoder:
             return []
         buf = self._pending + data if self._pending else data
         end, limit, cut = len(buf), self.max_length, self.cut_packets
-        packets = []
+        packets: list[bytes] = []
         first = 0  # the first byte not handed on yet
         start = 0  # the start of the first line not checked yet
         rfind = buf.rfind
@@ -187,8 +188,11 @@ class TCPListenerService(StreamListenerService):
 
     def bind(self) -> None:
         factory = self.factory if self.tls is None else self.tls.wrap(self.factory, self.reactor)
-        self.port = self.reactor.listenTCP(self.port_number, factory, backlog=self.backlog, interface=self.interface)
-        host = self.address
+        port: tcp.Port = self.reactor.listenTCP(
+            self.port_number, factory, backlog=self.backlog, interface=self.interface
+        )
+        self.port = port
+        host: IPv4Address | IPv6Address = port.getHost()
         self.bound_port = host.port
         self.log.info(
             LISTENING,
@@ -201,9 +205,9 @@ class TCPListenerService(StreamListenerService):
         )
 
     @property
-    def address(self) -> IAddress:
-        """The bound address, e.g. to learn an ephemeral port."""
-        return self.port.getHost()
+    def address(self) -> IPv4Address | IPv6Address | None:
+        """The bound address, e.g. to learn an ephemeral port; None when not listening."""
+        return self.port.getHost() if self.port is not None else None
 
     def log_closed(self, count: int) -> None:
         self.log.info(CLOSED, kind=self.kind, port=self.bound_port, count=count, log_category="TCP_CLOSED")

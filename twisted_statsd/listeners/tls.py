@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from OpenSSL import SSL
 from OpenSSL.crypto import X509, PKey
 from twisted.internet import ssl
@@ -23,6 +24,15 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted_statsd.listeners.tcp import TLSError
 
 _PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
+
+# The private key types TLS can sign with (a PEM file may also hold, say, a Diffie-Hellman key).
+_SIGNING_KEYS = (
+    rsa.RSAPrivateKey,
+    ec.EllipticCurvePrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+    dsa.DSAPrivateKey,
+)
 
 
 def _read(key: str, path: str) -> bytes:
@@ -68,6 +78,8 @@ class ServerTLS:
             raise TLSError(
                 f"dogstatsd_tls_key: {self.key} holds no valid unencrypted PEM private key: {error}"
             ) from None
+        if not isinstance(key, _SIGNING_KEYS):
+            raise TLSError(f"dogstatsd_tls_key: {self.key} holds a {type(key).__name__}, which cannot sign for TLS")
         trust = {}
         if self.ca:
             # Twisted's trust root takes pyOpenSSL certificates.
@@ -77,7 +89,13 @@ class ServerTLS:
             trust["trustRoot"] = ssl.trustRootFromCertificates(authorities)
         try:
             try:
-                options = ssl.CertificateOptions(privateKey=key, certificate=leaf, extraCertChain=chain, **trust)
+                # Twisted annotates these as pyOpenSSL's types; with pyOpenSSL >= 24.3 it takes cryptography's.
+                options = ssl.CertificateOptions(
+                    privateKey=key,  # type: ignore[arg-type]
+                    certificate=leaf,  # type: ignore[arg-type]
+                    extraCertChain=chain,  # type: ignore[arg-type]
+                    **trust,
+                )
                 options.getContext()  # checks that the key belongs to the certificate
             except TypeError:
                 # pyOpenSSL before 24.3 takes only its own key and certificate types (newer ones deprecate them).

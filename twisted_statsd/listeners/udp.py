@@ -17,6 +17,7 @@ import struct
 import termios
 
 from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.udp import Port
 from twisted.logger import Logger
 
 from twisted_statsd._binding import BindingService
@@ -97,7 +98,7 @@ class UDPListenerService(BindingService):
         self.port_number = port
         self.interface = interface
         self.so_rcvbuf = so_rcvbuf
-        self.port = None
+        self.port: Port | None = None
         self._kernel_drops_seen = 0
 
     @property
@@ -108,16 +109,17 @@ class UDPListenerService(BindingService):
         return "dogstatsd_port", f"listen on udp {self.interface or '0.0.0.0'}:{self.port_number}"
 
     def bind(self) -> None:
-        self.port = self.reactor.listenUDP(
+        port: Port = self.reactor.listenUDP(
             self.port_number,
             self.protocol,
             interface=self.interface,
             maxPacketSize=max(self.protocol.read_size, self.protocol.buffer_size + 1),
         )
-        handle = self.port.getHandle()
+        self.port = port
+        handle = port.getHandle()
         if self.so_rcvbuf:
             handle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.so_rcvbuf)
-        host = self.port.getHost()
+        host = port.getHost()
         self.log.info(
             "Listening for DogStatsD on udp {host}:{port} (receive buffer {granted} bytes)",
             host=host.host,
@@ -144,8 +146,8 @@ class UDPListenerService(BindingService):
 
     @property
     def address(self):
-        """The bound address (an IPv4Address), e.g. to learn an ephemeral port."""
-        return self.port.getHost()
+        """The bound address (an IPv4Address), e.g. to learn an ephemeral port; None before the bind."""
+        return self.port.getHost() if self.port is not None else None
 
     def read_pending(self) -> None:
         """Read everything the kernel holds for us now, not just one read's budget.

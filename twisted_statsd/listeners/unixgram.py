@@ -28,6 +28,7 @@ from zope.interface import implementer
 from twisted_statsd._binding import BindingService
 from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd._twisted_helpers import periodic
+from twisted_statsd.intake.buffer import PacketBuffer
 from twisted_statsd.listeners import sockets
 from twisted_statsd.listeners.memory import ReadThrottle
 from twisted_statsd.listeners.origin import ORIGIN_TTL, OriginResolver
@@ -59,7 +60,8 @@ class UnixDatagramReceiver:
         self.buffer_size = buffer_size
         self.reporter = reporter
         self.resolver = resolver
-        self.default = None
+        # Set between open() and close(), the only time the socket is read.
+        self.default: PacketBuffer | None = None
         self.buffers: dict = {}
 
     def open(self) -> None:
@@ -78,7 +80,8 @@ class UnixDatagramReceiver:
         if not data:
             return
         if self.resolver is None:
-            self.default.append(data)
+            if self.default is not None:
+                self.default.append(data)
             return
         origin = self.resolver.origin(sockets.sender_pid(ancdata), now)
         buffer = self.buffers.get(origin)
@@ -232,7 +235,7 @@ class UnixDatagramListenerService(BindingService):
         self.throttle = throttle
         self.reader: DatagramSocketReader | None = None
         self.granted_rcvbuf: int | None = None
-        self._identity = None
+        self._identity: tuple[int, int] | None = None
         self._sweep = periodic(
             reactor,
             origin_sweep_interval,

@@ -81,12 +81,13 @@ class FrameDecoder:
         if self.error is not None:
             return []
         pending = self._pending
+        buf: bytes | bytearray
         if pending:
             pending += data
             buf = pending
         else:
             buf = data
-        frames = []
+        frames: list[bytes] = []
         offset, end, limit = 0, len(buf), self.max_length
         unpack_from = _LENGTH.unpack_from
         while end - offset >= 4:
@@ -162,7 +163,8 @@ class FramedStreamFactory(StreamFactory):
             return None
         return self.resolver.origin(peer.pid, self.clock.seconds())
 
-    def admit_peer(self, protocol: FramedStreamProtocol) -> bool:
+    def admit_peer(self, protocol: StreamProtocol) -> bool:
+        assert isinstance(protocol, FramedStreamProtocol)  # the only protocol this factory builds
         peer = protocol.peer
         if not self.max_connections_per_user or peer is None:
             return True
@@ -177,7 +179,8 @@ class FramedStreamFactory(StreamFactory):
         protocol.user = peer.uid
         return True
 
-    def forget_peer(self, protocol: FramedStreamProtocol) -> None:
+    def forget_peer(self, protocol: StreamProtocol) -> None:
+        assert isinstance(protocol, FramedStreamProtocol)  # the only protocol this factory builds
         uid = protocol.user
         if uid is not None:
             protocol.user = None
@@ -200,7 +203,8 @@ class _StreamPort(unix.Port):
     identity: tuple[int, int] | None = None
 
     def __init__(self, path: str, factory, backlog: int, mode: int, reactor):
-        super().__init__(path, factory, backlog, mode, reactor)
+        # Twisted annotates the path as bytes; listenUNIX passes the str it is given, as here.
+        super().__init__(path, factory, backlog, mode, reactor)  # type: ignore[arg-type]
         self.port_path = path
 
     def connectionLost(self, reason):

@@ -29,6 +29,7 @@ import json
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cache
 from math import isfinite
 
 from twisted_statsd.core.model import Event, FlushBatch, Series, ServiceCheck, SketchSeries
@@ -264,16 +265,11 @@ def event_body(event: Event) -> bytes:
     return _dumps(obj)
 
 
-# The text of each bin's value: the key space is bounded (|key| < 2**15), so is this cache.
-_BIN_TEXT: dict[int, str] = {}
-
-
+# Cached: the key space is bounded (|key| < 2**15), so is the cache.
+@cache
 def _bin_text(key: int) -> str:
     """The exact decimal text of ``value_of(key)``, the value every sink reports for bin ``key``."""
-    text = _BIN_TEXT.get(key)
-    if text is None:
-        text = _BIN_TEXT[key] = repr(value_of(key))
-    return text
+    return repr(value_of(key))
 
 
 def _scale(counts: list[int], total: int, target: int) -> list[int]:

@@ -366,7 +366,11 @@ class HttpDelivery:
         self._block(delay)
 
     def _block(self, delay: float) -> None:
-        """Send nothing for ``delay`` seconds (or longer, if already blocked for longer)."""
+        """Send nothing for ``delay`` seconds (or longer, if already blocked for longer).
+
+        A plain DelayedCall rather than :func:`~twisted_statsd._twisted_helpers.deadline`:
+        extending a block reads the pending call's ``getTime()``, which the helper hides.
+        """
         if self._unblock is not None:
             if self._unblock.getTime() >= self.reactor.seconds() + delay:
                 return

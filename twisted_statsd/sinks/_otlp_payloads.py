@@ -28,7 +28,10 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cache
+from itertools import chain
 from math import ceil, inf, log2
+from typing import Any
 
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -44,7 +47,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 )
 
 from twisted_statsd import __version__
-from twisted_statsd.core.model import SERIES_COUNT, SERIES_RATE, FlushBatch, Series
+from twisted_statsd.core.model import SERIES_COUNT, SERIES_RATE, FlushBatch, Series, SketchSeries
 from twisted_statsd.core.sketch import INF_KEY, MIN_VALUE, Sketch, value_of
 
 __all__ = [
@@ -123,15 +126,11 @@ def bucket_bounds(index: int) -> tuple[float, float]:
     return 2.0 ** (index / _SCALE_FACTOR), 2.0 ** ((index + 1) / _SCALE_FACTOR)
 
 
-# Sketch key (> 0, finite) -> bucket index of the bin's value; bounded by the key space (< 2**15).
-_KEY_INDEX: dict[int, int] = {}
-
-
+# Cached: bounded by the key space (< 2**15).
+@cache
 def _key_index(key: int) -> int:
-    index = _KEY_INDEX.get(key)
-    if index is None:
-        index = _KEY_INDEX[key] = bucket_index(value_of(key))
-    return index
+    """Sketch key (> 0, finite) -> bucket index of the bin's value."""
+    return bucket_index(value_of(key))
 
 
 def _dense(counts: dict[int, int]) -> tuple[int, list[int]]:
@@ -306,10 +305,8 @@ def build_payloads(
     now = batch.timestamp
     if cumulative is not None:
         cumulative.expire(now)
-    request = _Request(extra)
-    work = 0
 
-    for series in batch.series:
+    def fill_series(request: _Request, series: Series) -> int:
         if series.type in (SERIES_RATE, SERIES_COUNT):
             counts = [(ts, _count(series, value)) for ts, value in series.points]
             monotonic = all(c >= 0.0 for _, c in counts)
@@ -336,29 +333,18 @@ def build_payloads(
                 _set_attributes(point.attributes, attrs)
         request.points += len(series.points)
         request.weight += len(series.points)
-        work += len(series.points)
-        if request.weight >= MAX_POINTS:
-            yield request.close()
-            request = _Request(extra)
-        if work >= STEP_POINTS:
-            work = 0
-            yield None
+        return len(series.points)
 
-    for sketch_series in batch.sketches:
-        metric = request.metric(sketch_series.host, sketch_series.name, "exponential_histogram")
-        if not metric.HasField("exponential_histogram"):
-            metric.exponential_histogram.aggregation_temporality = DELTA
-        attrs = attributes(sketch_series.tags)
-        for ts, sketch in sketch_series.points:
-            if sketch.empty:
-                continue
-            point = metric.exponential_histogram.data_points.add()
-            _fill_histogram_point(point, sketch, ts * _NANOS, (ts + sketch_series.interval) * _NANOS)
-            _set_attributes(point.attributes, attrs)
-            weight = 1 + (len(point.positive.bucket_counts) + len(point.negative.bucket_counts)) // 64
-            request.points += 1
-            request.weight += weight
-            work += weight
+    # Each series (or distribution) goes whole into the current request; a
+    # request is sent once it is full, and the work yields every STEP_POINTS.
+    fills: Iterator[tuple[Callable[[_Request, Any], int], Any]] = chain(
+        ((fill_series, series) for series in batch.series),
+        ((_fill_sketches, sketch_series) for sketch_series in batch.sketches),
+    )
+    request = _Request(extra)
+    work = 0
+    for fill, item in fills:
+        work += fill(request, item)
         if request.weight >= MAX_POINTS:
             yield request.close()
             request = _Request(extra)
@@ -368,6 +354,26 @@ def build_payloads(
 
     if request.points:
         yield request.close()
+
+
+def _fill_sketches(request: _Request, sketch_series: SketchSeries) -> int:
+    """Add a context's distribution points (one exponential histogram each); returns their weight."""
+    metric = request.metric(sketch_series.host, sketch_series.name, "exponential_histogram")
+    if not metric.HasField("exponential_histogram"):
+        metric.exponential_histogram.aggregation_temporality = DELTA
+    attrs = attributes(sketch_series.tags)
+    added = 0
+    for ts, sketch in sketch_series.points:
+        if sketch.empty:
+            continue
+        point = metric.exponential_histogram.data_points.add()
+        _fill_histogram_point(point, sketch, ts * _NANOS, (ts + sketch_series.interval) * _NANOS)
+        _set_attributes(point.attributes, attrs)
+        weight = 1 + (len(point.positive.bucket_counts) + len(point.negative.bucket_counts)) // 64
+        request.points += 1
+        request.weight += weight
+        added += weight
+    return added
 
 
 def _fill_histogram_point(point: ExponentialHistogramDataPoint, sketch: Sketch, start: int, end: int) -> None:

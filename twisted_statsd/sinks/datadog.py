@@ -21,34 +21,29 @@ otlp sink.
 
 from __future__ import annotations
 
-import random
+from typing import Unpack
 
-from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.task import Cooperator
-from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
-from twisted_statsd import __version__
-from twisted_statsd._stop_deadline import StopDeadline
 from twisted_statsd.config import SinkOption
 from twisted_statsd.core.model import FlushBatch
-from twisted_statsd.flush import SINK_STOP_TIMEOUT
 from twisted_statsd.interfaces import IMetricSink
 from twisted_statsd.sinks._datadog_payloads import build_payloads
-from twisted_statsd.sinks._http_delivery import HttpDelivery, backoff_delay, parse_retry_after
+from twisted_statsd.sinks._http_delivery import backoff_delay, parse_retry_after
+from twisted_statsd.sinks._http_sink import DeliveryOptions, HttpSink
 from twisted_statsd.telemetry import Telemetry
 
 __all__ = ["DatadogSink", "backoff_delay", "parse_retry_after"]
 
 
 @implementer(IMetricSink)
-class DatadogSink(Service):
+class DatadogSink(HttpSink):
     """Sends flushes to Datadog's HTTP API with gzip, splitting, retries and a byte-bounded queue."""
 
-    name = "datadog"
-    # Set by build_service: the whole server's stop, whose remaining time bounds this sink's.
-    stop_deadline: StopDeadline | None = None
+    name = kind = "datadog"
+    display = "Datadog"
 
     def __init__(
         self,
@@ -58,16 +53,10 @@ class DatadogSink(Service):
         api_key: str,
         site: str = "datadoghq.com",
         url: str | None = None,
-        retry_queue_max_bytes: int = 15 * 1024 * 1024,
         timeout: float = 20.0,
-        backoff_base: float = 2.0,
-        backoff_max: float = 64.0,
-        max_concurrent_requests: int = 2,
         distribution_max_values: int = 100_000,
         cooperator: Cooperator | None = None,
-        _agent=None,
-        _random=random.random,
-        _stop_timeout: float = SINK_STOP_TIMEOUT,
+        **delivery: Unpack[DeliveryOptions],
     ):
         if not api_key:
             raise ValueError("the datadog sink needs an API key (api_key or DD_API_KEY)")
@@ -76,31 +65,15 @@ class DatadogSink(Service):
             raise ValueError(
                 f"datadog sink distribution_max_values must be a positive integer, got {distribution_max_values!r}"
             )
-        self._delivery = HttpDelivery(
+        super().__init__(
             reactor,
             telemetry,
-            sink="datadog",
-            display="Datadog",
             base_url=base,
-            headers=Headers(
-                {
-                    b"DD-API-KEY": [api_key.encode()],
-                    b"Content-Type": [b"application/json"],
-                    b"Content-Encoding": [b"gzip"],
-                    b"User-Agent": [f"twisted-statsd/{__version__}".encode()],
-                }
-            ),
-            retry_queue_max_bytes=retry_queue_max_bytes,
+            headers={b"DD-API-KEY": api_key.encode(), b"Content-Type": b"application/json"},
             timeout=timeout,
-            backoff_base=backoff_base,
-            backoff_max=backoff_max,
-            max_concurrent_requests=max_concurrent_requests,
             cooperator=cooperator,
-            _agent=_agent,
-            _random=_random,
-            _stop_timeout=_stop_timeout,
+            delivery=delivery,
         )
-        self.telemetry = telemetry
         self.base_url = base
         self.distribution_max_values = distribution_max_values
 
@@ -108,10 +81,6 @@ class DatadogSink(Service):
         """Queue the batch's payloads; fires when each one is sent or given up (counted, not raised)."""
         steps = build_payloads(batch, distribution_max_values=self.distribution_max_values, on_drop=self.telemetry.drop)
         return self._delivery.submit(steps)
-
-    def stopService(self):
-        super().stopService()
-        return self._delivery.stop(self.stop_deadline)
 
 
 #: Options of a ``datadog`` entry of ``sinks``: name -> (converter, default).

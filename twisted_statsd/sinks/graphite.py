@@ -30,12 +30,13 @@ from itertools import islice
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_statsd import _cooperate
@@ -179,6 +180,9 @@ class LineFormatter:
 class _CarbonProtocol(Protocol):
     """One connection to carbon; a streaming producer the transport pauses when its buffer fills."""
 
+    #: A TCP connection (the sink's endpoint is a TCP one).
+    transport: tcp.Connection
+
     def __init__(self, sink: GraphiteSink):
         self.sink = sink
         self.paused = False
@@ -187,7 +191,7 @@ class _CarbonProtocol(Protocol):
         self.transport.registerProducer(self, True)
         self.sink._connection_made(self)
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.paused = True
         self.sink._connection_lost(self, reason)
 
@@ -258,6 +262,7 @@ class GraphiteSink(Service):
         self._cooperator = cooperator or _cooperate.cooperator(reactor)
         # Invariant: the buffer is empty whenever a connection is up and not
         # paused; lines wait only for a connection or for the transport to resume.
+        self.max_buffered_lines = max_buffered_lines
         self._buffer: deque[str] = deque(maxlen=max_buffered_lines)
         # A slice never exceeds the buffer, so a healthy connection never drops.
         self._step = min(LINES_PER_STEP, max_buffered_lines)
@@ -318,7 +323,7 @@ class GraphiteSink(Service):
             self.telemetry.drop("graphite_line_too_long", len(long_lines))
             chunk = [line for line in chunk if len(line) <= MAX_LINE_LENGTH]
         buffer = self._buffer
-        overflow = len(buffer) + len(chunk) - buffer.maxlen
+        overflow = len(buffer) + len(chunk) - self.max_buffered_lines
         if overflow > 0:
             # The deque's maxlen drops the oldest lines as the new ones go in.
             self.telemetry.drop("graphite_buffer_full", overflow)
@@ -326,7 +331,7 @@ class GraphiteSink(Service):
                 self._overflowing = True
                 self.log.warn(
                     "Graphite buffer full ({size} lines); dropping the oldest until carbon at {address} takes more",
-                    size=buffer.maxlen,
+                    size=self.max_buffered_lines,
                     address=self.address,
                     log_category="GRAPHITE_BUFFER_FULL",
                 )

@@ -22,6 +22,7 @@ from zope.interface import implementer
 from twisted_statsd import _cooperate
 from twisted_statsd._binding import BindingService
 from twisted_statsd._stop_deadline import StopDeadline
+from twisted_statsd._twisted_helpers import Waiters
 from twisted_statsd.config import SinkOption
 from twisted_statsd.core.model import FlushBatch
 from twisted_statsd.interfaces import IMetricSink
@@ -133,7 +134,7 @@ class PipeWriter:
         self.limit = limit
         self.telemetry = telemetry
         self._pending = bytearray()
-        self._drained: list[defer.Deferred] = []
+        self._drained = Waiters()
         os.set_blocking(fd, False)
 
     def write(self, data: bytes) -> None:
@@ -161,18 +162,14 @@ class PipeWriter:
         del self._pending[:written]
         if not self._pending:
             self.reactor.removeWriter(self)
-            waiting, self._drained = self._drained, []
-            for d in waiting:
-                d.callback(None)
+            self._drained.fire()
         return None
 
     def drained(self) -> defer.Deferred:
         """Fires once the reader has taken everything written so far."""
         if not self._pending:
             return defer.succeed(None)
-        d = defer.Deferred()
-        self._drained.append(d)
-        return d
+        return self._drained.wait()
 
     def fileno(self) -> int:
         return self.fd
@@ -261,7 +258,7 @@ class JsonlSink(BindingService):
         self.path = path
         self.percentiles = tuple(percentiles)
         self._cooperator = cooperator or _cooperate.cooperator(reactor)
-        self._file = None
+        self._file: PipeWriter | AppendFile | None = None
 
     @property
     def bound(self) -> bool:
@@ -273,6 +270,8 @@ class JsonlSink(BindingService):
     def bind(self) -> None:
         if self.path == "-":
             # twistd redirects sys.stdout into the log; write to the real descriptor.
+            if sys.__stdout__ is None:
+                raise OSError("the process has no standard output")
             fd = os.dup(sys.__stdout__.fileno())
             self._file = PipeWriter(self.reactor, fd, STDOUT_BUFFER_LIMIT, self.telemetry)
         else:
@@ -284,6 +283,8 @@ class JsonlSink(BindingService):
     def _write_steps(self, objects):
         """Encode and write a flush; an object JSON cannot carry is left out, never the whole flush."""
         out = self._file
+        if out is None:
+            raise RuntimeError("the jsonl sink was written to before it opened its output")
         lines = []
         unencodable = 0
         for obj in objects:

@@ -15,25 +15,20 @@ The generated classes come from the ``opentelemetry-proto`` package (the
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Unpack
 
-from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
-from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
-from twisted_statsd import __version__
-from twisted_statsd._stop_deadline import StopDeadline
 from twisted_statsd.config import SinkOption
 from twisted_statsd.core.model import FlushBatch
 from twisted_statsd.errors import StartupError
-from twisted_statsd.flush import SINK_STOP_TIMEOUT
 from twisted_statsd.interfaces import IMetricSink
-from twisted_statsd.sinks._http_delivery import HttpDelivery
+from twisted_statsd.sinks._http_sink import DeliveryOptions, HttpSink
 from twisted_statsd.telemetry import Telemetry
 
 __all__ = ["OtlpSink", "retryable_per_otlp"]
@@ -63,12 +58,11 @@ def _payloads():
 
 
 @implementer(IMetricSink)
-class OtlpSink(Service):
+class OtlpSink(HttpSink):
     """Sends flushes as OTLP/HTTP protobuf with gzip, retries and a byte-bounded queue."""
 
-    name = "otlp"
-    # Set by build_service: the whole server's stop, whose remaining time bounds this sink's.
-    stop_deadline: StopDeadline | None = None
+    name = kind = "otlp"
+    display = "OTLP receiver"
     log = Logger()
 
     def __init__(
@@ -80,54 +74,33 @@ class OtlpSink(Service):
         temporality: str = "delta",
         headers: Mapping[str, str] = MappingProxyType({}),
         resource_attributes: Mapping[str, str] = MappingProxyType({}),
-        retry_queue_max_bytes: int = 15 * 1024 * 1024,
         timeout: float = 10.0,
-        backoff_base: float = 2.0,
-        backoff_max: float = 64.0,
-        max_concurrent_requests: int = 2,
         cooperator: Cooperator | None = None,
-        _agent=None,
-        _random=random.random,
-        _stop_timeout: float = SINK_STOP_TIMEOUT,
+        **delivery: Unpack[DeliveryOptions],
     ):
         payloads = _payloads()
         if temporality not in ("delta", "cumulative"):
             raise ValueError(f"otlp sink temporality must be delta or cumulative, got {temporality!r}")
         self._payloads = payloads
-        self.telemetry = telemetry
         self.reactor = reactor
         self.endpoint = endpoint
         self.temporality = payloads.CUMULATIVE if temporality == "cumulative" else payloads.DELTA
         self._cumulative = payloads.CumulativeSums() if temporality == "cumulative" else None
         self.resource_attributes = dict(resource_attributes)
-        sent = Headers(
-            {
-                b"Content-Type": [b"application/x-protobuf"],
-                b"Content-Encoding": [b"gzip"],
-                b"User-Agent": [f"twisted-statsd/{__version__}".encode()],
-            }
-        )
-        for name, value in headers.items():
-            sent.setRawHeaders(name.encode("latin-1"), [value.encode("latin-1")])
-        self._delivery = HttpDelivery(
+        super().__init__(
             reactor,
             telemetry,
-            sink="otlp",
-            display="OTLP receiver",
             base_url=endpoint,
-            headers=sent,
-            retry_queue_max_bytes=retry_queue_max_bytes,
+            headers={
+                b"Content-Type": b"application/x-protobuf",
+                **{name.encode("latin-1"): value.encode("latin-1") for name, value in headers.items()},
+            },
             timeout=timeout,
-            backoff_base=backoff_base,
-            backoff_max=backoff_max,
-            max_concurrent_requests=max_concurrent_requests,
+            cooperator=cooperator,
+            delivery=delivery,
             retryable=retryable_per_otlp,
             on_accepted=self._accepted,
             body_limit=RESPONSE_LIMIT,
-            cooperator=cooperator,
-            _agent=_agent,
-            _random=_random,
-            _stop_timeout=_stop_timeout,
         )
         self._partial_logged: tuple[float, int] | None = None
 
@@ -165,10 +138,6 @@ class OtlpSink(Service):
             self._partial_logged = (now, 0)
         else:
             self._partial_logged = (last, suppressed + 1)
-
-    def stopService(self):
-        super().stopService()
-        return self._delivery.stop(self.stop_deadline)
 
 
 #: Options of a ``otlp`` entry of ``sinks``: name -> (converter, default).

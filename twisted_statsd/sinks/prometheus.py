@@ -41,12 +41,11 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from twisted_statsd import _cooperate
-from twisted_statsd._binding import BindingService
 from twisted_statsd._cooperate import run_in_slices
-from twisted_statsd._http import REQUEST_DEADLINE, CappedSite, close_site
+from twisted_statsd._http import REQUEST_DEADLINE, CappedSite, SiteService
 from twisted_statsd.config import SinkOption
 from twisted_statsd.core.model import SERIES_COUNT, SERIES_RATE, FlushBatch
-from twisted_statsd.core.sketch import value_of
+from twisted_statsd.core.sketch import Sketch, value_of
 from twisted_statsd.interfaces import IMetricSink
 
 __all__ = ["DEFAULT_BUCKETS", "DEFAULT_QUANTILES", "Outcome", "PrometheusSink", "PrometheusState"]
@@ -224,15 +223,19 @@ class PrometheusState:
                     ts, value = max(reversed(values), key=lambda p: p[0])  # the last of equals
                     if ts >= series.ts:
                         series.ts, series.value = ts, value
-        merged: dict[int, tuple[_Series, object]] = {}
-        for s in batch.sketches:
-            series = s.points and self._series(self.distribution_as, s.name, s.tags, s.host, now, out, len(s.points))
-            if not series:
+        merged: dict[int, tuple[_Series, Sketch]] = {}
+        for sketches in batch.sketches:
+            if not sketches.points:
                 continue
-            for _, sketch in s.points:
-                entry = merged.get(id(series))
+            target = self._series(
+                self.distribution_as, sketches.name, sketches.tags, sketches.host, now, out, len(sketches.points)
+            )
+            if not target:
+                continue
+            for _, sketch in sketches.points:
+                entry = merged.get(id(target))
                 if entry is None:
-                    merged[id(series)] = (series, sketch.copy())
+                    merged[id(target)] = (target, sketch.copy())
                 else:
                     entry[1].merge(sketch)
         for series, sketch in merged.values():
@@ -402,7 +405,7 @@ class _MetricsResource(Resource):
 
 
 @implementer(IMetricSink)
-class PrometheusSink(BindingService):
+class PrometheusSink(SiteService):
     """Keeps a :class:`PrometheusState` from the flushes and serves it at ``/metrics`` over HTTP."""
 
     name = "prometheus"
@@ -427,17 +430,6 @@ class PrometheusSink(BindingService):
         self.state = PrometheusState(**options)
         self._cooperator = cooperator or _cooperate.cooperator(reactor)
         self._tags = ("sink:" + self.name,)
-        self._listening = None
-        self._site = None
-
-    @property
-    def address(self):
-        """The bound address (``.port`` is the real port when 0 was asked for), or None."""
-        return self._listening.getHost() if self._listening else None
-
-    @property
-    def bound(self) -> bool:
-        return self._listening is not None
 
     def describe(self) -> tuple[str, str]:
         return f"sinks: {self.name}", f"listen on http {self.bind_host}:{self.port}"
@@ -470,7 +462,8 @@ class PrometheusSink(BindingService):
         outcome = Outcome()
         d = run_in_slices(self._cooperator, self.state.update_steps(batch, now, outcome), INLINE_STEPS)
         if d is None:
-            return self._report(outcome, now)
+            self._report(outcome, now)
+            return None
         return d.addCallback(lambda _: self._report(outcome, now))
 
     def _count(self, name: str) -> None:
@@ -505,10 +498,7 @@ class PrometheusSink(BindingService):
     def stopService(self):
         """Stop listening and close open scrape connections; fires when both are done."""
         super().stopService()
-        listening, self._listening = self._listening, None
-        if listening is None:
-            return defer.succeed(None)
-        return close_site(listening, self._site)
+        return self._close_site()
 
 
 #: Options of a ``prometheus`` entry of ``sinks``: name -> (converter, default).
