@@ -69,8 +69,8 @@ def bucket_start(now: float) -> int:
     return int(now) - int(now) % BUCKET_SECONDS
 
 
-class Gauge:
-    """Last value wins, by arrival order (spec §6.5)."""
+class _Scalar:
+    """A metric that holds one number, and the time of its last sample (which orders merges)."""
 
     __slots__ = ("context", "last", "value")
 
@@ -78,6 +78,15 @@ class Gauge:
         self.context = context
         self.value = 0.0
         self.last = 0.0
+
+    def samples(self):
+        yield self.value, 1.0
+
+
+class Gauge(_Scalar):
+    """Last value wins, by arrival order (spec §6.5)."""
+
+    __slots__ = ()
 
     def add(self, value: float, rate: float, now: float) -> None:
         self.value = value
@@ -98,19 +107,11 @@ class Gauge:
         else:
             _feed(self, other)
 
-    def samples(self):
-        yield self.value, 1.0
 
+class Counter(_Scalar):
+    """Sums ``value / rate`` and reports a rate over the bucket (spec §1.4, §6.5); samples are already scaled."""
 
-class Counter:
-    """Sums ``value / rate`` and reports a rate over the bucket (spec §1.4, §6.5)."""
-
-    __slots__ = ("context", "last", "value")
-
-    def __init__(self, context: Context):
-        self.context = context
-        self.value = 0.0
-        self.last = 0.0
+    __slots__ = ()
 
     def add(self, value: float, rate: float, now: float) -> None:
         # Rate 0 reaches here only from another type's sample (counters with rate 0
@@ -132,9 +133,6 @@ class Counter:
             self.last = max(self.last, other.last)
         else:
             _feed(self, other)
-
-    def samples(self):
-        yield self.value, 1.0  # already scaled by its sample rates
 
 
 class Set:
