@@ -1,6 +1,9 @@
 """The "ceiling" receiver: the least work a Python StatsD server could do, as a process.
 
-    python -m benchmarks.ceiling --transport udp|unixgram|unixstream [--path P] [--rcvbuf BYTES]
+    python -m benchmarks.ceiling --transport udp|unixgram|unixstream [--path P] [--rcvbuf BYTES] [--recv-only]
+
+``--recv-only`` skips the parsing too (receive, count lines, nothing else): the
+physical limit of one Python process, to which every other rate is a ratio.
 
 A plain blocking socket loop: receive a datagram (or a length-prefixed frame on
 a stream), split it into lines, and sum a float per metric name, counting
@@ -50,6 +53,14 @@ class Counter:
         self.packets += 1
 
 
+class RecvOnly(Counter):
+    """Counts datagrams and their lines without parsing: the physical limit of one Python process."""
+
+    def packet(self, data: bytes) -> None:
+        self.lines += data.count(b"\n") + (not data.endswith(b"\n"))
+        self.packets += 1
+
+
 def _receive_datagrams(sock: socket.socket, counter: Counter) -> None:
     recv, packet = sock.recv, counter.packet
     while True:
@@ -83,6 +94,7 @@ def main() -> None:
     parser.add_argument("--transport", choices=("udp", "unixgram", "unixstream"), default="udp")
     parser.add_argument("--path", help="socket path for the Unix transports")
     parser.add_argument("--rcvbuf", type=int, default=0, help="SO_RCVBUF to ask for (0: system default)")
+    parser.add_argument("--recv-only", action="store_true", help="receive and count lines, no parsing")
     args = parser.parse_args()
 
     if args.transport == "udp":
@@ -106,7 +118,7 @@ def main() -> None:
     rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     print(f"READY port {port} receive buffer {rcvbuf} bytes", flush=True)
 
-    counter = Counter()
+    counter = RecvOnly() if args.recv_only else Counter()
     try:
         if args.transport == "unixstream":
             _receive_stream(sock, counter)
