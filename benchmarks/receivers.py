@@ -292,3 +292,12 @@ class Ceiling(ProcessReceiver):
         result = json.loads(match.group(1))
         result["dropped"] = {}
         return result
+
+
+class RecvOnly(Ceiling):
+    """:mod:`benchmarks.ceiling` ``--recv-only``: receive and count lines, no parsing (the physical limit)."""
+
+    name = "recv-only"
+
+    def command(self) -> list[str]:
+        return super().command() + ["--recv-only"]

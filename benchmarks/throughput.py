@@ -62,7 +62,7 @@ from benchmarks.backlog import drain_medians
 from benchmarks.etsy import VERSION as ETSY_VERSION
 from benchmarks.etsy import EtsyStatsd, install
 from benchmarks.loadgen import LoadGenerator
-from benchmarks.receivers import REPO, Ceiling, ReceiverFailed, TwistedStatsd, twisted_transports
+from benchmarks.receivers import REPO, Ceiling, ReceiverFailed, RecvOnly, TwistedStatsd, twisted_transports
 from benchmarks.report import build_rows, format_table, summarize
 from benchmarks.workload import mixed_spec
 
@@ -71,7 +71,7 @@ QUICK_RATES = [200_000, 400_000, 800_000, 1_200_000, 2_000_000]
 CPU_RATE = 200_000
 LOSS_THRESHOLD = 0.001
 SHORT_OF_OFFERED = 0.97  # a step that achieved less than this share of its rate fell short
-RECEIVERS = ("twisted-statsd", "etsy-statsd", "ceiling")
+RECEIVERS = ("twisted-statsd", "etsy-statsd", "ceiling", "recv-only")
 
 
 class Bench:
@@ -89,6 +89,8 @@ class Bench:
             return TwistedStatsd(workdir, transport, self.args.rcvbuf, self.args.flush_interval, self.args.workers)
         if name == "etsy-statsd":
             return EtsyStatsd(self.stats_js, workdir, self.args.rcvbuf)
+        if name == "recv-only":
+            return RecvOnly(workdir, transport, self.args.rcvbuf)
         return Ceiling(workdir, transport, self.args.rcvbuf)
 
     def _warm_up(self, r, spec: dict, contexts: int) -> dict:
