@@ -11,7 +11,7 @@ row says INCONCLUSIVE.
 from __future__ import annotations
 
 PASS, FAIL, INFO, INCONCLUSIVE, NA = "PASS", "FAIL", "info", "INCONCLUSIVE", "n/a"
-RECEIVER_ORDER = ("twisted-statsd", "etsy-statsd", "ceiling")
+RECEIVER_ORDER = ("twisted-statsd", "etsy-statsd", "ceiling", "recv-only")
 TRANSPORT_ORDER = ("udp", "unixgram", "unixstream")
 
 
@@ -157,6 +157,18 @@ def build_rows(runs: dict, cpu: dict, memory: dict | None, stall: dict | None, b
         _verdict_at_least(value, bound, 0.6),
         f"{rate_text(ours)} vs {rate_text(ceiling)}" if value else "",
     )
+    limit, _ = run("recv-only")
+    for receiver in ("twisted-statsd", "etsy-statsd", "ceiling"):
+        theirs, _ = run(receiver)
+        value, bound = _ratio(theirs, limit)
+        add(
+            f"{receiver} / recv-only (UDP, 1k)",
+            value,
+            _ratio_text(value, bound, percent=True),
+            "",
+            INFO if value else NA,
+            f"{rate_text(theirs)} vs {rate_text(limit)}" if value else "",
+        )
     for receiver, measured in cpu.items():
         us = measured and measured["cpu_us_per_metric"]
         mine = receiver == "twisted-statsd"
