@@ -22,6 +22,7 @@ from twisted_statsd.admin import AdminService
 from twisted_statsd.config import EPHEMERAL_PORT, Config
 from twisted_statsd.core.aggregator import Aggregator
 from twisted_statsd.core.enrich import Blocklist, Enricher
+from twisted_statsd.core.limits import ContextLimiter, TagRules
 from twisted_statsd.core.mapper import MetricMapper
 from twisted_statsd.flush import SINK_STOP_TIMEOUT, FlushService
 from twisted_statsd.forwarder import ForwarderService
@@ -182,10 +183,13 @@ def build_pipeline(config: Config) -> Pipeline:
     """The pure intake chain for ``config``: parser, enricher (and mapper), aggregator, telemetry."""
     telemetry = Telemetry()
     reporter = RateLimitedReporter(telemetry, verbose=not config.dogstatsd_disable_verbose_logs)
+    # Built even when no budget is set, so that a reload can set one.
+    limiter = ContextLimiter(**limiter_options(config))
     aggregator = Aggregator(
         histogram_aggregates=config.histogram_aggregates,
         histogram_percentiles=config.histogram_percentiles,
         expiry_seconds=config.dogstatsd_expiry_seconds,
+        on_expired=[limiter.expire],
     )
     enricher = Enricher(
         hostname=config.hostname,
@@ -201,6 +205,7 @@ def build_pipeline(config: Config) -> Pipeline:
         histogram_copy_prefix=(
             config.histogram_copy_to_distribution_prefix if config.histogram_copy_to_distribution else None
         ),
+        tag_rules=tag_rules(config),
     )
     return Pipeline(
         aggregator,
@@ -210,7 +215,51 @@ def build_pipeline(config: Config) -> Pipeline:
         timestamps=config.dogstatsd_no_aggregation_pipeline,
         origin_client=config.dogstatsd_origin_detection_client,
         context_expiry=config.dogstatsd_context_expiry_seconds,
+        limiter=limiter,
     )
+
+
+def limiter_options(config: Config) -> dict:
+    """The :class:`ContextLimiter` settings in ``config``."""
+    limits = config.dogstatsd_context_limiter
+    return {
+        "limit": limits.limit,
+        "sender_limit": limits.sender_limit,
+        "metric_name_limit": limits.metric_name_limit,
+        "key_tag_name": limits.key_tag_name,
+        "entry_timeout": limits.entry_timeout,
+        "extra_tags": config.dogstatsd_tags,
+    }
+
+
+def tag_rules(config: Config) -> TagRules:
+    """The tag filter list and tag value limits in ``config``."""
+    filters = {
+        rule.metric_name: (rule.action == "include", frozenset(t.encode() for t in rule.tags))
+        for rule in config.metric_tag_filterlist
+    }
+    value_limits: dict[str, dict[bytes, int]] = {}
+    for rule in config.dogstatsd_tag_value_limits:
+        value_limits.setdefault(rule.metric_name, {})[rule.tag.encode()] = rule.limit
+    return TagRules(filters, value_limits)
+
+
+# Overflow offenders reported as tagged telemetry at each flush; the rest are summed.
+TOP_OFFENDERS = 10
+
+
+def report_limits(pipeline: Pipeline, now: float) -> None:
+    """Put the limiter's and tag rules' counts of this interval in telemetry, bounded in cardinality."""
+    telemetry, limiter = pipeline.telemetry, pipeline.limiter
+    if limiter is None:
+        return
+    telemetry.set_gauge("live_contexts", len(limiter))
+    for sender, name, count in limiter.new_overflows(now, TOP_OFFENDERS):
+        telemetry.incr("context_overflows_by_sender", count, ("sender:" + sender, "metric_name:" + name))
+    rules = pipeline.enricher.tag_rules
+    for (name, key), count in rules.dropped.items():
+        telemetry.incr("tag_values_over_limit", count, ("metric_name:" + name, "tag_key:" + key))
+    rules.dropped.clear()
 
 
 def build_intake(config: Config, reactor, pipeline: Pipeline, forward=None) -> IntakeService:
@@ -293,7 +342,7 @@ def build_service(
         blocklist=blocklist,
         # Folded before the flush records the server's own telemetry, so its
         # metrics count includes every sample this flush sends.
-        before_flush=[intake.drain, pipeline.fold, lag.report],
+        before_flush=[intake.drain, pipeline.fold, lag.report, lambda: report_limits(pipeline, reactor.seconds())],
         freeze_gc=freeze_gc,
         cooperator=cooperator.coop,
         stop_deadline=root.stop_deadline,
