@@ -153,8 +153,8 @@ def test_a_cached_shape_of_an_expired_context_is_admitted_again_after_a_rotation
     pipeline.fold()
     pipeline.aggregator.flush(NOW + 20)
     assert len(pipeline.limiter) == 0
-    pipeline.process([b"a:1|g|#x:2"], NOW + 21)  # takes the free budget
-    pipeline.process([b"a:1|g|#x:1"], NOW + 50)  # a new generation: x:1 is decided again
+    # A new generation: x:2 takes the free budget, and x:1's cached shape is decided again.
+    pipeline.process([b"a:1|g|#x:2", b"a:1|g|#x:1"], NOW + 21)
     series, _ = series_of(pipeline, NOW + 100)
     assert ("a", ("overflow:true",)) in series
 

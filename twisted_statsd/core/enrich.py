@@ -129,8 +129,13 @@ class Enricher:
         # metric_tag_filterlist and the tag value limits; replaced as a whole on reload, like the mapper.
         self.tag_rules = tag_rules or TagRules()
 
-    def metric_target(self, message: MetricMessage, origin: bytes | None = None) -> Target | None:
-        """The target of a metric line, or None when the block list drops it."""
+    def metric_target(
+        self, message: MetricMessage, origin: bytes | None = None, *, learn: bool = True
+    ) -> Target | None:
+        """The target of a metric line, or None when the block list drops it.
+
+        ``learn`` False leaves the tag value limits' memory as it is (for ``/explain``).
+        """
         name, tags = message.name, message.tags
         if self.mapper is not None:
             mapped = self.mapper.map(name)
@@ -146,7 +151,7 @@ class Enricher:
         if self.blocklist and self.blocklist.blocks(_text(name)):
             return None
         if self.tag_rules:
-            tags = self.tag_rules.apply(name, tags)
+            tags = self.tag_rules.apply(name, tags, learn=learn)
         tags.extend(self.extra_tags)
         copy = None
         if self.histogram_copy_prefix is not None and message.type in (HISTOGRAM, TIMING):

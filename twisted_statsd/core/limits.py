@@ -60,8 +60,11 @@ class TagRules:
     def __bool__(self) -> bool:
         return bool(self.filters or self.value_limits)
 
-    def apply(self, name: bytes, tags: list[bytes]) -> list[bytes]:
-        """The tags a metric named ``name`` keeps (``tags`` itself when nothing changes)."""
+    def apply(self, name: bytes, tags: list[bytes], *, learn: bool = True) -> list[bytes]:
+        """The tags a metric named ``name`` keeps (``tags`` itself when nothing changes).
+
+        ``learn`` False only answers (for ``/explain``): no value is remembered, no drop counted.
+        """
         text = name.decode("utf-8", "replace")
         rule = self.filters.get(text)
         if rule is not None:
@@ -69,20 +72,23 @@ class TagRules:
             tags = [tag for tag in tags if (_tag_key(tag) in keys) is keep]
         limits = self.value_limits.get(text) or self.value_limits.get("")
         if limits:
-            tags = [tag for tag in tags if self._admits(name, tag, limits)]
+            tags = [tag for tag in tags if self._admits(name, tag, limits, learn)]
         return tags
 
-    def _admits(self, name: bytes, tag: bytes, limits: Mapping[bytes, int]) -> bool:
+    def _admits(self, name: bytes, tag: bytes, limits: Mapping[bytes, int], learn: bool) -> bool:
         key = _tag_key(tag)
         limit = limits.get(key)
         if limit is None:
             return True
-        values = self._values.setdefault((name, key), set())
+        values = self._values.get((name, key), ())
         if tag in values:
             return True
         if len(values) < limit:
-            values.add(tag)
+            if learn:
+                self._values.setdefault((name, key), set()).add(tag)
             return True
+        if not learn:
+            return False
         row = (name.decode("utf-8", "replace"), key.decode("utf-8", "replace"))
         self.dropped[row] = self.dropped.get(row, 0) + 1
         return False
@@ -164,6 +170,7 @@ class ContextLimiter:
         return context.key in self._live or context.key in self._overflow_keys
 
     def sender_of(self, context: Context, origin: bytes | None) -> str:
+        """Whose budget ``context`` counts against: its key tag's value, else its container, else "" (shared)."""
         if self._key_prefix:
             for tag in context.tags:
                 if tag.startswith(self._key_prefix):
@@ -199,18 +206,20 @@ class ContextLimiter:
             self._names[context.name] = self._names.get(context.name, 0) + 1
             return context
         self._count_overflow(sender, context.name, now)
-        return self._overflow_context(context, sender, origin)
+        return self._overflow_context(context, sender)
 
-    def _overflow_context(self, context: Context, sender: str, origin: bytes | None) -> Context:
+    def overflow_tags(self, sender: str) -> list[bytes]:
+        """The tags of ``sender``'s overflow contexts: ``overflow:true``, the sender's tag, ``dogstatsd_tags``."""
+        tags = [OVERFLOW_TAG, *self.extra_tags]
+        if sender:
+            tags.append((self._key_prefix or "container_id:").encode() + sender.encode())
+        return tags
+
+    def _overflow_context(self, context: Context, sender: str) -> Context:
         where = (context.name, context.host, sender)
         overflow = self._overflow.get(where)
         if overflow is None:
-            tags = [OVERFLOW_TAG, *self.extra_tags]
-            if sender and self._key_prefix:
-                tags.append((self._key_prefix + sender).encode())
-            elif sender:
-                tags.append(b"container_id:" + origin)
-            overflow = Context(context.name.encode(), context.host.encode(), tags)
+            overflow = Context(context.name.encode(), context.host.encode(), self.overflow_tags(sender))
             self._overflow[where] = overflow
             self._overflow_keys[overflow.key] = where
         return overflow
