@@ -257,3 +257,47 @@ def test_tag_rules_apply_to_the_named_metric_only():
     assert rules.apply(b"m", [b"user:1", b"id:1"]) == [b"id:1"]
     assert rules.apply(b"other", [b"user:1", b"id:2"]) == [b"user:1", b"id:2"]
     assert rules.apply(b"other", [b"user:1", b"id:3"]) == [b"user:1"]
+
+
+# -- reload -------------------------------------------------------------------------
+
+
+def test_reload_applies_new_limits_and_filters_and_forgets_cached_decisions():
+    from twisted.internet.task import Clock
+
+    from twisted_statsd.service import build_service
+
+    base = {"dogstatsd_port": 0, "hostname": "h"}
+    root = build_service(load_config(data={**base, "dogstatsd_context_limiter": {"limit": 1}}), Clock())
+    pipeline = root.pipeline
+    pipeline.process([b"m:1|c|#a:1", b"m:1|c|#a:2"], NOW)
+    root.reload(
+        load_config(
+            data={
+                **base,
+                "dogstatsd_context_limiter": {"limit": 5},
+                "metric_tag_filterlist": [{"metric_name": "m", "action": "include", "tags": ["a"]}],
+                "dogstatsd_tags": ["env:new"],
+            }
+        )
+    )
+    assert root.config.dogstatsd_context_limiter.limit == 5
+    pipeline.process([b"m:1|c|#a:2,b:1", b"m:1|c|#a:1"], NOW + 1)
+    series, _ = series_of(pipeline)
+    assert {tags: s.points[0][1] for (_n, tags), s in series.items()} == {
+        ("a:1",): 0.1,
+        ("overflow:true",): 0.1,
+        ("a:2", "env:new"): 0.1,
+        ("a:1", "env:new"): 0.1,
+    }
+
+
+def test_context_limits_with_several_workers_stop_the_start():
+    from twisted.internet.task import Clock
+
+    from twisted_statsd.errors import StartupError
+    from twisted_statsd.service import build_service
+
+    config = load_config(data={"dogstatsd_workers": 2, "dogstatsd_context_limiter": {"limit": 5}})
+    with pytest.raises(StartupError, match="dogstatsd_workers"):
+        build_service(config, Clock())
