@@ -420,6 +420,125 @@ def _memory_limiter(value: Any, textual: bool, warn: Warn) -> MemoryLimiterConfi
     return limiter
 
 
+@dataclass(frozen=True, slots=True)
+class ContextLimiterConfig:
+    """``dogstatsd_context_limiter``: budgets of live contexts; new contexts beyond one go to overflow.
+
+    ``limit`` caps every live context; ``sender_limit`` (ours) is each sender's
+    budget, 0 sharing ``limit`` evenly among the senders as DogStatsD does;
+    ``metric_name_limit`` (ours) caps the contexts of one metric name.
+    ``entry_timeout`` is how long, in seconds, a row of the overflow table
+    outlives its last overflow.
+    """
+
+    limit: int = 0
+    sender_limit: int = 0
+    metric_name_limit: int = 0
+    key_tag_name: str = ""
+    entry_timeout: float = 300.0
+
+
+_COUNT = _bounded(_parse_int, at_least=0)
+_CONTEXT_LIMITER_OPTIONS: dict[str, Converter] = {
+    "limit": _COUNT,
+    "sender_limit": _COUNT,
+    "metric_name_limit": _COUNT,
+    "key_tag_name": _string,
+    "entry_timeout": lambda value, textual, warn: _seconds(value, textual, warn),
+}
+
+
+def _options(value: Any, textual: bool, warn: Warn, known: Mapping[str, Converter], ignored=()) -> dict:
+    """A mapping of options converted one by one; unknown options are warned about and ignored."""
+    if textual and isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as error:
+            raise _Invalid(f"cannot be parsed as JSON: {error}") from None
+    if not isinstance(value, Mapping):
+        raise _Invalid(f"expected a mapping of options, got {value!r}")
+    options = {}
+    for name, item in value.items():
+        if name in ignored:
+            warn(f"option {name!r} only tunes the Go agent; ignored")
+        elif name not in known:
+            warn(f"unknown option {name!r} ignored{_did_you_mean(name, known)} (known: {', '.join(known)})")
+        elif item is not None:
+            try:
+                options[name] = known[name](item, textual, warn)
+            except _Invalid as error:
+                raise _Invalid(str(error), f".{name}{error.where}") from None
+    return options
+
+
+def _context_limiter(value: Any, textual: bool, warn: Warn) -> ContextLimiterConfig:
+    # The agent sizes its limit from the cgroup's memory; here the limit is given.
+    options = _options(value, textual, warn, _CONTEXT_LIMITER_OPTIONS, ("cgroup_memory_ratio", "bytes_per_context"))
+    return ContextLimiterConfig(**options)
+
+
+@dataclass(frozen=True, slots=True)
+class TagFilterRule:
+    """One ``metric_tag_filterlist`` entry: keep (``include``) or drop (``exclude``) tag keys of a metric."""
+
+    metric_name: str
+    action: str
+    tags: tuple[str, ...]
+
+
+def _tag_filter_rule(item: Any) -> TagFilterRule:
+    if not isinstance(item, Mapping):
+        raise _Invalid(f"expected a mapping with metric_name, action and tags, got {item!r}")
+    name = _string(item.get("metric_name"))
+    if not name:
+        raise _Invalid("metric_name is required")
+    action = item.get("action", "exclude")
+    if action not in ("include", "exclude"):
+        raise _Invalid(f"action must be include or exclude, got {action!r}")
+    tags = item.get("tags")
+    if not isinstance(tags, (list, tuple)) or not all(isinstance(t, str) for t in tags):
+        raise _Invalid(f"tags must be a list of tag keys, got {tags!r}")
+    return TagFilterRule(name, action, tuple(tags))
+
+
+def _tag_filterlist(value: Any, textual: bool, warn: Warn) -> tuple[TagFilterRule, ...]:
+    if textual and isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as error:
+            raise _Invalid(f"cannot be parsed as a JSON list: {error}") from None
+    rules = _each(_list(value, False), _tag_filter_rule)
+    names = [rule.metric_name for rule in rules]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        raise _Invalid(f"metric {name!r} has more than one rule")
+    return rules
+
+
+@dataclass(frozen=True, slots=True)
+class TagValueLimit:
+    """One ``dogstatsd_tag_value_limits`` entry: at most ``limit`` values of ``tag`` per metric."""
+
+    tag: str
+    limit: int
+    metric_name: str = ""
+
+
+def _tag_value_limit(item: Any) -> TagValueLimit:
+    if not isinstance(item, Mapping) or "tag" not in item or "limit" not in item:
+        raise _Invalid(f"expected a mapping with tag, limit and optionally metric_name, got {item!r}")
+    limit = _bounded(_parse_int, above=0)(item["limit"], False, lambda _: None)
+    return TagValueLimit(_string(item["tag"]), limit, _string(item.get("metric_name", "")))
+
+
+def _tag_value_limits(value: Any, textual: bool, warn: Warn) -> tuple[TagValueLimit, ...]:
+    if textual and isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as error:
+            raise _Invalid(f"cannot be parsed as a JSON list: {error}") from None
+    return _each(_list(value, False), _tag_value_limit)
+
+
 def _frozen(value: Any) -> Any:
     """A read-only copy of nested YAML data, so a frozen Config stays frozen."""
     if isinstance(value, Mapping):
@@ -543,6 +662,12 @@ class Config:
     dogstatsd_mem_based_rate_limiter: MemoryLimiterConfig = _key(  # noqa: RUF009
         _memory_limiter, MemoryLimiterConfig(), env=False
     )
+    # _key returns a dataclass field; ContextLimiterConfig is frozen.
+    dogstatsd_context_limiter: ContextLimiterConfig = _key(  # noqa: RUF009
+        _context_limiter, ContextLimiterConfig(), env=False
+    )
+    metric_tag_filterlist: tuple[TagFilterRule, ...] = _key(_tag_filterlist, ())
+    dogstatsd_tag_value_limits: tuple[TagValueLimit, ...] = _key(_tag_value_limits, ())
     dogstatsd_eol_required: tuple[str, ...] = _key(_lenient(_one_of(EOL_TRANSPORTS), "transport"), ())
     dogstatsd_tags: tuple[str, ...] = _key(_strings(lambda tags: tuple(sorted(set(tags)))), ())
     dogstatsd_expiry_seconds: float = _key(_bounded(_parse_float, at_least=0), 300.0)

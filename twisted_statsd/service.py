@@ -8,6 +8,7 @@ buffered.
 
 from __future__ import annotations
 
+import dataclasses
 from itertools import groupby
 
 from twisted.application.service import IService, MultiService
@@ -22,7 +23,9 @@ from twisted_statsd.admin import AdminService
 from twisted_statsd.config import EPHEMERAL_PORT, Config
 from twisted_statsd.core.aggregator import Aggregator
 from twisted_statsd.core.enrich import Blocklist, Enricher
+from twisted_statsd.core.limits import ContextLimiter, TagRules
 from twisted_statsd.core.mapper import MetricMapper
+from twisted_statsd.errors import StartupError
 from twisted_statsd.flush import SINK_STOP_TIMEOUT, FlushService
 from twisted_statsd.forwarder import ForwarderService
 from twisted_statsd.intake.pipeline import Pipeline
@@ -39,6 +42,18 @@ from twisted_statsd.sinks import build_sink
 from twisted_statsd.sinks.console import ConsoleSink
 from twisted_statsd.telemetry import DROPPED, ReactorLag, Telemetry
 from twisted_statsd.workers import WorkerPoolService
+
+# The keys StatsdService.reload applies; the others need a restart.
+RELOADED_KEYS = (
+    "dogstatsd_mapper_profiles",
+    "dogstatsd_mapper_cache_size",
+    "statsd_metric_blocklist",
+    "statsd_metric_blocklist_match_prefix",
+    "metric_tag_filterlist",
+    "dogstatsd_tag_value_limits",
+    "dogstatsd_context_limiter",
+    "dogstatsd_tags",
+)
 
 # How often the reactor's lag is sampled: a stall shorter than this is seen
 # only when a tick falls due during it.
@@ -142,6 +157,52 @@ class StatsdService(MultiService):
         self.pipeline.forget_shapes()
         self.log.info("Metric mapper reloaded: {count} profiles", count=len(profiles))
 
+    def reload(self, config: Config) -> None:
+        """Apply the keys of a re-read ``config`` that change at runtime (the SIGHUP path).
+
+        Those are :data:`RELOADED_KEYS`: the mapper, the block list,
+        ``metric_tag_filterlist``, ``dogstatsd_tag_value_limits``,
+        ``dogstatsd_context_limiter`` and ``dogstatsd_tags``.  ``config`` was
+        validated when it was loaded, and everything is built before anything
+        is swapped, so a failure keeps the running configuration whole.
+        Packets already read are aggregated under the old one first; every
+        cached line shape is dropped, since it memoises the old decisions.
+        Contexts the limiter counts stay counted; the tag value limits start
+        over.
+        """
+        refused = limits_with_workers(dataclasses.replace(config, dogstatsd_workers=self.config.dogstatsd_workers))
+        if refused:
+            raise ValueError(refused)
+        if self.intake is None or self.flusher is None:
+            raise RuntimeError("reload needs a service tree built by build_service")
+        mapper = (
+            MetricMapper(config.dogstatsd_mapper_profiles, config.dogstatsd_mapper_cache_size)
+            if config.dogstatsd_mapper_profiles
+            else None
+        )
+        blocklist = Blocklist(config.statsd_metric_blocklist, config.statsd_metric_blocklist_match_prefix)
+        rules = tag_rules(config)
+        for listener in self.listeners:
+            listener.read_pending()
+        self.intake.drain()
+        enricher = self.enricher
+        enricher.mapper, enricher.blocklist, enricher.tag_rules = mapper, blocklist, rules
+        enricher.extra_tags = [t.encode() for t in config.dogstatsd_tags]
+        self.flusher.blocklist = blocklist
+        if self.pipeline.limiter is not None:
+            self.pipeline.limiter.configure(**limiter_options(config))
+        self.mapper_profiles = tuple(config.dogstatsd_mapper_profiles)
+        self.config = dataclasses.replace(self.config, **{key: getattr(config, key) for key in RELOADED_KEYS})
+        self.pipeline.forget_shapes()
+        self.log.info(
+            "Configuration reloaded: {count} mapper profiles, {blocked} blocked names, "
+            "{filters} tag filter rules, context limit {limit}",
+            count=len(config.dogstatsd_mapper_profiles),
+            blocked=len(config.statsd_metric_blocklist),
+            filters=len(config.metric_tag_filterlist),
+            limit=config.dogstatsd_context_limiter.limit,
+        )
+
     def stopService(self):
         """Stop the children in order; a call while stopping waits for the same stop."""
         stopping = len(self._stop_waiters)
@@ -186,10 +247,13 @@ def build_pipeline(config: Config) -> Pipeline:
     """The pure intake chain for ``config``: parser, enricher (and mapper), aggregator, telemetry."""
     telemetry = Telemetry()
     reporter = RateLimitedReporter(telemetry, verbose=not config.dogstatsd_disable_verbose_logs)
+    # Built even when no budget is set, so that a reload can set one.
+    limiter = ContextLimiter(**limiter_options(config))
     aggregator = Aggregator(
         histogram_aggregates=config.histogram_aggregates,
         histogram_percentiles=config.histogram_percentiles,
         expiry_seconds=config.dogstatsd_expiry_seconds,
+        on_expired=[limiter.expire],
     )
     enricher = Enricher(
         hostname=config.hostname,
@@ -205,6 +269,7 @@ def build_pipeline(config: Config) -> Pipeline:
         histogram_copy_prefix=(
             config.histogram_copy_to_distribution_prefix if config.histogram_copy_to_distribution else None
         ),
+        tag_rules=tag_rules(config),
     )
     return Pipeline(
         aggregator,
@@ -214,7 +279,62 @@ def build_pipeline(config: Config) -> Pipeline:
         timestamps=config.dogstatsd_no_aggregation_pipeline,
         origin_client=config.dogstatsd_origin_detection_client,
         context_expiry=config.dogstatsd_context_expiry_seconds,
+        limiter=limiter,
     )
+
+
+def limits_with_workers(config: Config) -> str | None:
+    """Why ``config``'s context budgets cannot run, if they cannot: they are set with several workers.
+
+    Each worker would count its own contexts, which never expire there (it exports every bucket).
+    """
+    limits = config.dogstatsd_context_limiter
+    if config.dogstatsd_workers > 1 and (limits.limit or limits.sender_limit or limits.metric_name_limit):
+        return "dogstatsd_context_limiter: not supported with dogstatsd_workers above 1"
+    return None
+
+
+def limiter_options(config: Config) -> dict:
+    """The :class:`ContextLimiter` settings in ``config``."""
+    limits = config.dogstatsd_context_limiter
+    return {
+        "limit": limits.limit,
+        "sender_limit": limits.sender_limit,
+        "metric_name_limit": limits.metric_name_limit,
+        "key_tag_name": limits.key_tag_name,
+        "entry_timeout": limits.entry_timeout,
+        "extra_tags": config.dogstatsd_tags,
+    }
+
+
+def tag_rules(config: Config) -> TagRules:
+    """The tag filter list and tag value limits in ``config``."""
+    filters = {
+        rule.metric_name: (rule.action == "include", frozenset(t.encode() for t in rule.tags))
+        for rule in config.metric_tag_filterlist
+    }
+    value_limits: dict[str, dict[bytes, int]] = {}
+    for rule in config.dogstatsd_tag_value_limits:
+        value_limits.setdefault(rule.metric_name, {})[rule.tag.encode()] = rule.limit
+    return TagRules(filters, value_limits)
+
+
+# Overflow offenders reported as tagged telemetry at each flush; the rest are summed.
+TOP_OFFENDERS = 10
+
+
+def report_limits(pipeline: Pipeline, now: float) -> None:
+    """Put the limiter's and tag rules' counts of this interval in telemetry, bounded in cardinality."""
+    telemetry, limiter = pipeline.telemetry, pipeline.limiter
+    if limiter is None:
+        return
+    telemetry.set_gauge("live_contexts", len(limiter))
+    for sender, name, count in limiter.new_overflows(now, TOP_OFFENDERS):
+        telemetry.incr("context_overflows_by_sender", count, ("sender:" + sender, "metric_name:" + name))
+    rules = pipeline.enricher.tag_rules
+    for (name, key), count in rules.dropped.items():
+        telemetry.incr("tag_values_over_limit", count, ("metric_name:" + name, "tag_key:" + key))
+    rules.dropped.clear()
 
 
 def build_intake(config: Config, reactor, pipeline: Pipeline, forward=None) -> IntakeService:
@@ -249,6 +369,8 @@ def build_service(
     tls = None
     if config.dogstatsd_tls_cert:
         tls = server_tls(config.dogstatsd_tls_cert, config.dogstatsd_tls_key, config.dogstatsd_tls_ca)
+    if limits_with_workers(config):
+        raise StartupError(limits_with_workers(config))
     pipeline = build_pipeline(config)
     telemetry, reporter, aggregator = pipeline.telemetry, pipeline.reporter, pipeline.aggregator
     blocklist = pipeline.enricher.blocklist
@@ -297,7 +419,7 @@ def build_service(
         blocklist=blocklist,
         # Folded before the flush records the server's own telemetry, so its
         # metrics count includes every sample this flush sends.
-        before_flush=[intake.drain, pipeline.fold, lag.report],
+        before_flush=[intake.drain, pipeline.fold, lag.report, lambda: report_limits(pipeline, reactor.seconds())],
         freeze_gc=freeze_gc,
         cooperator=cooperator.coop,
         stop_deadline=root.stop_deadline,

@@ -151,10 +151,12 @@ class ExitOnStartupError(MultiService):
 
 
 class ReloadOnHangup(Service):
-    """On SIGHUP, re-read the configuration and swap in its mapper profiles if they are valid.
+    """On SIGHUP, re-read the configuration and apply its runtime keys if it is valid.
 
-    Only the mapper is reloaded; other keys need a restart.  An invalid file is
-    logged and the running mapper stays.
+    The mapper, block list, tag filter list, tag value limits, context limits
+    and ``dogstatsd_tags`` are reloaded (:meth:`StatsdService.reload`); other
+    keys need a restart.  An invalid file is logged and the running
+    configuration stays.
     """
 
     log = Logger()
@@ -175,9 +177,9 @@ class ReloadOnHangup(Service):
     def reload(self):
         try:
             config = self.load()
-            self.root.reload_mapper(config.dogstatsd_mapper_profiles, config.dogstatsd_mapper_cache_size)
+            self.root.reload(config)
         except (ConfigError, ValueError) as e:
-            self.log.error("SIGHUP: configuration not reloaded, the running mapper stays: {error}", error=str(e))
+            self.log.error("SIGHUP: configuration not reloaded, the running configuration stays: {error}", error=str(e))
 
     def stopService(self):
         super().stopService()

@@ -145,7 +145,7 @@ def test_sighup_reloads_the_mapper_and_keeps_it_when_the_file_is_bad(tmp_path):
         send(port, b"jobs.a.duration:1|g")
         config.write_text(MAPPING.format(port=port, out=out, match="jobs.*.duration", name="second.duration"))
         proc.send_signal(signal.SIGHUP)
-        wait_for_text(log, "Metric mapper reloaded: 1 profiles")
+        wait_for_text(log, "Configuration reloaded: 1 mapper profiles")
         send(port, b"jobs.b.duration:1|g")
         config.write_text(MAPPING.format(port=port, out=out, match="jobs.**", name="third.duration"))
         proc.send_signal(signal.SIGHUP)
@@ -156,3 +156,55 @@ def test_sighup_reloads_the_mapper_and_keeps_it_when_the_file_is_bad(tmp_path):
     objects = [json.loads(line) for line in out.read_text().splitlines()]
     mapped = sorted((o["metric"], o["tags"][0]) for o in objects if not o["metric"].startswith("twisted_statsd."))
     assert mapped == [("first.duration", "job:a"), ("second.duration", "job:b"), ("second.duration", "job:c")]
+
+
+RELOADED = """\
+dogstatsd_port: {port}
+hostname: e2e
+sinks:
+  - type: jsonl
+    path: {out}
+"""
+
+
+def test_sighup_reloads_block_list_tag_filters_limits_and_tags(tmp_path):
+    """Issue 12 item 3: SIGHUP applies the block list, tag filter list, context limits and
+    dogstatsd_tags of a valid file, each line aggregated under the configuration it arrived
+    with; an invalid file leaves the running configuration."""
+    port = free_udp_port()
+    out = tmp_path / "out.jsonl"
+    config = tmp_path / "statsd.yaml"
+    head = RELOADED.format(port=port, out=out)
+    config.write_text(
+        head + "statsd_metric_blocklist: [blocked.a]\ndogstatsd_tags: [env:one]\n"
+        "dogstatsd_context_limiter: {limit: 2}\n"
+        "metric_tag_filterlist: [{metric_name: f, action: exclude, tags: [user]}]\n"
+    )
+    proc, log = start(tmp_path, "--config", str(config))
+    try:
+        wait_for_text(log, "Listening for DogStatsD")
+        send(port, b"blocked.a:1|c\nf:1|c|#user:1,k:a\nlim:1|c|#x:1\nlim:1|c|#x:2")
+        config.write_text(
+            head + "statsd_metric_blocklist: [blocked.b]\ndogstatsd_tags: [env:two]\n"
+            "dogstatsd_context_limiter: {limit: 10}\n"
+        )
+        proc.send_signal(signal.SIGHUP)
+        wait_for_text(log, "Configuration reloaded")
+        send(port, b"blocked.a:1|c\nblocked.b:1|c\nf:1|c|#user:1,k:a\nlim:1|c|#x:3")
+        config.write_text(head + "dogstatsd_tags: [env:three]\ndogstatsd_context_limiter: {limit: -1}\n")
+        proc.send_signal(signal.SIGHUP)
+        wait_for_text(log, "configuration not reloaded, the running configuration stays")
+        send(port, b"lim:1|c|#x:4\nblocked.b:1|c")
+    finally:
+        stop(proc, log)
+    objects = [json.loads(line) for line in out.read_text().splitlines()]
+    seen = {(o["metric"], tuple(sorted(o["tags"]))) for o in objects if not o["metric"].startswith("twisted_statsd.")}
+    assert seen == {
+        ("f", ("env:one", "k:a")),
+        ("lim", ("env:one", "x:1")),
+        ("lim", ("env:one", "overflow:true")),
+        ("blocked.a", ("env:two",)),
+        ("f", ("env:two", "k:a", "user:1")),
+        ("lim", ("env:two", "x:3")),
+        ("lim", ("env:two", "x:4")),
+    }

@@ -435,6 +435,36 @@ async def test_explain_walks_mapper_namespace_blocklist_enrichment_and_emission(
         await started.stop()
 
 
+@pytest_twisted.ensureDeferred
+async def test_limits_table_and_explain_show_the_context_limiter(reactor, agent):
+    """Contexts over a sender's budget, sent over UDP, show in /limits and in /explain's decision."""
+    started = Server(
+        reactor,
+        agent,
+        dogstatsd_context_limiter={"sender_limit": 2, "key_tag_name": "pod"},
+        metric_tag_filterlist=[{"metric_name": "api", "action": "exclude", "tags": ["user"]}],
+    )
+    try:
+        started.send(*[b"api:1|c|#pod:a,route:%d" % i for i in range(5)])
+        await wait_for(reactor, lambda: started.service.telemetry.get("metrics") >= 5)
+        body = await started.json("/limits")
+        assert body["context_limiter"]["live_contexts"] == 2
+        assert body["context_limiter"]["senders"] == {"a": 2}
+        assert body["context_limiter"]["overflows"] == [{"sender": "a", "metric_name": "api", "contexts": 3}]
+        assert body["tag_filterlist_metrics"] == ["api"]
+
+        body = await started.json("/explain?" + urlencode({"line": "api:1|c|#pod:a,route:0,user:7"}))
+        assert body["context"]["tags"] == ["pod:a", "route:0"]
+        assert body["context_limiter"]["decision"] == "counted: a live context"
+        body = await started.json("/explain?" + urlencode({"line": "api:1|c|#pod:a,route:9"}))
+        assert body["context_limiter"]["decision"].startswith("overflow: sender_limit")
+        assert body["context_limiter"]["overflow_context"]["tags"] == ["overflow:true", "pod:a"]
+        body = await started.json("/explain?" + urlencode({"line": "api:1|c|#pod:b,route:9"}))
+        assert body["context_limiter"]["decision"] == "counted: a new context within its budgets"
+    finally:
+        await started.stop()
+
+
 # -- capture and replay -------------------------------------------------------------------------
 
 WORKLOAD = [

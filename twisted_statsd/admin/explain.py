@@ -114,6 +114,24 @@ def emission(config, mtype: bytes, name: str, copy) -> dict:
     return found
 
 
+def context_limiter_decision(limiter, context) -> dict:
+    """What the context limiter does with ``context`` from a sender with no detected container."""
+    if limiter is None or not limiter.enabled:
+        return {"enabled": False, "decision": "counted: no budget is set"}
+    found: dict = {"enabled": True, "sender": limiter.sender_of(context, None), "live_contexts": len(limiter)}
+    if limiter.knows(context):
+        found["decision"] = "counted: a live context"
+        return found
+    exceeded = limiter.verdict(context, None)
+    if exceeded is None:
+        found["decision"] = "counted: a new context within its budgets"
+    else:
+        found["decision"] = f"overflow: {exceeded} reached; samples go to the overflow context"
+        tags = sorted(tag.decode("utf-8", "replace") for tag in limiter.overflow_tags(found["sender"]))
+        found["overflow_context"] = {"name": context.name, "host": context.host, "tags": tags}
+    return found
+
+
 def explain(admin, request) -> bytes:
     root = admin.root
     enricher, config = root.enricher, root.config
@@ -144,7 +162,7 @@ def explain(admin, request) -> bytes:
         "namespace": _text(enricher.namespace),
         "applied": bool(enricher.namespace) and not name.encode().startswith(enricher.namespace_exclusions),
     }
-    target = enricher.metric_target(message)
+    target = enricher.metric_target(message, learn=False)
     if target is None:
         body.update(accepted=False, blocked=True)
         return respond(request, body)
@@ -160,6 +178,7 @@ def explain(admin, request) -> bytes:
         "decision": "refused: memory hard limit, new context" if refusing and not known else "accepted",
     }
     body["accepted"] = not (refusing and not known)
+    body["context_limiter"] = context_limiter_decision(root.pipeline.limiter, context)
     if message.timestamp and config.dogstatsd_no_aggregation_pipeline:
         body["emission"] = {
             "aggregation": "none: a timestamped sample is passed through as it is (counters and gauges only)",

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted_statsd._cooperate import run_in_slices
 from twisted_statsd._http import CappedSite, SiteService
 from twisted_statsd._twisted_helpers import periodic
-from twisted_statsd.admin import capture, contexts, explain, page, recent, stats, status
+from twisted_statsd.admin import capture, contexts, explain, limits, page, recent, stats, status
 from twisted_statsd.admin._routes import AdminResource
 from twisted_statsd.core.stats import MetricStats, series_per_context
 
@@ -92,6 +92,7 @@ class AdminService(SiteService):
             b"/capture": capture.start,
             b"/recent": recent.recent,
             b"/drops": recent.drops,
+            b"/limits": limits.limits,
         }
         post = {b"/stats/enable": stats.enable, b"/stats/disable": stats.disable}
         routes = {path: {b"GET": partial(handler, self)} for path, handler in get.items()}

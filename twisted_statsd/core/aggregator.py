@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate, repeat
 from operator import itemgetter, mul, truediv
 
@@ -297,6 +297,7 @@ class Aggregator:
         histogram_aggregates=("max", "median", "avg", "count"),
         histogram_percentiles=(0.95,),
         expiry_seconds: float = 300.0,
+        on_expired: Iterable[Callable[[list[int]], None]] = (),
     ):
         self.histogram_aggregates = tuple(histogram_aggregates)
         self.percent_ranks = tuple(int(p * 100 + 0.5) for p in histogram_percentiles)
@@ -314,6 +315,9 @@ class Aggregator:
         self.non_finite_points = 0
         # Contexts (per bucket) in the last flush, for telemetry.
         self.flushed_contexts = 0
+        # Called at the end of each flush with the keys of the contexts it left
+        # unheld (no open bucket, no live counter): the context limiter's count.
+        self.on_expired = list(on_expired)
 
     # -- intake ---------------------------------------------------------------
 
@@ -457,7 +461,12 @@ class Aggregator:
         batch.series = []
         batch.sketches = []
         yield from self._emit(due, batch.series, batch.sketches, step)
-        yield from self._expire_counters(now, step)
+        expired: list[int] = []
+        yield from self._expire_counters(now, step, expired)
+        if self.on_expired:
+            yield from self._unheld(due, expired, step)
+            for callback in self.on_expired:
+                callback(expired)
         batch.series.extend(timestamped)
         self.flushed_contexts = sum(len(b.metrics) + len(b.sketches) for b in due)
 
@@ -542,12 +551,31 @@ class Aggregator:
                 found.points.append((ts, value))
         return work
 
-    def _expire_counters(self, now: float, step: int):
+    def _expire_counters(self, now: float, step: int, expired: list[int]):
         counters, expiry = self._counters, self.expiry_seconds
         for done, key in enumerate(list(counters), 1):
             seen = counters.get(key)  # read now: intake may have renewed it since the snapshot
             if seen is not None and seen.last + expiry < now:
                 del counters[key]
+                expired.append(key)
+            if not done % step:
+                yield
+
+    def _unheld(self, due: list[Bucket], expired: list[int], step: int):
+        """Turn ``expired`` (counters just expired) into every context the flush left unheld.
+
+        That is those of the due buckets and the expired counters that are in
+        no open bucket and are not live counters.
+        """
+        counters, open_buckets = self._counters, list(self._buckets.values())
+        candidates = set(expired)
+        for bucket in due:
+            candidates.update(bucket.metrics)
+            candidates.update(bucket.sketches)
+        expired.clear()
+        for done, key in enumerate(candidates, 1):
+            if key not in counters and not any(key in b.metrics or key in b.sketches for b in open_buckets):
+                expired.append(key)
             if not done % step:
                 yield
 

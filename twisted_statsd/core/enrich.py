@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from twisted_statsd.core.limits import TagRules
 from twisted_statsd.core.mapper import MetricMapper
 from twisted_statsd.core.model import (
     HISTOGRAM,
@@ -115,6 +116,7 @@ class Enricher:
         blocklist: Blocklist | None = None,
         histogram_copy_prefix: str | None = None,
         mapper: MetricMapper | None = None,
+        tag_rules: TagRules | None = None,
     ):
         self.hostname = hostname.encode()
         self.extra_tags = [t.encode() for t in extra_tags]
@@ -124,9 +126,16 @@ class Enricher:
         self.histogram_copy_prefix = None if histogram_copy_prefix is None else histogram_copy_prefix.encode()
         # Replaced as a whole on reload; a pipeline using this enricher must drop its cache then.
         self.mapper = mapper
+        # metric_tag_filterlist and the tag value limits; replaced as a whole on reload, like the mapper.
+        self.tag_rules = tag_rules or TagRules()
 
-    def metric_target(self, message: MetricMessage, origin: bytes | None = None) -> Target | None:
-        """The target of a metric line, or None when the block list drops it."""
+    def metric_target(
+        self, message: MetricMessage, origin: bytes | None = None, *, learn: bool = True
+    ) -> Target | None:
+        """The target of a metric line, or None when the block list drops it.
+
+        ``learn`` False leaves the tag value limits' memory as it is (for ``/explain``).
+        """
         name, tags = message.name, message.tags
         if self.mapper is not None:
             mapped = self.mapper.map(name)
@@ -141,6 +150,8 @@ class Enricher:
             name = self.namespace + name
         if self.blocklist and self.blocklist.blocks(_text(name)):
             return None
+        if self.tag_rules:
+            tags = self.tag_rules.apply(name, tags, learn=learn)
         tags.extend(self.extra_tags)
         copy = None
         if self.histogram_copy_prefix is not None and message.type in (HISTOGRAM, TIMING):

@@ -43,6 +43,7 @@ from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd.core import parser
 from twisted_statsd.core.aggregator import Aggregator, bucket_start
 from twisted_statsd.core.enrich import Enricher, Target
+from twisted_statsd.core.limits import ContextLimiter
 from twisted_statsd.core.model import COUNTER, DISTRIBUTION, GAUGE, SET, Context, forget_shared_tag_sets
 from twisted_statsd.core.parser import ParseError, parse_values
 from twisted_statsd.intake.shapes import Shape, ShapeCache
@@ -97,6 +98,7 @@ class Pipeline:
         origin_client: bool = False,
         cache_size: int = CACHE_SIZE,
         context_expiry: float = 20.0,
+        limiter: ContextLimiter | None = None,
     ):
         self.aggregator = aggregator
         self.enricher = enricher
@@ -105,6 +107,8 @@ class Pipeline:
         self.timestamps = timestamps
         self.origin_client = origin_client
         self.context_expiry = context_expiry
+        # Decides, once per new context, whether it is counted or folded into overflow.
+        self.limiter = limiter
         self.shapes = ShapeCache(cache_size, telemetry, self.fold, self._class_held)
         self.staging = Staging()
         self._bucket_start: int | None = None
@@ -247,7 +251,8 @@ class Pipeline:
         cache = self.shapes
         if cache.known(key):
             return None
-        shape = cache.promote(key)
+        # A shape of a context the limiter has let go is learnt again, so the context is counted again.
+        shape = cache.promote(key, None if self.limiter is None else self.limiter.knows)
         if shape is not None or cache.known(key):
             return shape
         if parser.message_kind(line) != parser.METRIC:
@@ -265,9 +270,23 @@ class Pipeline:
         if target.type == COUNTER and target.rate == 0.0:
             cache.refuse(key, "zero_sample_rate")
             return None
+        if self.limiter is not None:
+            target = self._limited(target, origin, now)
         if self.refuse_new_contexts and not self._known(target.context, now):
             return None
         return cache.add(key, Shape(target, key))
+
+    def _limited(self, target: Target, origin: bytes | None, now: float) -> Target:
+        """``target`` with its contexts admitted by the limiter, or replaced by their overflow contexts."""
+        limiter = self.limiter
+        assert limiter is not None  # called only when a limiter is configured
+        context = limiter.admit(target.context, origin, now)
+        if context is not target.context:
+            self.telemetry.incr("context_overflows")
+        copy = target.copy
+        if copy is not None:
+            copy = limiter.admit(copy, origin, now)
+        return target._replace(context=context, copy=copy)
 
     def _class_held(self, context: Context) -> type | None:
         return self.aggregator.metric_class(context, self.staging.latest)
@@ -374,11 +393,13 @@ class Pipeline:
         if target is None:
             self.reporter.report("blocked", _REFUSALS["blocked"], line)
             return
+        if target.type == COUNTER and target.rate == 0.0 and not message.timestamp:
+            self.reporter.report("zero_sample_rate", _REFUSALS["zero_sample_rate"], line)
+            return
+        if self.limiter is not None:
+            target = self._limited(target, origin, now)
         if message.timestamp:  # the sample rate does not apply here (spec §1.4)
             self.telemetry.incr("metrics", self._timestamped(target, message, line))
-            return
-        if target.type == COUNTER and target.rate == 0.0:
-            self.reporter.report("zero_sample_rate", _REFUSALS["zero_sample_rate"], line)
             return
         if self.refuse_new_contexts and not self._known(target.context, now):
             self.reporter.report(

@@ -121,10 +121,15 @@ class ShapeCache:
         self._remember()
         self._refused[key] = reason
 
-    def promote(self, key: bytes) -> Shape | None:
-        """Take ``key``'s shape back from the previous generation; None if it has none or is now mixed."""
+    def promote(self, key: bytes, still: Callable[[Context], bool] | None = None) -> Shape | None:
+        """Take ``key``'s shape back from the previous generation; None if it has none or is now mixed.
+
+        With ``still``, a shape whose context it rejects is dropped instead (None): the line is learnt anew.
+        """
         shape = self._previous.pop(key, None)
-        return None if shape is None else self.add(key, shape)
+        if shape is None or (still is not None and not still(shape.context)):
+            return None
+        return self.add(key, shape)
 
     def add(self, key: bytes, shape: Shape) -> Shape | None:
         """Cache ``shape`` under ``key``; returns the shape its values go to, None when the line goes alone.

@@ -1,0 +1,297 @@
+"""Cardinality limits decided where a context is first resolved: tag filters and the context limiter.
+
+Three rules, all applied once per line shape (on the intake's slow path), so
+a context already resolved costs nothing more on the fast path:
+
+* :class:`TagRules` rewrites a metric's tags before its context is built:
+  ``metric_tag_filterlist`` keeps or drops tag keys per metric name, and
+  ``dogstatsd_tag_value_limits`` keeps at most N distinct values of a tag key
+  per metric (later values lose the tag).  Lines whose tags differ only in
+  what was removed land in one context, where the aggregator adds counters,
+  keeps the last gauge, unites sets and merges histograms and sketches.
+* :class:`ContextLimiter` counts live contexts per sender and per metric name
+  against ``dogstatsd_context_limiter``; a new context beyond a budget is not
+  dropped but folded into its metric's overflow context (the metric's name,
+  tagged ``overflow:true``, the sender's tag and ``dogstatsd_tags``), so totals
+  stay right while the number of contexts stays bounded.
+
+Pure: no clock (time comes in as ``now``), nothing from Twisted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from heapq import nlargest
+
+from twisted_statsd.core.model import Context
+
+OVERFLOW_TAG = b"overflow:true"
+
+# Rows kept in the overflow table (sender, metric name); beyond, overflows are
+# summed under the sender's "other" row, so the table itself stays bounded.
+MAX_OFFENDER_ROWS = 10_000
+OTHER = "other"
+
+
+def _tag_key(tag: bytes) -> bytes:
+    return tag.partition(b":")[0]
+
+
+class TagRules:
+    """``metric_tag_filterlist`` and ``dogstatsd_tag_value_limits``: what a metric's tags become.
+
+    ``filters`` maps a metric name to (keep, tag keys): keep only those keys
+    (``include``), or drop them (``exclude``).  ``value_limits`` maps a metric
+    name ("" for every metric) to {tag key: most distinct values}.  Values are
+    remembered per metric and tag key from the first seen until a reload;
+    ``dropped`` counts tags removed because their key was over its limit.
+    """
+
+    def __init__(
+        self,
+        filters: Mapping[str, tuple[bool, frozenset[bytes]]] | None = None,
+        value_limits: Mapping[str, Mapping[bytes, int]] | None = None,
+    ):
+        self.filters = dict(filters or {})
+        self.value_limits = {name: dict(limits) for name, limits in (value_limits or {}).items()}
+        self._values: dict[tuple[bytes, bytes], set[bytes]] = {}
+        self.dropped: dict[tuple[str, str], int] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.filters or self.value_limits)
+
+    def apply(self, name: bytes, tags: list[bytes], *, learn: bool = True) -> list[bytes]:
+        """The tags a metric named ``name`` keeps (``tags`` itself when nothing changes).
+
+        ``learn`` False only answers (for ``/explain``): no value is remembered, no drop counted.
+        """
+        text = name.decode("utf-8", "replace")
+        rule = self.filters.get(text)
+        if rule is not None:
+            keep, keys = rule
+            tags = [tag for tag in tags if (_tag_key(tag) in keys) is keep]
+        limits = self.value_limits.get(text) or self.value_limits.get("")
+        if limits:
+            tags = [tag for tag in tags if self._admits(name, tag, limits, learn)]
+        return tags
+
+    def _admits(self, name: bytes, tag: bytes, limits: Mapping[bytes, int], learn: bool) -> bool:
+        key = _tag_key(tag)
+        limit = limits.get(key)
+        if limit is None:
+            return True
+        values = self._values.get((name, key), ())
+        if tag in values:
+            return True
+        if len(values) < limit:
+            if learn:
+                self._values.setdefault((name, key), set()).add(tag)
+            return True
+        if not learn:
+            return False
+        row = (name.decode("utf-8", "replace"), key.decode("utf-8", "replace"))
+        self.dropped[row] = self.dropped.get(row, 0) + 1
+        return False
+
+
+class ContextLimiter:
+    """Budgets of live contexts: global, per sender and per metric name (``dogstatsd_context_limiter``).
+
+    A sender is the value of the ``key_tag_name`` tag when it is set and the
+    context has it, else the container the packet came from (origin
+    detection), else one budget shared by every sender.  ``sender_limit`` 0
+    splits ``limit`` evenly among the senders with live contexts, as DogStatsD
+    does.  A context counts from its admission until the aggregator reports it
+    gone (:meth:`expire`).
+
+    Invariants: ``_live`` maps every admitted live context's key to its
+    (sender, metric name); ``_senders`` and ``_names`` count them, with no zero
+    entries; ``_overflow`` maps (metric name, host, sender) to its overflow
+    context and ``_overflow_keys`` those contexts' keys back.
+    """
+
+    def __init__(
+        self,
+        *,
+        limit: int = 0,
+        sender_limit: int = 0,
+        metric_name_limit: int = 0,
+        key_tag_name: str = "",
+        entry_timeout: float = 300.0,
+        extra_tags: Iterable[str] = (),
+    ):
+        self._live: dict[int, tuple[str, str]] = {}
+        self._senders: dict[str, int] = {}
+        self._names: dict[str, int] = {}
+        self._overflow: dict[tuple[str, str, str], Context] = {}
+        self._overflow_keys: dict[int, tuple[str, str, str]] = {}
+        # (sender, metric name) -> [contexts folded, time of the last one]
+        self.offenders: dict[tuple[str, str], list] = {}
+        self._reported: dict[tuple[str, str], int] = {}
+        self.configure(
+            limit=limit,
+            sender_limit=sender_limit,
+            metric_name_limit=metric_name_limit,
+            key_tag_name=key_tag_name,
+            entry_timeout=entry_timeout,
+            extra_tags=extra_tags,
+        )
+
+    def configure(
+        self,
+        *,
+        limit: int,
+        sender_limit: int,
+        metric_name_limit: int,
+        key_tag_name: str,
+        entry_timeout: float,
+        extra_tags: Iterable[str],
+    ) -> None:
+        """Apply new budgets (a reload); live contexts stay counted, decisions already taken are not undone."""
+        self.limit = limit
+        self.sender_limit = sender_limit
+        self.metric_name_limit = metric_name_limit
+        self.key_tag_name = key_tag_name
+        self._key_prefix = key_tag_name + ":" if key_tag_name else ""
+        self.entry_timeout = entry_timeout
+        self.extra_tags = tuple(t.encode() for t in extra_tags)
+        self._overflow.clear()
+        self._overflow_keys.clear()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.limit or self.sender_limit or self.metric_name_limit)
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def knows(self, context: Context) -> bool:
+        """Whether ``context`` is counted live, or is an overflow context."""
+        return context.key in self._live or context.key in self._overflow_keys
+
+    def sender_of(self, context: Context, origin: bytes | None) -> str:
+        """Whose budget ``context`` counts against: its key tag's value, else its container, else "" (shared)."""
+        if self._key_prefix:
+            for tag in context.tags:
+                if tag.startswith(self._key_prefix):
+                    return tag[len(self._key_prefix) :]
+        return "" if origin is None else origin.decode("utf-8", "replace")
+
+    def verdict(self, context: Context, origin: bytes | None) -> str | None:
+        """Which budget a new ``context`` would exceed ("limit", "sender_limit", "metric_name_limit"), if any."""
+        if context.key in self._live or context.key in self._overflow_keys:
+            return None
+        sender = self.sender_of(context, origin)
+        if self.limit and len(self._live) >= self.limit:
+            return "limit"
+        budget = self.sender_limit
+        if not budget and self.limit:
+            senders = len(self._senders) + (sender not in self._senders)
+            budget = max(1, self.limit // senders)
+        if budget and self._senders.get(sender, 0) >= budget:
+            return "sender_limit"
+        if self.metric_name_limit and self._names.get(context.name, 0) >= self.metric_name_limit:
+            return "metric_name_limit"
+        return None
+
+    def admit(self, context: Context, origin: bytes | None, now: float) -> Context:
+        """The context a line resolved to ``context`` goes to: itself, or its overflow context."""
+        key = context.key
+        if key in self._live or key in self._overflow_keys:
+            return context
+        sender = self.sender_of(context, origin)
+        if self.verdict(context, origin) is None:
+            self._live[key] = (sender, context.name)
+            self._senders[sender] = self._senders.get(sender, 0) + 1
+            self._names[context.name] = self._names.get(context.name, 0) + 1
+            return context
+        self._count_overflow(sender, context.name, now)
+        return self._overflow_context(context, sender)
+
+    def overflow_tags(self, sender: str) -> list[bytes]:
+        """The tags of ``sender``'s overflow contexts: ``overflow:true``, the sender's tag, ``dogstatsd_tags``."""
+        tags = [OVERFLOW_TAG, *self.extra_tags]
+        if sender:
+            tags.append((self._key_prefix or "container_id:").encode() + sender.encode())
+        return tags
+
+    def _overflow_context(self, context: Context, sender: str) -> Context:
+        where = (context.name, context.host, sender)
+        overflow = self._overflow.get(where)
+        if overflow is None:
+            overflow = Context(context.name.encode(), context.host.encode(), self.overflow_tags(sender))
+            self._overflow[where] = overflow
+            self._overflow_keys[overflow.key] = where
+        return overflow
+
+    def _count_overflow(self, sender: str, name: str, now: float) -> None:
+        row = (sender, name)
+        entry = self.offenders.get(row)
+        if entry is None:
+            if len(self.offenders) >= MAX_OFFENDER_ROWS:
+                row = (sender, OTHER)
+                entry = self.offenders.get(row)
+            if entry is None:
+                entry = self.offenders[row] = [0, now]
+        entry[0] += 1
+        entry[1] = now
+
+    def expire(self, keys: Iterable[int]) -> None:
+        """Contexts the aggregator no longer holds: they stop counting against their budgets."""
+        live, senders, names = self._live, self._senders, self._names
+        for key in keys:
+            entry = live.pop(key, None)
+            if entry is None:
+                where = self._overflow_keys.pop(key, None)
+                if where is not None:
+                    del self._overflow[where]
+                continue
+            sender, name = entry
+            for counts, item in ((senders, sender), (names, name)):
+                left = counts[item] - 1
+                if left:
+                    counts[item] = left
+                else:
+                    del counts[item]
+
+    def top(self, n: int) -> list[tuple[str, str, int]]:
+        """The ``n`` (sender, metric name) rows with the most contexts folded into overflow."""
+        rows = nlargest(n, self.offenders.items(), key=lambda item: item[1][0])
+        return [(sender, name, count) for (sender, name), (count, _last) in rows]
+
+    def new_overflows(self, now: float, top: int) -> list[tuple[str, str, int]]:
+        """Overflows since the previous call: the ``top`` largest rows apart, the rest summed under "other".
+
+        Rows whose last overflow is older than ``entry_timeout`` are forgotten.
+        """
+        fresh = []
+        for row, (count, last) in list(self.offenders.items()):
+            delta = count - self._reported.get(row, 0)
+            if delta:
+                fresh.append((delta, row))
+                self._reported[row] = count
+            elif now - last > self.entry_timeout:
+                del self.offenders[row]
+                self._reported.pop(row, None)
+        fresh.sort(reverse=True)
+        report = [(sender, name, delta) for delta, (sender, name) in fresh[:top]]
+        rest = sum(delta for delta, _row in fresh[top:])
+        if rest:
+            report.append((OTHER, OTHER, rest))
+        return report
+
+    def table(self) -> dict:
+        """Everything the limiter holds, for the admin API."""
+        return {
+            "limit": self.limit,
+            "sender_limit": self.sender_limit,
+            "metric_name_limit": self.metric_name_limit,
+            "key_tag_name": self.key_tag_name,
+            "live_contexts": len(self._live),
+            "senders": dict(sorted(self._senders.items())),
+            "overflow_contexts": len(self._overflow),
+            "overflows": [
+                {"sender": sender, "metric_name": name, "contexts": count}
+                for sender, name, count in self.top(len(self.offenders))
+            ],
+        }
