@@ -426,14 +426,18 @@ class Pipeline:
 
     def _event(self, line: bytes, now: float, origin: bytes | None) -> None:
         message = parser.parse_event(line, origin_client=self.origin_client)
-        if self.aggregator.add_event(self.enricher.event(message, now, origin)):
-            self.telemetry.incr("events")
-        else:
-            self.reporter.report("pending_overflow", "too many events waiting for the flush", line)
+        held = self.aggregator.add_event(self.enricher.event(message, now, origin))
+        self._count_held(held, "events", line)
 
     def _service_check(self, line: bytes, now: float, origin: bytes | None) -> None:
         message = parser.parse_service_check(line, origin_client=self.origin_client)
-        if self.aggregator.add_service_check(self.enricher.service_check(message, now, origin)):
-            self.telemetry.incr("service_checks")
+        held = self.aggregator.add_service_check(self.enricher.service_check(message, now, origin))
+        self._count_held(held, "service_checks", line)
+
+    def _count_held(self, held: bool, counter: str, line: bytes) -> None:
+        """Count an event or service check the aggregator took, or report it dropped when its queue was full."""
+        if held:
+            self.telemetry.incr(counter)
         else:
-            self.reporter.report("pending_overflow", "too many service checks waiting for the flush", line)
+            what = counter.replace("_", " ")
+            self.reporter.report("pending_overflow", f"too many {what} waiting for the flush", line)
