@@ -279,7 +279,6 @@ class GraphiteSink(Service):
 
     @property
     def connected(self) -> bool:
-        """Whether a connection to carbon is up; while it is not, lines wait in the buffer."""
         return self._protocol is not None
 
     def startService(self):
