@@ -104,13 +104,13 @@ class Pipeline:
         self.enricher = enricher
         self.telemetry = telemetry
         self.reporter = reporter
+        self.shapes = ShapeCache(cache_size, telemetry, self.fold, self._class_held)
+        # Decides, once per new context, whether it is counted or folded into overflow.
+        self.limiter = limiter
+        self.staging = Staging()
         self.timestamps = timestamps
         self.origin_client = origin_client
         self.context_expiry = context_expiry
-        # Decides, once per new context, whether it is counted or folded into overflow.
-        self.limiter = limiter
-        self.shapes = ShapeCache(cache_size, telemetry, self.fold, self._class_held)
-        self.staging = Staging()
         self._bucket_start: int | None = None
         self._rotate_at: float | None = None
         # Set by the memory monitor above its hard limit: lines of shapes not

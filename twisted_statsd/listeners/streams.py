@@ -295,13 +295,13 @@ class StreamFactory(Factory):
         self.intake = intake
         self.reporter = reporter
         self.clock = clock
+        self.tracker = ConnectionTracker(
+            reporter.telemetry, self.transport_name, clock=clock, idle_timeout=idle_timeout
+        )
         self.max_frame = max_frame
         self.max_connections = max_connections
         self.throttle = throttle
         self.senders = senders
-        self.tracker = ConnectionTracker(
-            reporter.telemetry, self.transport_name, clock=clock, idle_timeout=idle_timeout
-        )
 
     def new_decoder(self):
         raise NotImplementedError
