@@ -395,22 +395,7 @@ _AGENT_ONLY_LIMITER_OPTIONS = ("go_gc", "memory_ballast", "rate_check", "soft_li
 
 
 def _memory_limiter(value: Any, textual: bool, warn: Warn) -> MemoryLimiterConfig:
-    if not isinstance(value, Mapping):
-        raise _Invalid(f"expected a mapping of options, got {value!r}")
-    options = {}
-    for name, item in value.items():
-        if name in _AGENT_ONLY_LIMITER_OPTIONS:
-            warn(f"option {name!r} only tunes the Go agent; ignored")
-        elif name not in _LIMITER_OPTIONS:
-            warn(
-                f"unknown option {name!r} ignored{_did_you_mean(name, _LIMITER_OPTIONS)} "
-                f"(known: {', '.join(_LIMITER_OPTIONS)})"
-            )
-        elif item is not None:
-            try:
-                options[name] = _LIMITER_OPTIONS[name](item, textual, warn)
-            except _Invalid as error:
-                raise _Invalid(str(error), f".{name}{error.where}") from None
+    options = _option_mapping(value, textual, warn, _LIMITER_OPTIONS, _AGENT_ONLY_LIMITER_OPTIONS)
     limiter = MemoryLimiterConfig(**options)
     if not limiter.low_soft_limit <= limiter.high_soft_limit <= limiter.hard_limit:
         raise _Invalid(
@@ -449,12 +434,17 @@ _CONTEXT_LIMITER_OPTIONS: dict[str, Converter] = {
 
 
 def _options(value: Any, textual: bool, warn: Warn, known: Mapping[str, Converter], ignored=()) -> dict:
-    """A mapping of options converted one by one; unknown options are warned about and ignored."""
+    """Like :func:`_option_mapping`, the mapping also accepted as JSON text."""
     if textual and isinstance(value, str):
         try:
             value = json.loads(value)
         except ValueError as error:
             raise _Invalid(f"cannot be parsed as JSON: {error}") from None
+    return _option_mapping(value, textual, warn, known, ignored)
+
+
+def _option_mapping(value: Any, textual: bool, warn: Warn, known: Mapping[str, Converter], ignored=()) -> dict:
+    """A mapping of options converted one by one; unknown and ``ignored`` (Go-only) options are warned about."""
     if not isinstance(value, Mapping):
         raise _Invalid(f"expected a mapping of options, got {value!r}")
     options = {}
