@@ -365,6 +365,20 @@ def _file_mode(value: Any, textual: bool, warn: Warn) -> int:
     return mode
 
 
+def _setting(convert: Converter, default: Any) -> Any:
+    """One option of a setting given as a mapping: its default, and the converter its value goes through."""
+    return field(default=default, metadata={"convert": convert})
+
+
+def _converters(setting: type) -> dict[str, Converter]:
+    """The options of ``setting`` (a dataclass of :func:`_setting` fields) and their converters."""
+    return {option.name: option.metadata["convert"] for option in fields(setting)}
+
+
+_POSITIVE = _bounded(_parse_float, above=0)
+_COUNT = _bounded(_parse_int, at_least=0)
+
+
 @dataclass(frozen=True, slots=True)
 class MemoryLimiterConfig:
     """``dogstatsd_mem_based_rate_limiter``: slow the Unix listeners down when memory runs short.
@@ -373,44 +387,20 @@ class MemoryLimiterConfig:
     else the host's memory); ``hard_limit`` and the last two options are ours.
     """
 
-    enabled: bool = False
-    low_soft_limit: float = 0.7
-    high_soft_limit: float = 0.8
-    hard_limit: float = 0.9
-    memory_limit_bytes: int = 0
-    check_interval: float = 1.0
+    enabled: bool = _setting(_boolean, False)
+    low_soft_limit: float = _setting(_POSITIVE, 0.7)
+    high_soft_limit: float = _setting(_POSITIVE, 0.8)
+    hard_limit: float = _setting(_POSITIVE, 0.9)
+    memory_limit_bytes: int = _setting(_COUNT, 0)
+    check_interval: float = _setting(_POSITIVE, 1.0)
 
 
-_FRACTION = _bounded(_parse_float, above=0)
-_LIMITER_OPTIONS: dict[str, Converter] = {
-    "enabled": _boolean,
-    "low_soft_limit": _FRACTION,
-    "high_soft_limit": _FRACTION,
-    "hard_limit": _FRACTION,
-    "memory_limit_bytes": _bounded(_parse_int, at_least=0),
-    "check_interval": _bounded(_parse_float, above=0),
-}
 # The agent's options that tune Go's runtime or its check sampling: accepted, ignored.
 _AGENT_ONLY_LIMITER_OPTIONS = ("go_gc", "memory_ballast", "rate_check", "soft_limit_freeos_check")
 
 
 def _memory_limiter(value: Any, textual: bool, warn: Warn) -> MemoryLimiterConfig:
-    if not isinstance(value, Mapping):
-        raise _Invalid(f"expected a mapping of options, got {value!r}")
-    options = {}
-    for name, item in value.items():
-        if name in _AGENT_ONLY_LIMITER_OPTIONS:
-            warn(f"option {name!r} only tunes the Go agent; ignored")
-        elif name not in _LIMITER_OPTIONS:
-            warn(
-                f"unknown option {name!r} ignored{_did_you_mean(name, _LIMITER_OPTIONS)} "
-                f"(known: {', '.join(_LIMITER_OPTIONS)})"
-            )
-        elif item is not None:
-            try:
-                options[name] = _LIMITER_OPTIONS[name](item, textual, warn)
-            except _Invalid as error:
-                raise _Invalid(str(error), f".{name}{error.where}") from None
+    options = _option_mapping(value, textual, warn, _converters(MemoryLimiterConfig), _AGENT_ONLY_LIMITER_OPTIONS)
     limiter = MemoryLimiterConfig(**options)
     if not limiter.low_soft_limit <= limiter.high_soft_limit <= limiter.hard_limit:
         raise _Invalid(
@@ -431,30 +421,30 @@ class ContextLimiterConfig:
     outlives its last overflow.
     """
 
-    limit: int = 0
-    sender_limit: int = 0
-    metric_name_limit: int = 0
-    key_tag_name: str = ""
-    entry_timeout: float = 300.0
+    limit: int = _setting(_COUNT, 0)
+    sender_limit: int = _setting(_COUNT, 0)
+    metric_name_limit: int = _setting(_COUNT, 0)
+    key_tag_name: str = _setting(_string, "")
+    entry_timeout: float = _setting(lambda value, textual, warn: _seconds(value, textual, warn), 300.0)
 
 
-_COUNT = _bounded(_parse_int, at_least=0)
-_CONTEXT_LIMITER_OPTIONS: dict[str, Converter] = {
-    "limit": _COUNT,
-    "sender_limit": _COUNT,
-    "metric_name_limit": _COUNT,
-    "key_tag_name": _string,
-    "entry_timeout": lambda value, textual, warn: _seconds(value, textual, warn),
-}
+def _decoded(value: Any, textual: bool, what: str) -> Any:
+    """``value`` decoded from JSON when it is text (``what``: what the JSON must hold), else as it is."""
+    if textual and isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError as error:
+            raise _Invalid(f"cannot be parsed as {what}: {error}") from None
+    return value
 
 
 def _options(value: Any, textual: bool, warn: Warn, known: Mapping[str, Converter], ignored=()) -> dict:
-    """A mapping of options converted one by one; unknown options are warned about and ignored."""
-    if textual and isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError as error:
-            raise _Invalid(f"cannot be parsed as JSON: {error}") from None
+    """Like :func:`_option_mapping`, the mapping also accepted as JSON text."""
+    return _option_mapping(_decoded(value, textual, "JSON"), textual, warn, known, ignored)
+
+
+def _option_mapping(value: Any, textual: bool, warn: Warn, known: Mapping[str, Converter], ignored=()) -> dict:
+    """A mapping of options converted one by one; unknown and ``ignored`` (Go-only) options are warned about."""
     if not isinstance(value, Mapping):
         raise _Invalid(f"expected a mapping of options, got {value!r}")
     options = {}
@@ -473,7 +463,9 @@ def _options(value: Any, textual: bool, warn: Warn, known: Mapping[str, Converte
 
 def _context_limiter(value: Any, textual: bool, warn: Warn) -> ContextLimiterConfig:
     # The agent sizes its limit from the cgroup's memory; here the limit is given.
-    options = _options(value, textual, warn, _CONTEXT_LIMITER_OPTIONS, ("cgroup_memory_ratio", "bytes_per_context"))
+    options = _options(
+        value, textual, warn, _converters(ContextLimiterConfig), ("cgroup_memory_ratio", "bytes_per_context")
+    )
     return ContextLimiterConfig(**options)
 
 
@@ -502,11 +494,7 @@ def _tag_filter_rule(item: Any) -> TagFilterRule:
 
 
 def _tag_filterlist(value: Any, textual: bool, warn: Warn) -> tuple[TagFilterRule, ...]:
-    if textual and isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError as error:
-            raise _Invalid(f"cannot be parsed as a JSON list: {error}") from None
+    value = _decoded(value, textual, "a JSON list")
     rules = _each(_list(value, False), _tag_filter_rule)
     names = [rule.metric_name for rule in rules]
     for name in sorted({n for n in names if names.count(n) > 1}):
@@ -531,11 +519,7 @@ def _tag_value_limit(item: Any) -> TagValueLimit:
 
 
 def _tag_value_limits(value: Any, textual: bool, warn: Warn) -> tuple[TagValueLimit, ...]:
-    if textual and isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError as error:
-            raise _Invalid(f"cannot be parsed as a JSON list: {error}") from None
+    value = _decoded(value, textual, "a JSON list")
     return _each(_list(value, False), _tag_value_limit)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from itertools import groupby
+from typing import Any
 
 from twisted.application.service import IService, MultiService
 from twisted.internet import defer
@@ -276,10 +277,10 @@ def build_pipeline(config: Config) -> Pipeline:
         enricher,
         telemetry,
         reporter,
+        limiter=limiter,
         timestamps=config.dogstatsd_no_aggregation_pipeline,
         origin_client=config.dogstatsd_origin_detection_client,
         context_expiry=config.dogstatsd_context_expiry_seconds,
-        limiter=limiter,
     )
 
 
@@ -499,14 +500,12 @@ def _add_unix_listeners(root, config, reactor, intake, reporter, throttle, proc_
         factory = FramedStreamFactory(
             intake,
             reporter,
-            clock=reactor,
-            max_frame=config.dogstatsd_buffer_size,
             max_connections=config.dogstatsd_stream_max_connections,
             idle_timeout=config.dogstatsd_stream_idle_timeout,
             max_connections_per_user=config.dogstatsd_stream_max_connections_per_user,
-            resolver=resolver,
             log_too_big=config.dogstatsd_stream_log_too_big,
-            throttle=throttle,
+            resolver=resolver,
+            **_stream_options(config, reactor, throttle),
         )
         root.unixstream = UnixStreamListenerService(
             reactor, factory, config.dogstatsd_stream_socket, mode=config.dogstatsd_socket_mode
@@ -514,18 +513,21 @@ def _add_unix_listeners(root, config, reactor, intake, reporter, throttle, proc_
         root.unixstream.setServiceParent(root)
 
 
+def _stream_options(config, reactor, throttle) -> dict[str, Any]:
+    """What every stream factory (Unix stream, TCP) shares: the reactor's clock, the frame size limit, the throttle."""
+    return {"clock": reactor, "max_frame": config.dogstatsd_buffer_size, "throttle": throttle}
+
+
 def _add_tcp_listener(root, config, reactor, intake, reporter, throttle, senders, tls) -> None:
     """The TCP listener (with TLS when ``tls`` is set), bound like UDP to ``bind_host``."""
     factory = LineStreamFactory(
         intake,
         reporter,
-        clock=reactor,
-        max_frame=config.dogstatsd_buffer_size,
         max_connections=config.dogstatsd_tcp_max_connections,
         idle_timeout=config.dogstatsd_tcp_idle_timeout,
-        throttle=throttle,
         senders=senders,
         cut_packets=root.forwarder is not None,
+        **_stream_options(config, reactor, throttle),
     )
     port = 0 if config.dogstatsd_tcp_port == EPHEMERAL_PORT else config.dogstatsd_tcp_port
     root.tcp = TCPListenerService(reactor, factory, port, config.udp_interface, tls=tls)

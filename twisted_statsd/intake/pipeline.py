@@ -104,13 +104,13 @@ class Pipeline:
         self.enricher = enricher
         self.telemetry = telemetry
         self.reporter = reporter
+        self.shapes = ShapeCache(cache_size, telemetry, self.fold, self._class_held)
+        # Decides, once per new context, whether it is counted or folded into overflow.
+        self.limiter = limiter
+        self.staging = Staging()
         self.timestamps = timestamps
         self.origin_client = origin_client
         self.context_expiry = context_expiry
-        # Decides, once per new context, whether it is counted or folded into overflow.
-        self.limiter = limiter
-        self.shapes = ShapeCache(cache_size, telemetry, self.fold, self._class_held)
-        self.staging = Staging()
         self._bucket_start: int | None = None
         self._rotate_at: float | None = None
         # Set by the memory monitor above its hard limit: lines of shapes not
@@ -426,14 +426,18 @@ class Pipeline:
 
     def _event(self, line: bytes, now: float, origin: bytes | None) -> None:
         message = parser.parse_event(line, origin_client=self.origin_client)
-        if self.aggregator.add_event(self.enricher.event(message, now, origin)):
-            self.telemetry.incr("events")
-        else:
-            self.reporter.report("pending_overflow", "too many events waiting for the flush", line)
+        held = self.aggregator.add_event(self.enricher.event(message, now, origin))
+        self._count_held(held, "events", line)
 
     def _service_check(self, line: bytes, now: float, origin: bytes | None) -> None:
         message = parser.parse_service_check(line, origin_client=self.origin_client)
-        if self.aggregator.add_service_check(self.enricher.service_check(message, now, origin)):
-            self.telemetry.incr("service_checks")
+        held = self.aggregator.add_service_check(self.enricher.service_check(message, now, origin))
+        self._count_held(held, "service_checks", line)
+
+    def _count_held(self, held: bool, counter: str, line: bytes) -> None:
+        """Count an event or service check the aggregator took, or report it dropped when its queue was full."""
+        if held:
+            self.telemetry.incr(counter)
         else:
-            self.reporter.report("pending_overflow", "too many service checks waiting for the flush", line)
+            what = counter.replace("_", " ")
+            self.reporter.report("pending_overflow", f"too many {what} waiting for the flush", line)

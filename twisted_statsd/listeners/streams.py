@@ -295,13 +295,13 @@ class StreamFactory(Factory):
         self.intake = intake
         self.reporter = reporter
         self.clock = clock
+        self.tracker = ConnectionTracker(
+            reporter.telemetry, self.transport_name, clock=clock, idle_timeout=idle_timeout
+        )
         self.max_frame = max_frame
         self.max_connections = max_connections
         self.throttle = throttle
         self.senders = senders
-        self.tracker = ConnectionTracker(
-            reporter.telemetry, self.transport_name, clock=clock, idle_timeout=idle_timeout
-        )
 
     def new_decoder(self):
         raise NotImplementedError
@@ -358,6 +358,11 @@ class StreamListenerService(BindingService):
     #: The listening port (a Unix stream port is a tcp.Port subclass too).
     port: tcp.Port | None = None
 
+    def __init__(self, reactor, factory: StreamFactory, backlog: int):
+        self.reactor = reactor
+        self.factory = factory
+        self.backlog = backlog
+
     @property
     def tracker(self) -> ConnectionTracker:
         return self.factory.tracker
@@ -366,16 +371,16 @@ class StreamListenerService(BindingService):
     def bound(self) -> bool:
         return self.port is not None
 
-    def startService(self):
-        super().startService()
-        self.tracker.start()
-
     def read_pending(self) -> None:
         """Accept waiting connections, then read what the kernel holds for each (one round each)."""
         if self.port is not None:
             self.port.doRead()
         for protocol in list(self.tracker.connections):
             protocol.read_available(65536)
+
+    def startService(self):
+        super().startService()
+        self.tracker.start()
 
     def stopService(self):
         super().stopService()

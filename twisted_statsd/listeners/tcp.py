@@ -170,12 +170,10 @@ class TCPListenerService(StreamListenerService):
         tls=None,
         backlog: int = socket.SOMAXCONN,
     ):
-        self.reactor = reactor
-        self.factory = factory
+        super().__init__(reactor, factory, backlog)
         self.port_number = port
         self.interface = interface
         self.tls = tls
-        self.backlog = backlog
         self.port = None
         self.bound_port = port
 

@@ -91,6 +91,8 @@ class UDPListenerService(BindingService):
     """Binds the UDP port in ``privilegedStartService`` and closes it on stop."""
 
     log = Logger()
+    #: The listening port, once bound.
+    port: Port | None = None
 
     def __init__(self, reactor, protocol: DatagramReceiver, port: int, interface: str, so_rcvbuf: int = 0):
         self.reactor = reactor
@@ -98,7 +100,6 @@ class UDPListenerService(BindingService):
         self.port_number = port
         self.interface = interface
         self.so_rcvbuf = so_rcvbuf
-        self.port: Port | None = None
         self._kernel_drops_seen = 0
 
     @property

@@ -231,11 +231,9 @@ class UnixStreamListenerService(StreamListenerService):
         mode: int = sockets.DEFAULT_SOCKET_MODE,
         backlog: int = socket.SOMAXCONN,
     ):
-        self.reactor = reactor
-        self.factory = factory
+        super().__init__(reactor, factory, backlog)
         self.path = path
         self.mode = mode
-        self.backlog = backlog
         self.port: _StreamPort | None = None
 
     def describe(self) -> tuple[str, str]:

@@ -329,11 +329,10 @@ class GraphiteSink(Service):
             self.telemetry.drop("graphite_buffer_full", overflow)
             if not self._overflowing:
                 self._overflowing = True
-                self.log.warn(
+                self._warn(
+                    "GRAPHITE_BUFFER_FULL",
                     "Graphite buffer full ({size} lines); dropping the oldest until carbon at {address} takes more",
                     size=self.max_buffered_lines,
-                    address=self.address,
-                    log_category="GRAPHITE_BUFFER_FULL",
                 )
         buffer.extend(chunk)
         self._send()
@@ -372,11 +371,10 @@ class GraphiteSink(Service):
         self._protocol = None
         self.telemetry.set_gauge("sink_connected", 0, _TAGS)
         if self.running:
-            self.log.warn(
+            self._warn(
+                "GRAPHITE_DISCONNECTED",
                 "Lost the connection to carbon at {address}: {reason}; buffering until it is back",
-                address=self.address,
                 reason=reason.getErrorMessage(),
-                log_category="GRAPHITE_DISCONNECTED",
             )
 
     def stopService(self):
@@ -396,11 +394,10 @@ class GraphiteSink(Service):
             self._buffer.clear()
             self.telemetry.drop("graphite_unsent_at_stop", unsent)
             self.telemetry.set_gauge("sink_queue", 0, _TAGS)
-            self.log.warn(
+            self._warn(
+                "GRAPHITE_UNSENT",
                 "Not connected to carbon at {address} at shutdown; dropped {count} buffered lines",
-                address=self.address,
                 count=unsent,
-                log_category="GRAPHITE_UNSENT",
             )
         timeout = self.stop_timeout if self.stop_deadline is None else self.stop_deadline.remaining(self.stop_timeout)
         await self._client.stopService().addBoth(deadline(self.clock, timeout, lambda: self._abort(timeout)))
@@ -409,13 +406,16 @@ class GraphiteSink(Service):
         protocol = self._protocol
         if protocol is not None:
             self.telemetry.incr("sink_stop_timeouts", 1, _TAGS)
-            self.log.warn(
+            self._warn(
+                "GRAPHITE_STOP_TIMEOUT",
                 "Carbon at {address} did not take the last lines within {timeout} s; closing anyway",
-                address=self.address,
                 timeout=timeout,
-                log_category="GRAPHITE_STOP_TIMEOUT",
             )
             protocol.transport.abortConnection()
+
+    def _warn(self, category: str, format: str, **fields) -> None:
+        """Log a warning under ``category``; every one names the carbon ``{address}``."""
+        self.log.warn(format, address=self.address, log_category=category, **fields)
 
 
 #: Options of a ``graphite`` entry of ``sinks``: name -> (converter, default).

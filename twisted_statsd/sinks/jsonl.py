@@ -24,7 +24,7 @@ from twisted_statsd._binding import BindingService
 from twisted_statsd._stop_deadline import StopDeadline
 from twisted_statsd._twisted_helpers import Waiters
 from twisted_statsd.config import SinkOption
-from twisted_statsd.core.model import FlushBatch
+from twisted_statsd.core.model import Event, FlushBatch, ServiceCheck
 from twisted_statsd.interfaces import IMetricSink
 from twisted_statsd.telemetry import Telemetry
 
@@ -80,7 +80,7 @@ def sketch_objects(sketch_series, percentiles) -> list[dict]:
     ]
 
 
-def event_object(event) -> dict:
+def event_object(event: Event) -> dict:
     """An event as the agent posts it; empty optional fields are left out, as it does."""
     obj = {"msg_title": event.title, "msg_text": event.text, "timestamp": event.timestamp}
     obj["priority"] = event.priority
@@ -95,7 +95,7 @@ def event_object(event) -> dict:
     return obj
 
 
-def service_check_object(check) -> dict:
+def service_check_object(check: ServiceCheck) -> dict:
     """A check_run entry; ``tags`` is null when empty, as the agent sends it."""
     return {
         "check": check.name,
