@@ -500,30 +500,59 @@ class Aggregator:
 
         A context's points from every due bucket are gathered when its first
         bucket is reached, so no map of every series is built: growing one to
-        100,000 entries costs tens of milliseconds in a single resize.
+        100,000 entries costs tens of milliseconds in a single resize.  A
+        context in one due bucket only (nearly all of them: one bucket is due
+        per flush) takes :meth:`_add_single`, which builds its one series
+        directly.
         """
         for i, bucket in enumerate(due):
-            earlier, rest = due[:i], due[i:]
+            earlier, later = due[:i], due[i + 1 :]
             budget = step
-            for key in bucket.metrics:
+            for key, metric in bucket.metrics.items():
                 if budget <= 0:
                     budget = step
                     yield
                 if earlier and any(key in b.metrics for b in earlier):
                     continue
+                if not later or not any(key in b.metrics for b in later):
+                    budget -= self._add_single(metric, bucket.start, series)
+                    continue
                 by_suffix: dict[str, Series] = {}
-                for b in rest:
-                    metric = b.metrics.get(key)
-                    if metric is not None:
-                        budget -= self._add_points(metric, b.start, by_suffix)
+                for b in due[i:]:
+                    other = b.metrics.get(key)
+                    if other is not None:
+                        budget -= self._add_points(other, b.start, by_suffix)
                 series.extend(by_suffix.values())
             for done, (key, (context, _sketch)) in enumerate(bucket.sketches.items(), 1):
                 if not done % step:
                     yield
                 if earlier and any(key in b.sketches for b in earlier):
                     continue
-                points = [(b.start, b.sketches[key][1]) for b in rest if key in b.sketches]
+                points = [(b.start, b.sketches[key][1]) for b in due[i:] if key in b.sketches]
                 sketches.append(SketchSeries(context.name, points, context.tags, context.host, BUCKET_SECONDS))
+
+    def _add_single(self, metric, ts: int, series: list) -> int:
+        """Append the series of a metric whose context has no other due bucket; returns the work, as
+        :meth:`_add_points`.  Counters, gauges and sets give one point, computed here as their
+        ``series`` methods do, without a generator or a map by suffix."""
+        cls = metric.__class__
+        if cls is Counter:
+            kind, value = SERIES_RATE, metric.value / BUCKET_SECONDS
+        elif cls is Gauge:
+            kind, value = SERIES_GAUGE, metric.value
+        elif cls is Set:
+            kind, value = SERIES_GAUGE, float(len(metric.members))
+        else:
+            by_suffix: dict[str, Series] = {}
+            work = self._add_points(metric, ts, by_suffix)
+            series.extend(by_suffix.values())
+            return work
+        if value - value:  # NaN or infinite, e.g. a counter that overflowed
+            self.non_finite_points += 1
+            return 1
+        context = metric.context
+        series.append(Series(context.name, kind, [(ts, value)], context.tags, context.host, BUCKET_SECONDS))
+        return 1
 
     def _add_points(self, metric, ts: int, by_suffix: dict) -> int:
         """Add a metric's points for the bucket starting at ``ts`` to its context's series.
