@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from itertools import accumulate, repeat
 from operator import itemgetter, mul, truediv
 
@@ -31,6 +32,7 @@ from twisted_statsd.core.model import (
     Context,
     FlushBatch,
     Series,
+    SeriesStream,
     SketchSeries,
 )
 from twisted_statsd.core.sketch import Sketch
@@ -243,6 +245,19 @@ def _feed(metric, other) -> None:
     """Give ``other``'s samples to a metric of another type: the first type in a bucket decides (§6.4)."""
     for value, rate in other.samples():
         metric.add(value, rate, other.last)
+
+
+def _one_point(metric) -> tuple[int, float] | None:
+    """The (series type, value) of a counter's, gauge's or set's one point, as their ``series``
+    give it; None for a histogram (its ``series`` gives several)."""
+    cls = metric.__class__
+    if cls is Counter:
+        return SERIES_RATE, metric.value / BUCKET_SECONDS
+    if cls is Gauge:
+        return SERIES_GAUGE, metric.value
+    if cls is Set:
+        return SERIES_GAUGE, float(len(metric.members))
+    return None
 
 
 def _weighted_rank(ordered: list[float], cumulative: list[float] | None, target: float) -> float:
@@ -458,16 +473,17 @@ class Aggregator:
             yield from self._note_counter_activity(bucket, step)
         for bucket in due:
             yield from self._zero_fill(bucket, step)
-        batch.series = []
+        prepared: dict[int, list[Series]] = {}
+        yield from self._prepare(due, prepared, step)
+        batch.series = SeriesStream(partial(self._series_of, due, prepared, timestamped))
         batch.sketches = []
-        yield from self._emit(due, batch.series, batch.sketches, step)
+        yield from self._emit_sketches(due, batch.sketches, step)
         expired: list[int] = []
         yield from self._expire_counters(now, step, expired)
         if self.on_expired:
             yield from self._unheld(due, expired, step)
             for callback in self.on_expired:
                 callback(expired)
-        batch.series.extend(timestamped)
         self.flushed_contexts = sum(len(b.metrics) + len(b.sketches) for b in due)
 
     # Due buckets are out of ``_buckets``: intake cannot touch them, so they are
@@ -495,16 +511,16 @@ class Aggregator:
             if not done % step:
                 yield
 
-    def _emit(self, due: list[Bucket], series: list, sketches: list, step: int):
-        """Append the series and sketch series of ``due`` to the lists, one per context and suffix.
+    # The series of a flush are built by _series_of each time a sink walks
+    # them; the flush itself only checks the points (non-finite ones are
+    # counted once, here) and builds the series that take more than one
+    # point's arithmetic: a histogram's aggregates, or a context with points in
+    # several due buckets (a late flush, or the final one).  A context's points
+    # from every due bucket are gathered when its first bucket is reached.
 
-        A context's points from every due bucket are gathered when its first
-        bucket is reached, so no map of every series is built: growing one to
-        100,000 entries costs tens of milliseconds in a single resize.  A
-        context in one due bucket only (nearly all of them: one bucket is due
-        per flush) takes :meth:`_add_single`, which builds its one series
-        directly.
-        """
+    def _prepare(self, due: list[Bucket], prepared: dict[int, list[Series]], step: int):
+        """Count the non-finite points of ``due``; build into ``prepared`` the series of its
+        histograms and of the contexts in several buckets."""
         for i, bucket in enumerate(due):
             earlier, later = due[:i], due[i + 1 :]
             budget = step
@@ -515,14 +531,43 @@ class Aggregator:
                 if earlier and any(key in b.metrics for b in earlier):
                     continue
                 if not later or not any(key in b.metrics for b in later):
-                    budget -= self._add_single(metric, bucket.start, series)
-                    continue
+                    point = _one_point(metric)
+                    if point is not None:
+                        budget -= 1
+                        if point[1] - point[1]:  # NaN or infinite, e.g. a counter that overflowed
+                            self.non_finite_points += 1
+                        continue
                 by_suffix: dict[str, Series] = {}
                 for b in due[i:]:
                     other = b.metrics.get(key)
                     if other is not None:
                         budget -= self._add_points(other, b.start, by_suffix)
-                series.extend(by_suffix.values())
+                prepared[key] = list(by_suffix.values())
+
+    @staticmethod
+    def _series_of(due: list[Bucket], prepared: dict[int, list[Series]], timestamped: list[Series]):
+        """The series of a flush, in order: what :meth:`_prepare` left to build, built now."""
+        for i, bucket in enumerate(due):
+            earlier, ts = due[:i], bucket.start
+            for key, metric in bucket.metrics.items():
+                if earlier and any(key in b.metrics for b in earlier):
+                    continue
+                if prepared:
+                    found = prepared.get(key)
+                    if found is not None:
+                        yield from found
+                        continue
+                kind, value = _one_point(metric)  # type: ignore[misc]
+                if value - value:
+                    continue
+                context = metric.context
+                yield Series(context.name, kind, [(ts, value)], context.tags, context.host, BUCKET_SECONDS)
+        yield from timestamped
+
+    def _emit_sketches(self, due: list[Bucket], sketches: list, step: int):
+        """Append the sketch series of ``due`` to the list, one per context."""
+        for i, bucket in enumerate(due):
+            earlier = due[:i]
             for done, (key, (context, _sketch)) in enumerate(bucket.sketches.items(), 1):
                 if not done % step:
                     yield
@@ -530,29 +575,6 @@ class Aggregator:
                     continue
                 points = [(b.start, b.sketches[key][1]) for b in due[i:] if key in b.sketches]
                 sketches.append(SketchSeries(context.name, points, context.tags, context.host, BUCKET_SECONDS))
-
-    def _add_single(self, metric, ts: int, series: list) -> int:
-        """Append the series of a metric whose context has no other due bucket; returns the work, as
-        :meth:`_add_points`.  Counters, gauges and sets give one point, computed here as their
-        ``series`` methods do, without a generator or a map by suffix."""
-        cls = metric.__class__
-        if cls is Counter:
-            kind, value = SERIES_RATE, metric.value / BUCKET_SECONDS
-        elif cls is Gauge:
-            kind, value = SERIES_GAUGE, metric.value
-        elif cls is Set:
-            kind, value = SERIES_GAUGE, float(len(metric.members))
-        else:
-            by_suffix: dict[str, Series] = {}
-            work = self._add_points(metric, ts, by_suffix)
-            series.extend(by_suffix.values())
-            return work
-        if value - value:  # NaN or infinite, e.g. a counter that overflowed
-            self.non_finite_points += 1
-            return 1
-        context = metric.context
-        series.append(Series(context.name, kind, [(ts, value)], context.tags, context.host, BUCKET_SECONDS))
-        return 1
 
     def _add_points(self, metric, ts: int, by_suffix: dict) -> int:
         """Add a metric's points for the bucket starting at ``ts`` to its context's series.

@@ -70,23 +70,32 @@ def series_line(series) -> str:
     series of other types than the aggregator's (int timestamps, float values,
     str names and tags) takes the encoder.
     """
-    points = []
-    for ts, value in series.points:
+    kind, interval, host, points = series.type, series.interval, series.host, series.points
+    if type(kind) is not int or type(interval) is not int or type(host) is not str:
+        return _encode(series_object(series))
+    if len(points) == 1:  # a flush of one bucket: every series
+        ts, value = points[0]
         if type(ts) is not int or type(value) is not float:
             return _encode(series_object(series))
         if value - value:  # NaN or infinite
             raise ValueError("Out of range float values are not JSON compliant")
-        points.append(_POINT % (ts, value))
-    kind, interval, host = series.type, series.interval, series.host
-    if type(kind) is not int or type(interval) is not int or type(host) is not str:
-        return _encode(series_object(series))
+        text = _POINT % (ts, value)
+    else:
+        texts = []
+        for ts, value in points:
+            if type(ts) is not int or type(value) is not float:
+                return _encode(series_object(series))
+            if value - value:
+                raise ValueError("Out of range float values are not JSON compliant")
+            texts.append(_POINT % (ts, value))
+        text = ", ".join(texts)
     try:
         tags = ", ".join(map(_string, series.tags))
         name = _string(series.name)
     except TypeError:
         return _encode(series_object(series))
     resources = f'[{{"type": "host", "name": {_string(host)}}}]' if host else "[]"
-    return _SERIES % (name, kind, ", ".join(points), tags, resources, interval)
+    return _SERIES % (name, kind, text, tags, resources, interval)
 
 
 def percentile_label(q: float) -> str:
