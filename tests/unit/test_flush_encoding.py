@@ -1,4 +1,5 @@
-"""Series lines formatted directly by the jsonl and datadog sinks are the JSON encoder's, byte for byte."""
+"""The sinks' fast paths for the common series give what their general paths give: jsonl and datadog
+series lines are the JSON encoder's, byte for byte; prometheus takes a one-point counter as any counter."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from twisted_statsd.core.model import SERIES_GAUGE, SERIES_RATE, Series
+from twisted_statsd.core.model import SERIES_GAUGE, SERIES_RATE, FlushBatch, Series
 from twisted_statsd.sinks import _datadog_payloads, jsonl
+from twisted_statsd.sinks.prometheus import PrometheusState
 
 text = st.text(max_size=12)
 finite = st.floats(allow_nan=False, allow_infinity=False)
@@ -65,3 +67,27 @@ def test_a_point_json_cannot_carry_raises_as_the_encoder_does(value):
         jsonl.series_line(s)
     with pytest.raises(ValueError):
         _datadog_payloads.series_item(s)
+
+
+@pytest.mark.parametrize(
+    ("value", "total", "dropped"),
+    [
+        (0.3, 3.0, {}),
+        (0.0, 0.0, {}),
+        (-0.1, None, {"negative_counter": 1}),
+        (float("nan"), None, {"non_finite": 1}),
+        (float("inf"), None, {"non_finite": 1}),
+    ],
+)
+def test_prometheus_takes_a_one_point_counter_as_any_counter(value, total, dropped):
+    """One point per counter series is the common case, with a path of its own: same results."""
+    state = PrometheusState()
+    batch = FlushBatch(timestamp=20, series=[Series("c", SERIES_RATE, [(10, value)], ("k:v",), "h", 10)])
+    out = state.update(batch, 20.0)
+    assert out.dropped == dropped
+    assert out.accepted == (0 if total is None else 1)
+    page = state.render().decode()
+    if total is None:
+        assert "c_total{" not in page
+    else:
+        assert f'c_total{{host="h",k="v"}} {total!r}\n' in page

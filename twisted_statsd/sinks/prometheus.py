@@ -210,7 +210,20 @@ class PrometheusState:
         for done, s in enumerate(batch.series, 1):
             if not done % step:
                 yield
-            values = [(ts, v) for ts, v in s.points if isfinite(v)]
+            points = s.points
+            if len(points) == 1 and s.type == SERIES_RATE:  # a counter of one bucket: nearly every series
+                value = points[0][1]
+                increment = float(f"{value * s.interval:.15g}") if isfinite(value) else 0.0
+                if not isfinite(value):
+                    out.drop("non_finite", 1)
+                elif increment < 0.0:
+                    out.drop("negative_counter", 1)
+                else:
+                    series = self._series("counter", s.name, s.tags, s.host, now, out, 1)
+                    if series:
+                        series.value += increment
+                continue
+            values = [(ts, v) for ts, v in points if isfinite(v)]
             if len(values) < len(s.points):
                 out.drop("non_finite", len(s.points) - len(values))
             if s.type in (SERIES_RATE, SERIES_COUNT):
