@@ -456,6 +456,9 @@ class Aggregator:
         arrive meanwhile land in open buckets, which this flush does not touch;
         the counter registry is iterated through snapshots for the same reason.
 
+        ``batch.series`` is a SeriesStream over the closed buckets: the series
+        are built as each sink walks them, so a flush never holds them all.
+
         Counters seen within ``expiry_seconds`` before a flushed bucket get a
         zero point in it; when no bucket is due but a whole interval has passed
         since the previous flush, live counters get a zero point at
