@@ -6,10 +6,13 @@
 CPU: an aggregator holding ``--contexts`` counter contexts with four tags
 (one bucket, as a server sees them after one busy interval) is flushed and the
 batch handed to one sink, which encodes and writes it all; the process CPU
-time of both, divided by the contexts, is the figure (µs per context).  The
-sinks run in turn, ``--runs`` times each (interleaved), each on a fresh
+time of both, divided by the contexts, is the figure (µs per context).  It is
+the steady state: the same contexts were flushed to the same sink one bucket
+before (so they are live counters, and sinks' per-context caches are warm).
+The sinks run in turn, ``--runs`` times each (interleaved), each on a fresh
 aggregator, and the median is reported; ``flush`` alone is the aggregator's
-part.  What each sink does: ``jsonl`` writes its lines to a file;
+part (its series are built as a sink walks them, so that cost is in each
+sink's figure).  What each sink does: ``jsonl`` writes its lines to a file;
 ``prometheus`` folds the batch into its state and renders the page once (one
 scrape per flush); ``graphite`` formats the carbon lines and encodes them as
 its connection writes them; ``datadog`` and ``otlp`` build their gzipped
