@@ -75,7 +75,7 @@ def test_the_series_are_built_again_the_same_for_every_sink():
     first, second = list(batch.series), list(batch.series)
     assert first == second and first is not second and first[0] is not second[0]
     assert len(batch.series) == 10 and batch.series and batch.series == first
-    assert batch.series[3] == first[3]
+    assert batch.series[3] == first[3] and list(reversed(batch.series)) == first[::-1]
     assert {s.tags for s in batch.series} == {(f"id:{i}",) for i in range(10)}
     assert all(s.type == SERIES_RATE and s.points == [(1000, 0.1)] for s in batch.series)
 

@@ -191,6 +191,10 @@ class SeriesStream(Sequence[Series]):
     def __getitem__(self, index):
         return list(self._produce())[index]
 
+    def __reversed__(self) -> Iterator[Series]:
+        # Sequence's own would build every series once per item.
+        return reversed(list(self._produce()))
+
     def __eq__(self, other) -> bool:
         if isinstance(other, SeriesStream | list):
             return list(self) == list(other)
