@@ -30,6 +30,7 @@ closed, blocklist applied); the sink writes that follow are not included.
 from __future__ import annotations
 
 import gc
+from functools import partial
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -43,7 +44,7 @@ from twisted_statsd._stop_deadline import StopDeadline
 from twisted_statsd._twisted_helpers import deadline
 from twisted_statsd.core.aggregator import Aggregator
 from twisted_statsd.core.enrich import Blocklist
-from twisted_statsd.core.model import COUNTER, GAUGE, Context, FlushBatch
+from twisted_statsd.core.model import COUNTER, GAUGE, Context, FlushBatch, SeriesStream
 from twisted_statsd.interfaces import IMetricSink
 from twisted_statsd.telemetry import Telemetry
 
@@ -60,6 +61,11 @@ THAW_EVERY = 240
 # How long a whole stop may take: the sinks taking the final flush, then sending what they hold
 # (one budget shared by every wait, see _stop_deadline.py).
 SINK_STOP_TIMEOUT = 30.0
+
+
+def _unblocked(series, blocks):
+    """The series whose names ``blocks`` lets through, as the sinks walk them."""
+    return (s for s in series if not blocks(s.name))
 
 
 class FlushService(Service):
@@ -184,7 +190,8 @@ class FlushService(Service):
             batch = FlushBatch(timestamp=now)
             await self._run(self.aggregator.flush_steps(now, batch, final=final))
             if self.blocklist:
-                batch.series = [s for s in batch.series if not self.blocklist.blocks(s.name)]
+                blocks = self.blocklist.blocks
+                batch.series = SeriesStream(partial(_unblocked, batch.series, blocks))
             self.telemetry.set_gauge("flush_duration", self.clock.seconds() - started)
             if final:
                 # No later flush records them: counted now, they are logged at stop.

@@ -18,6 +18,10 @@ class IMetricSink(Interface):
         """
         Deliver one :class:`twisted_statsd.core.model.FlushBatch`.
 
+        Its ``series`` are built as they are iterated (a SeriesStream): walk
+        them, a slice per reactor turn when there are many, and keep only
+        what the sink needs.
+
         @return: a Deferred that fires when the batch is written (or has failed;
             the caller counts and logs the failure and goes on).
         """

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from itertools import accumulate, repeat
 from operator import itemgetter, mul, truediv
 
@@ -31,6 +32,7 @@ from twisted_statsd.core.model import (
     Context,
     FlushBatch,
     Series,
+    SeriesStream,
     SketchSeries,
 )
 from twisted_statsd.core.sketch import Sketch
@@ -245,6 +247,19 @@ def _feed(metric, other) -> None:
         metric.add(value, rate, other.last)
 
 
+def _one_point(metric) -> tuple[int, float] | None:
+    """The (series type, value) of a counter's, gauge's or set's one point, as their ``series``
+    give it; None for a histogram (its ``series`` gives several)."""
+    cls = metric.__class__
+    if cls is Counter:
+        return SERIES_RATE, metric.value / BUCKET_SECONDS
+    if cls is Gauge:
+        return SERIES_GAUGE, metric.value
+    if cls is Set:
+        return SERIES_GAUGE, float(len(metric.members))
+    return None
+
+
 def _weighted_rank(ordered: list[float], cumulative: list[float] | None, target: float) -> float:
     """The first value whose cumulative weight exceeds ``target``, else the last (DogStatsD's rank rule).
 
@@ -316,7 +331,8 @@ class Aggregator:
         # Contexts (per bucket) in the last flush, for telemetry.
         self.flushed_contexts = 0
         # Called at the end of each flush with the keys of the contexts it left
-        # unheld (no open bucket, no live counter): the context limiter's count.
+        # unheld (no open bucket, no live counter), a slice of them per call:
+        # the context limiter's count.
         self.on_expired = list(on_expired)
 
     # -- intake ---------------------------------------------------------------
@@ -441,6 +457,9 @@ class Aggregator:
         arrive meanwhile land in open buckets, which this flush does not touch;
         the counter registry is iterated through snapshots for the same reason.
 
+        ``batch.series`` is a SeriesStream over the closed buckets: the series
+        are built as each sink walks them, so a flush never holds them all.
+
         Counters seen within ``expiry_seconds`` before a flushed bucket get a
         zero point in it; when no bucket is due but a whole interval has passed
         since the previous flush, live counters get a zero point at
@@ -458,16 +477,22 @@ class Aggregator:
             yield from self._note_counter_activity(bucket, step)
         for bucket in due:
             yield from self._zero_fill(bucket, step)
-        batch.series = []
+        prepared: dict[int, list[Series]] = {}
+        yield from self._prepare(due, prepared, step)
+        batch.series = SeriesStream(partial(self._series_of, due, prepared, timestamped))
         batch.sketches = []
-        yield from self._emit(due, batch.series, batch.sketches, step)
+        yield from self._emit_sketches(due, batch.sketches, step)
         expired: list[int] = []
         yield from self._expire_counters(now, step, expired)
         if self.on_expired:
             yield from self._unheld(due, expired, step)
-            for callback in self.on_expired:
-                callback(expired)
-        batch.series.extend(timestamped)
+            # A step's worth at a time: the limiter's count of 100,000 expired
+            # contexts held the reactor for about 150 ms in one call.
+            for start in range(0, len(expired), step):
+                unheld = expired[start : start + step]
+                for callback in self.on_expired:
+                    callback(unheld)
+                yield
         self.flushed_contexts = sum(len(b.metrics) + len(b.sketches) for b in due)
 
     # Due buckets are out of ``_buckets``: intake cannot touch them, so they are
@@ -495,34 +520,69 @@ class Aggregator:
             if not done % step:
                 yield
 
-    def _emit(self, due: list[Bucket], series: list, sketches: list, step: int):
-        """Append the series and sketch series of ``due`` to the lists, one per context and suffix.
+    # The series of a flush are built by _series_of each time a sink walks
+    # them; the flush itself only checks the points (non-finite ones are
+    # counted once, here) and builds the series that take more than one
+    # point's arithmetic: a histogram's aggregates, or a context with points in
+    # several due buckets (a late flush, or the final one).  A context's points
+    # from every due bucket are gathered when its first bucket is reached.
 
-        A context's points from every due bucket are gathered when its first
-        bucket is reached, so no map of every series is built: growing one to
-        100,000 entries costs tens of milliseconds in a single resize.
-        """
+    def _prepare(self, due: list[Bucket], prepared: dict[int, list[Series]], step: int):
+        """Count the non-finite points of ``due``; build into ``prepared`` the series of its
+        histograms and of the contexts in several buckets."""
         for i, bucket in enumerate(due):
-            earlier, rest = due[:i], due[i:]
+            earlier, later = due[:i], due[i + 1 :]
             budget = step
-            for key in bucket.metrics:
+            for key, metric in bucket.metrics.items():
                 if budget <= 0:
                     budget = step
                     yield
                 if earlier and any(key in b.metrics for b in earlier):
                     continue
+                if not later or not any(key in b.metrics for b in later):
+                    point = _one_point(metric)
+                    if point is not None:
+                        budget -= 1
+                        if point[1] - point[1]:  # NaN or infinite, e.g. a counter that overflowed
+                            self.non_finite_points += 1
+                        continue
                 by_suffix: dict[str, Series] = {}
-                for b in rest:
-                    metric = b.metrics.get(key)
-                    if metric is not None:
-                        budget -= self._add_points(metric, b.start, by_suffix)
-                series.extend(by_suffix.values())
+                for b in due[i:]:
+                    other = b.metrics.get(key)
+                    if other is not None:
+                        budget -= self._add_points(other, b.start, by_suffix)
+                prepared[key] = list(by_suffix.values())
+
+    @staticmethod
+    def _series_of(due: list[Bucket], prepared: dict[int, list[Series]], timestamped: list[Series]):
+        """The series of a flush, in order: what :meth:`_prepare` left to build, built now."""
+        for i, bucket in enumerate(due):
+            earlier, ts = due[:i], bucket.start
+            for key, metric in bucket.metrics.items():
+                if earlier and any(key in b.metrics for b in earlier):
+                    continue
+                if prepared:
+                    found = prepared.get(key)
+                    if found is not None:
+                        yield from found
+                        continue
+                kind, value = _one_point(metric)  # type: ignore[misc]
+                if value - value:
+                    continue
+                context = metric.context
+                yield Series(context.name, kind, [(ts, value)], context.tags, context.host, BUCKET_SECONDS)
+        yield from timestamped
+
+    def _emit_sketches(self, due: list[Bucket], sketches: list, step: int):
+        """Append the sketch series of ``due`` to the list, one per context."""
+        for i, bucket in enumerate(due):
+            earlier = due[:i]
             for done, (key, (context, _sketch)) in enumerate(bucket.sketches.items(), 1):
                 if not done % step:
                     yield
                 if earlier and any(key in b.sketches for b in earlier):
                     continue
-                points = [(b.start, b.sketches[key][1]) for b in rest if key in b.sketches]
+                points = [(b.start, b.sketches[key][1]) for b in due[i:] if key in b.sketches]
                 sketches.append(SketchSeries(context.name, points, context.tags, context.host, BUCKET_SECONDS))
 
     def _add_points(self, metric, ts: int, by_suffix: dict) -> int:

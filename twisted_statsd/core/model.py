@@ -8,6 +8,7 @@ context.  Flush output is plain data that every sink can serialise.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from hashlib import blake2b
 
@@ -162,6 +163,49 @@ class Series:
     interval: int = 10
 
 
+class SeriesStream(Sequence[Series]):
+    """The series of a flush, built afresh each time they are iterated.
+
+    A flush of a million contexts would hold a million Series (about 250 B
+    each, with their point lists) from the flush until the slowest sink is
+    done; built from the closed buckets as each sink walks them, a flush holds
+    only what each sink has in hand.  ``produce`` must give the same series
+    every time: the aggregator builds them from buckets nothing changes any
+    more.  Indexing and ``len`` build them all (for inspection and tests).
+    """
+
+    __slots__ = ("_produce",)
+
+    def __init__(self, produce: Callable[[], Iterator[Series]]):
+        self._produce = produce
+
+    def __iter__(self) -> Iterator[Series]:
+        return self._produce()
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._produce())
+
+    def __bool__(self) -> bool:
+        return next(self._produce(), None) is not None
+
+    def __getitem__(self, index):
+        return list(self._produce())[index]
+
+    def __reversed__(self) -> Iterator[Series]:
+        # Sequence's own would build every series once per item.
+        return reversed(list(self._produce()))
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, SeriesStream | list):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"SeriesStream({list(self)!r})"
+
+
 @dataclass(slots=True)
 class SketchSeries:
     """The distribution sketches of one context, one per flushed bucket."""
@@ -205,7 +249,8 @@ class FlushBatch:
     """Everything one flush hands to the sinks."""
 
     timestamp: float
-    series: list[Series] = field(default_factory=list)
+    # A SeriesStream from the aggregator; a list where a batch is built by hand.
+    series: Sequence[Series] = field(default_factory=list)
     sketches: list[SketchSeries] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     service_checks: list[ServiceCheck] = field(default_factory=list)

@@ -95,6 +95,8 @@ _GZIP_OVERHEAD = 18 + 64
 # Work done between two yields of build_payloads: bounded, so a big flush is
 # sliced by the caller's Cooperator instead of stalling the reactor.
 STEP_BYTES = 64 * 1024
+# Input held before it is given to the compressor.
+COMPRESS_BYTES = 16 * 1024
 STEP_ITEMS = 64
 
 DropCounter = Callable[[str, int], None]
@@ -141,17 +143,30 @@ class PayloadBuilder:
         self._start()
 
     # Invariant: _out_len is the length of everything in _out; _pending counts
-    # the input given to the compressor since its last sync flush (an upper
-    # bound on what it holds back); _size is the exact uncompressed length.
+    # the input since the compressor's last sync flush, given to it or still
+    # held in _held (an upper bound on what is not in _out yet); _size is the
+    # exact uncompressed length.  Items are held and given to the compressor
+    # COMPRESS_BYTES at a time: one call per item costs more than the deflating.
     def _start(self) -> None:
         self._z = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
         first = self._z.compress(self.prefix)
         self._out = [first]
         self._out_len = len(first)
+        self._held: list[bytes] = []
+        self._held_len = 0
         self._pending = len(self.prefix)
         self._size = len(self.prefix)
         self._items = 0
         self._points = 0
+
+    def _compress_held(self) -> None:
+        if self._held:
+            chunk = self._z.compress(b"".join(self._held))
+            self._held.clear()
+            self._held_len = 0
+            if chunk:
+                self._out.append(chunk)
+                self._out_len += len(chunk)
 
     def _fits(self, length: int, points: int) -> bool:
         endpoint = self.endpoint
@@ -166,6 +181,7 @@ class PayloadBuilder:
         if self._out_len + _deflate_bound(self._pending + added + len(self.suffix)) <= limit:
             return True
         if self._pending:
+            self._compress_held()
             synced = self._z.flush(zlib.Z_SYNC_FLUSH)
             self._out.append(synced)
             self._out_len += len(synced)
@@ -189,13 +205,15 @@ class PayloadBuilder:
             closed = self.finish()
             if not self._fits(len(item), points):
                 return closed, False
-        data = b"," + item if self._items else item
-        chunk = self._z.compress(data)
-        if chunk:
-            self._out.append(chunk)
-            self._out_len += len(chunk)
-        self._pending += len(data)
-        self._size += len(data)
+        if self._items:
+            self._held.append(b",")
+        self._held.append(item)
+        length = len(item) + (1 if self._items else 0)
+        self._held_len += length
+        if self._held_len >= COMPRESS_BYTES:
+            self._compress_held()
+        self._pending += length
+        self._size += length
         self._items += 1
         self._points += points
         return closed, True
@@ -204,6 +222,7 @@ class PayloadBuilder:
         """Close the current payload (None when it has no item) and start a new one."""
         if not self._items:
             return None
+        self._compress_held()
         self._out.append(self._z.compress(self.suffix))
         self._out.append(self._z.flush())
         payload = Payload(self.endpoint, b"".join(self._out), self._items, self._size + len(self.suffix))
@@ -219,7 +238,7 @@ def _dumps(obj) -> bytes:
     return _encode(obj).encode()
 
 
-def series_item(series: Series) -> bytes:
+def series_object(series: Series) -> dict:
     """A metrics API v2 series; the host resource is left out when there is no host."""
     obj = {
         "metric": series.name,
@@ -230,7 +249,39 @@ def series_item(series: Series) -> bytes:
     }
     if series.host:
         obj["resources"] = [{"type": "host", "name": series.host}]
-    return _dumps(obj)
+    return obj
+
+
+# The string encoder ``_encode`` uses (ensure_ascii), for series written without it.
+_string = json.encoder.encode_basestring_ascii
+_POINT = '{"timestamp":%d,"value":%r}'
+_SERIES = '{"metric":%s,"type":%d,"points":[%s],"tags":[%s],"interval":%d%s}'
+
+
+def series_item(series: Series) -> bytes:
+    """``_dumps(series_object(series))``, formatted directly: a flush encodes one per context.
+
+    Raises ValueError for a point JSON cannot carry, as the encoder does; a
+    series of other types than the aggregator's (int timestamps, float values,
+    str names and tags) takes the encoder.
+    """
+    points = []
+    for ts, value in series.points:
+        if type(ts) is not int or type(value) is not float:
+            return _dumps(series_object(series))
+        if value - value:  # NaN or infinite
+            raise ValueError("Out of range float values are not JSON compliant")
+        points.append(_POINT % (ts, value))
+    kind, interval, host = series.type, series.interval, series.host
+    if type(kind) is not int or type(interval) is not int or type(host) is not str:
+        return _dumps(series_object(series))
+    try:
+        tags = ",".join(map(_string, series.tags))
+        name = _string(series.name)
+    except TypeError:
+        return _dumps(series_object(series))
+    resources = f',"resources":[{{"type":"host","name":{_string(host)}}}]' if host else ""
+    return (_SERIES % (name, kind, ",".join(points), tags, interval, resources)).encode()
 
 
 def service_check_item(check: ServiceCheck) -> bytes:

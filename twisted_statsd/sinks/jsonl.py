@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from itertools import chain, islice
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IWriteDescriptor
@@ -33,6 +34,8 @@ LINES_PER_STEP = 100
 
 # One encoder for every line: json.dumps with an option builds a new one per call.
 _encode = json.JSONEncoder(allow_nan=False).encode
+# The string encoder that one uses (ensure_ascii), for lines written without it.
+_string = json.encoder.encode_basestring_ascii
 
 # Output held for a slow reader of standard output before lines are dropped.
 STDOUT_BUFFER_LIMIT = 16 * 1024 * 1024
@@ -54,6 +57,45 @@ def series_object(series) -> dict:
         "resources": _resources(series.host),
         "interval": series.interval,
     }
+
+
+_POINT = '{"timestamp": %d, "value": %r}'
+_SERIES = '{"metric": %s, "type": %d, "points": [%s], "tags": [%s], "resources": %s, "interval": %d}'
+
+
+def series_line(series) -> str:
+    """``_encode(series_object(series))``, formatted directly: a flush writes one per context.
+
+    Raises ValueError for a point JSON cannot carry, as the encoder does.  A
+    series of other types than the aggregator's (int timestamps, float values,
+    str names and tags) takes the encoder.
+    """
+    kind, interval, host, points = series.type, series.interval, series.host, series.points
+    if type(kind) is not int or type(interval) is not int or type(host) is not str:
+        return _encode(series_object(series))
+    if len(points) == 1:  # a flush of one bucket: every series
+        ts, value = points[0]
+        if type(ts) is not int or type(value) is not float:
+            return _encode(series_object(series))
+        if value - value:  # NaN or infinite
+            raise ValueError("Out of range float values are not JSON compliant")
+        text = _POINT % (ts, value)
+    else:
+        texts = []
+        for ts, value in points:
+            if type(ts) is not int or type(value) is not float:
+                return _encode(series_object(series))
+            if value - value:
+                raise ValueError("Out of range float values are not JSON compliant")
+            texts.append(_POINT % (ts, value))
+        text = ", ".join(texts)
+    try:
+        tags = ", ".join(map(_string, series.tags))
+        name = _string(series.name)
+    except TypeError:
+        return _encode(series_object(series))
+    resources = f'[{{"type": "host", "name": {_string(host)}}}]' if host else "[]"
+    return _SERIES % (name, kind, text, tags, resources, interval)
 
 
 def percentile_label(q: float) -> str:
@@ -107,16 +149,24 @@ def service_check_object(check: ServiceCheck) -> dict:
     }
 
 
-def batch_objects(batch: FlushBatch, percentiles):
-    """Every object of a flush, in output order."""
+def batch_lines(batch: FlushBatch, percentiles):
+    """Every line of a flush, in output order, without its newline; None in place of
+    an object JSON cannot carry (NaN or infinity, e.g. the sum of a distribution that overflowed)."""
     for series in batch.series:
-        yield series_object(series)
-    for sketch_series in batch.sketches:
-        yield from sketch_objects(sketch_series, percentiles)
-    for event in batch.events:
-        yield event_object(event)
-    for check in batch.service_checks:
-        yield service_check_object(check)
+        try:
+            yield series_line(series)
+        except ValueError:
+            yield None
+    objects = chain(
+        chain.from_iterable(sketch_objects(s, percentiles) for s in batch.sketches),
+        map(event_object, batch.events),
+        map(service_check_object, batch.service_checks),
+    )
+    for obj in objects:
+        try:
+            yield _encode(obj)
+        except ValueError:
+            yield None
 
 
 @implementer(IWriteDescriptor)
@@ -278,27 +328,22 @@ class JsonlSink(BindingService):
             self._file = AppendFile(self.path, self.telemetry)
 
     def write(self, batch: FlushBatch):
-        return self._cooperator.coiterate(self._write_steps(batch_objects(batch, self.percentiles)))
+        return self._cooperator.coiterate(self._write_steps(batch_lines(batch, self.percentiles)))
 
-    def _write_steps(self, objects):
-        """Encode and write a flush; an object JSON cannot carry is left out, never the whole flush."""
+    def _write_steps(self, lines):
+        """Write a flush's lines; an object JSON cannot carry is left out, never the whole flush."""
         out = self._file
         if out is None:
             raise RuntimeError("the jsonl sink was written to before it opened its output")
-        lines = []
         unencodable = 0
-        for obj in objects:
-            try:
-                lines.append(_encode(obj))
-            except ValueError:  # NaN or infinity, e.g. the sum of a distribution that overflowed
-                unencodable += 1
-                continue
-            if len(lines) >= LINES_PER_STEP:
-                out.write(("\n".join(lines) + "\n").encode())
-                lines = []
-                yield None
-        if lines:
-            out.write(("\n".join(lines) + "\n").encode())
+        while chunk := list(islice(lines, LINES_PER_STEP)):
+            if None in chunk:
+                unencodable += chunk.count(None)
+                chunk = [line for line in chunk if line is not None]
+            if chunk:
+                chunk.append("")
+                out.write("\n".join(chunk).encode())
+            yield None
         if unencodable:
             self.telemetry.drop("jsonl_unencodable", unencodable)
             self.log.warn(

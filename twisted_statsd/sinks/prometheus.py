@@ -184,6 +184,11 @@ class PrometheusState:
         self._recent: dict[tuple[str, tuple], _Series] = {}
         self._names: dict[tuple[str, str], str] = {}
         self._labels: dict[tuple, tuple] = {}
+        # (kind, name, tags, host) -> (family name, labels), the key of ``_recent``: for the
+        # contexts of the current update and those of the previous one, so a steady set of
+        # contexts is looked up once per flush, whatever its size.
+        self._keys: dict[tuple, tuple[str, tuple]] = {}
+        self._previous_keys: dict[tuple, tuple[str, tuple]] = {}
         self._logged_conflicts: set[str] = set()
         self._page: bytes | None = None
 
@@ -201,10 +206,24 @@ class PrometheusState:
 
     def update_steps(self, batch: FlushBatch, now: float, out: Outcome, step: int = UPDATE_STEP):
         """Fold one flush in, yielding every ``step`` series so a Cooperator can slice it."""
+        self._previous_keys, self._keys = self._keys, {}
         for done, s in enumerate(batch.series, 1):
             if not done % step:
                 yield
-            values = [(ts, v) for ts, v in s.points if isfinite(v)]
+            points = s.points
+            if len(points) == 1 and s.type == SERIES_RATE:  # a counter of one bucket: nearly every series
+                value = points[0][1]
+                increment = float(f"{value * s.interval:.15g}") if isfinite(value) else 0.0
+                if not isfinite(value):
+                    out.drop("non_finite", 1)
+                elif increment < 0.0:
+                    out.drop("negative_counter", 1)
+                else:
+                    series = self._series("counter", s.name, s.tags, s.host, now, out, 1)
+                    if series:
+                        series.value += increment
+                continue
+            values = [(ts, v) for ts, v in points if isfinite(v)]
             if len(values) < len(s.points):
                 out.drop("non_finite", len(s.points) - len(values))
             if s.type in (SERIES_RATE, SERIES_COUNT):
@@ -251,7 +270,14 @@ class PrometheusState:
     def _series(self, kind: str, name: str, tags, host: str, now: float, out: Outcome, points: int):
         """The series a context's points go to, created if new and marked as updated at ``now``;
         None (the points counted as dropped) when its name belongs to another family."""
-        family_name = self._family_name(kind, name)
+        context = (kind, name, tags, host)
+        key = self._keys.get(context)
+        if key is None:
+            key = self._previous_keys.get(context)
+            if key is None:
+                key = (self._family_name(kind, name), self._label_pairs(tags, host, kind in ("summary", "histogram")))
+            self._keys[context] = key
+        family_name, labels = key
         family = self._families.get(family_name)
         if family is None or family.kind != kind:
             holder = self._claim(family_name, kind)
@@ -262,8 +288,6 @@ class PrometheusState:
                     out.conflicts.append((family_name, kind, holder))
                 return None
             family = self._families[family_name] = _Family(family_name, kind, f"DogStatsD {name}")
-        labels = self._label_pairs(tags, host, kind in ("summary", "histogram"))
-        key = (family_name, labels)
         series = self._recent.pop(key, None)
         if series is None:
             size = len(self.quantiles) if kind == "summary" else len(self.buckets)
