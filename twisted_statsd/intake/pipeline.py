@@ -44,7 +44,7 @@ from twisted_statsd.core import parser
 from twisted_statsd.core.aggregator import Aggregator, bucket_start
 from twisted_statsd.core.enrich import Enricher, Target
 from twisted_statsd.core.limits import ContextLimiter
-from twisted_statsd.core.model import COUNTER, DISTRIBUTION, GAUGE, SET, Context, forget_shared_tag_sets
+from twisted_statsd.core.model import COUNTER, GAUGE, SET, Context, forget_shared_tag_sets
 from twisted_statsd.core.parser import ParseError, parse_values
 from twisted_statsd.intake.shapes import Shape, ShapeCache
 from twisted_statsd.intake.staging import Staging
@@ -234,11 +234,8 @@ class Pipeline:
                 except ValueError:
                     value = math.nan
                 if value - value == 0.0:
-                    single = (value,)
-                    runs.append((shape.context, shape.type, shape.rate, single))
+                    runs.append((shape, (value,)))
                     staging.kept += 1
-                    if shape.copy is not None:
-                        runs.append((shape.copy, DISTRIBUTION, shape.rate, single))
                     continue
             self._convert(shape, raw)
 
@@ -407,9 +404,9 @@ class Pipeline:
             )
             return
         if target.type == SET:
-            self.staging.add_run(target, (message.set_member,))
+            self.staging.add_target_run(target, (message.set_member,))
         else:
-            self.staging.add_run(target, self._finite(message.values, line))
+            self.staging.add_target_run(target, self._finite(message.values, line))
 
     def _timestamped(self, target: Target, message, line: bytes) -> int:
         """Send a client-timestamped line down the no-aggregation path (spec §6.7)."""

@@ -33,27 +33,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from twisted_statsd.core.aggregator import METRIC_CLASSES
+from twisted_statsd.core.aggregator import METRIC_CLASSES, Route
 from twisted_statsd.core.enrich import Target
 from twisted_statsd.core.model import DISTRIBUTION, GAUGE, SET, Context
 from twisted_statsd.telemetry import Telemetry
 
 
-class Shape:
-    """Where the values of a learnt line shape go: a context and type at a sample rate.
+class Shape(Route):
+    """Where the values of a learnt line shape go: the aggregator's route of its context, type and rate.
 
-    ``copy`` is the distribution context that histogram values are also copied
-    to (``histogram_copy_to_distribution``); ``key`` the cache key the shape was
-    learnt under, kept to rebuild a line for error reports.
+    ``key`` is the cache key the shape was learnt under, kept to rebuild a line
+    for error reports.
     """
 
-    __slots__ = ("context", "copy", "key", "rate", "type")
+    __slots__ = ("key",)
 
     def __init__(self, target: Target, key: bytes):
-        self.type: bytes = target.type
-        self.context: Context = target.context
-        self.rate: float = target.rate
-        self.copy: Context | None = target.copy
+        super().__init__(target.context, target.type, target.rate, target.copy)
         self.key = key
 
     def line(self, raw: bytes) -> bytes:
