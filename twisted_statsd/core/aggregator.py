@@ -11,7 +11,7 @@ about where a sample goes (the first type in a bucket decides, the counter
 registry, sample weights); the intake hands it a batch through
 :meth:`Aggregator.add_runs`, runs of values per :class:`Route`.  A route
 remembers the metric its context has in the open bucket, so a run of a known
-context costs no dictionary probe, only one batch method call (``add_many``)
+context costs no dictionary probe, only one batch method call (``add_run``)
 on its metric.
 """
 
@@ -35,7 +35,7 @@ from twisted_statsd.core.model import (
     Series,
     SketchSeries,
 )
-from twisted_statsd.core.sketch import Sketch
+from twisted_statsd.core.sketch import Sketch, sketch_weight
 
 BUCKET_SECONDS = 10
 
@@ -75,7 +75,7 @@ class Route:
         self.type = type
         self.rate = rate
         self.copy = copy
-        self.metric: Metric | None = None
+        self.metric: Metric | Sketch | None = None
         self.serial = 0
 
 
@@ -87,11 +87,6 @@ Run = tuple[Route, Sequence]
 def histogram_weight(rate: float) -> float:
     """A histogram sample's weight: ``1 / rate``, and 1 for a rate that is not positive and finite."""
     return 1.0 / rate if 0.0 < rate < math.inf else 1.0
-
-
-def sketch_weight(rate: float) -> float:
-    """A distribution sample's weight: ``1 / rate``, and 1 for a rate outside (0, 1] (spec §1.4)."""
-    return 1.0 / rate if 0.0 < rate <= 1.0 else 1.0
 
 
 def bucket_start(now: float) -> int:
@@ -122,7 +117,7 @@ class Gauge(_Scalar):
         self.value = value
         self.last = now
 
-    def add_many(self, values: Sequence[float], rate: float, now: float) -> None:
+    def add_run(self, values: Sequence[float], rate: float, now: float) -> None:
         self.value = values[-1]
         self.last = now
 
@@ -149,7 +144,7 @@ class Counter(_Scalar):
         self.value += value / rate if rate else value
         self.last = now
 
-    def add_many(self, values: Sequence[float], rate: float, now: float) -> None:
+    def add_run(self, values: Sequence[float], rate: float, now: float) -> None:
         # Summed left to right from the current value, as ``add`` one by one would.
         self.value = sum(values if rate == 1.0 or not rate else map(truediv, values, repeat(rate)), self.value)
         self.last = now
@@ -179,7 +174,7 @@ class Set:
         self.members.add(member)
         self.last = now
 
-    def add_many(self, members: Sequence, rate: float, now: float) -> None:
+    def add_run(self, members: Sequence, rate: float, now: float) -> None:
         self.members.update(members)
         self.last = now
 
@@ -218,7 +213,7 @@ class Histogram:
         self.weights.append(histogram_weight(rate))
         self.last = now
 
-    def add_many(self, values: Sequence[float], rate: float, now: float) -> None:
+    def add_run(self, values: Sequence[float], rate: float, now: float) -> None:
         self.values.extend(values)
         self.weights.extend(repeat(histogram_weight(rate), len(values)))
         self.last = now
@@ -400,7 +395,7 @@ class Aggregator:
         serial = bucket.serial
         for route, values in runs:
             if route.serial == serial:
-                route.metric.add_many(values, route.rate, now)  # type: ignore[union-attr]  # set with the serial
+                route.metric.add_run(values, route.rate, now)  # type: ignore[union-attr]  # set with the serial
             else:
                 self._add_run(bucket, route, values, now)
             if route.copy is not None:
@@ -415,14 +410,16 @@ class Aggregator:
         """
         mtype, context, rate = route.type, route.context, route.rate
         if mtype == DISTRIBUTION:
-            self._sketch(bucket, context).add_many(values, sketch_weight(rate))
+            sketch = self._sketch(bucket, context)
+            route.metric, route.serial = sketch, bucket.serial
+            sketch.add_run(values, rate, now)
             return
         metric = bucket.metrics.get(context.key)
         if metric is None:
             metric = self._new_metric(bucket, context, mtype, now)
         if metric.__class__ is METRIC_CLASSES[mtype]:
             route.metric, route.serial = metric, bucket.serial
-            metric.add_many(values, rate, now)
+            metric.add_run(values, rate, now)
             return
         if mtype == SET:  # a member carries no number, nor a sample rate, for another type
             for _ in values:

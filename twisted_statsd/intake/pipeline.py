@@ -16,7 +16,8 @@ What happens next depends on how many shapes are cached, from measurements
   repeated context costs a few C calls per line plus a share of one fold.
 * many: each shape would hold about one value per fold, where staging costs
   more than it saves; each line's value is converted as it comes, and the
-  batch is handed over at its end.
+  batch is handed over at its end, in arrival order.  This lasts until the
+  shape cache's next generation (its ``in_order``).
 
 Lines that cannot take the bulk path go one at a time, in order, through the
 full parser: new shapes, events, service checks, client-timestamped lines,
@@ -145,9 +146,10 @@ class Pipeline:
         if origin is not None:
             keys = list(map(_concat, repeat(b"\n" + origin + b"\n"), keys))
         staging = self.staging
-        if len(self.shapes) > FEW_SHAPES:
+        if self.shapes.in_order or len(self.shapes) > FEW_SHAPES:
             if staging:  # staged while there were few shapes: those samples come first
                 self.fold()
+            self.shapes.in_order = True  # no staging until the next generation
             staging.note(len(lines), now)
             self._each(lines, keys, list(map(_first, tails)), now, origin, stage=False)
             self.fold()
@@ -217,6 +219,7 @@ class Pipeline:
         get = self.shapes.get
         staging = self.staging
         values, runs = staging.values, staging.runs  # emptied in place by a fold meanwhile
+        append = runs.append
         for line, key, raw in zip(lines, keys, raws, strict=True):
             shape = get(key)
             if shape is None:
@@ -234,7 +237,7 @@ class Pipeline:
                 except ValueError:
                     value = math.nan
                 if value - value == 0.0:
-                    runs.append((shape, (value,)))
+                    append((shape, (value,)))
                     staging.kept += 1
                     continue
             self._convert(shape, raw)
