@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from itertools import repeat
-from operator import itemgetter
+from itertools import compress, repeat
+from operator import attrgetter, call, itemgetter
 from typing import cast
 
 from twisted_statsd._ratelimit import RateLimitedReporter
@@ -45,7 +45,16 @@ from twisted_statsd.core import parser
 from twisted_statsd.core.aggregator import Aggregator, bucket_start
 from twisted_statsd.core.enrich import Enricher, Target
 from twisted_statsd.core.limits import ContextLimiter
-from twisted_statsd.core.model import COUNTER, GAUGE, SET, Context, forget_shared_tag_sets
+from twisted_statsd.core.model import (
+    COUNTER,
+    DISTRIBUTION,
+    GAUGE,
+    HISTOGRAM,
+    SET,
+    TIMING,
+    Context,
+    forget_shared_tag_sets,
+)
 from twisted_statsd.core.parser import ParseError, parse_values
 from twisted_statsd.intake.shapes import Shape, ShapeCache
 from twisted_statsd.intake.staging import Staging
@@ -72,7 +81,11 @@ _REFUSALS = {
     "zero_sample_rate": "a counter with sample rate 0 has no value",
 }
 
+# How the value of a line of each type is converted on the C-level path (a set member stays bytes).
+_CONVERTERS = {COUNTER: float, GAUGE: float, HISTOGRAM: float, TIMING: float, DISTRIBUTION: float, SET: bytes}
+
 _first = itemgetter(0)
+_type = attrgetter("type")
 _third = itemgetter(2)
 _partition = bytes.partition
 _concat = bytes.__add__
@@ -151,7 +164,13 @@ class Pipeline:
                 self.fold()
             self.shapes.in_order = True  # no staging until the next generation
             staging.note(len(lines), now)
-            self._each(lines, keys, list(map(_first, tails)), now, origin, stage=False)
+            raws = list(map(_first, tails))
+            shapes = self.shapes.lookup(keys)
+            cut = shapes.index(None) if None in shapes else len(shapes)  # no None before the cut
+            if cut and self._convert_all(cast("list[Shape]", shapes[:cut]), raws[:cut]):
+                lines, keys, raws = lines[cut:], keys[cut:], raws[cut:]
+            if lines:
+                self._each(lines, keys, raws, now, origin, stage=False)
             self.fold()
             return
         staging.note(len(lines), now)
@@ -296,6 +315,34 @@ class Pipeline:
         return self.aggregator.knows(context, now)
 
     # -- values -----------------------------------------------------------------------
+
+    def _convert_all(self, shapes: list[Shape], raws: list[bytes]) -> bool:
+        """Queue one run per line of learnt shapes, with C-level calls only; False (nothing queued) if any
+        value needs the careful path.
+
+        Each value is converted by its type's converter (``float``, or
+        ``bytes`` for a set member, which returns the member itself); the
+        numeric ones must be plain decimals, all finite, as in :meth:`_values_of`.
+        """
+        types = list(map(_type, shapes))
+        if SET in types:
+            if b"" in raws:  # an empty set member is an error to report
+                return False
+            numeric = list(map(SET.__ne__, types))
+            digits = b"".join(compress(raws, numeric))
+        else:
+            numeric, digits = None, b"".join(raws)
+        if digits.strip(_DECIMAL):
+            return False
+        try:
+            values = list(map(call, map(_CONVERTERS.__getitem__, types), raws))
+        except ValueError:
+            return False
+        total = sum(values if numeric is None else compress(values, numeric))
+        if total - total != 0.0:  # an infinite value, or finite ones whose sum overflows
+            return False
+        self.staging.add_singles(shapes, values)
+        return True
 
     def _convert(self, shape: Shape, raw: bytes) -> None:
         """Stage the value(s) of one line of a learnt shape as a run."""

@@ -60,6 +60,11 @@ class Staging:
             self.runs.append((route, values))
             self.kept += len(values)
 
+    def add_singles(self, routes: list[Shape], values: list) -> None:
+        """Queue one run of one value per route, in order, with C-level calls only."""
+        self.runs.extend(zip(routes, zip(values), strict=True))
+        self.kept += len(values)
+
     def add_target_run(self, target: Target, values: Sequence) -> None:
         """Queue the converted values of a line that has no shape, under a route of its own."""
         self.add_run(Route(target.context, target.type, target.rate, target.copy), values)
