@@ -15,9 +15,10 @@ What happens next depends on how many shapes are cached, from measurements
   shape's values at once and hands them to the aggregator in one batch: a
   repeated context costs a few C calls per line plus a share of one fold.
 * many: each shape would hold about one value per fold, where staging costs
-  more than it saves; each line's value is converted as it comes, and the
-  batch is handed over at its end, in arrival order.  This lasts until the
-  shape cache's next generation (its ``in_order``).
+  more than it saves; the values of a batch of learnt shapes are converted at
+  once, with C-level calls too, into one run per line (:meth:`Pipeline._convert_all`),
+  and the batch is handed over at its end, in arrival order.  This lasts until
+  the shape cache's next generation (its ``in_order``).
 
 Lines that cannot take the bulk path go one at a time, in order, through the
 full parser: new shapes, events, service checks, client-timestamped lines,
