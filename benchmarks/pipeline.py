@@ -1,6 +1,6 @@
 """In-process throughput of the hot path, side by side with a bare-loop ceiling.
 
-    python -m benchmarks.pipeline [--contexts 1000] [--runs 11] [--stats]
+    python -m benchmarks.pipeline [--contexts 1000] [--runs 11] [--stats | --memory]
 
 Feeds the same packets (1,000 contexts with 4 tags each, types mixed c/g/ms/h/d/s,
 some sampled, packed into ~1,400-byte datagrams as the datadog client packs
@@ -8,6 +8,10 @@ them) to (a) twisted_statsd's Pipeline and (b) a plain loop that splits lines
 and sums a float per context, and prints metrics/s for each and their ratio.
 No sockets: this measures parsing and aggregation only.  The two run
 interleaved, and the ratio is the median of the rounds' ratios.
+
+``--memory`` measures instead the RSS growth per live 4-tag counter context
+(``benchmarks.workload.counters``) in this process: ``--contexts`` of them
+fed once, in one open bucket, then after that bucket is flushed.
 
 ``--stats`` times the intake's batch callback instead, three ways interleaved:
 as it was before per-metric statistics existed, with them off (the intake's
@@ -17,12 +21,15 @@ observer list empty) and on; it prints the ratios to the first.
 from __future__ import annotations
 
 import argparse
+import gc
+import os
 import random
 import statistics
 import time
 
+from benchmarks import procfs
 from benchmarks.ceiling import Counter
-from benchmarks.workload import shapes_of
+from benchmarks.workload import counters, shapes_of
 from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd.core.aggregator import Aggregator
 from twisted_statsd.core.enrich import Enricher
@@ -105,6 +112,32 @@ def compare_stats(packets, lines: int, runs: int) -> None:
         print(f"  {label:<30} {lines / statistics.median(found):>12,.0f} metrics/s  time ratio {ratio:.3f}")
 
 
+def _rss() -> int:
+    return procfs.status_bytes(os.getpid(), "VmRSS") or 0
+
+
+def measure_memory(contexts: int) -> None:
+    """RSS growth per live counter context, in one open bucket and after its flush."""
+    telemetry = Telemetry()
+    pipeline = Pipeline(Aggregator(), Enricher(hostname="bench"), telemetry, RateLimitedReporter(telemetry))
+    now = 1_000_000.0
+    for workload in (counters(1000, b"warm"), counters(contexts)):  # the first warms the process up
+        gc.collect()
+        before = _rss()
+        for i in range(0, len(workload.datagrams), 32):
+            pipeline.process(workload.datagrams[i : i + 32], now)
+        pipeline.fold()
+        now += 1
+    gc.collect()
+    loaded = _rss()
+    pipeline.aggregator.flush(now + 30)
+    gc.collect()
+    flushed = _rss()
+    print(f"RSS per live 4-tag counter context, {contexts:,} contexts, in-process")
+    print(f"  {'in the open bucket':<30} {(loaded - before) / contexts:>8,.0f} B")
+    print(f"  {'after its flush':<30} {(flushed - before) / contexts:>8,.0f} B")
+
+
 def run_ceiling(packets) -> float:
     """The ceiling receiver's own loop (benchmarks.ceiling), without the socket."""
     handle = Counter().packet
@@ -119,7 +152,11 @@ def main() -> None:
     parser.add_argument("--contexts", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=11)
     parser.add_argument("--stats", action="store_true", help="the cost of per-metric statistics, off and on")
+    parser.add_argument("--memory", action="store_true", help="RSS per live counter context, in-process")
     args = parser.parse_args()
+    if args.memory:
+        measure_memory(args.contexts)
+        return
     packets, lines = workload(args.contexts)
     if args.stats:
         compare_stats(packets, lines, args.runs)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twisted_statsd.core.aggregator import MAX_PENDING, Aggregator
+from twisted_statsd.core.aggregator import MAX_PENDING, Aggregator, Route
 from twisted_statsd.core.model import (
     COUNTER,
     DISTRIBUTION,
@@ -174,6 +174,32 @@ def test_histogram_rate_zero_counts_once():
     agg = Aggregator(histogram_aggregates=("count",), histogram_percentiles=())
     agg.add(ctx("h"), HISTOGRAM, 10, 0.0, 1001)
     assert by_name(agg.flush(1010))["h.count"].points == [(1000, 0.1)]
+
+
+def test_a_route_never_adds_to_a_metric_its_aggregator_no_longer_holds():
+    """Issue 14: a route remembers its metric in the open bucket; after an export (a worker's
+    hand-over) and after a final flush, a bucket with the same start is a new one, and the
+    route's next runs land there, not in the metric handed over."""
+    agg = Aggregator()
+    counter, gauge, dist = (
+        Route(ctx("c"), COUNTER, 1.0),
+        Route(ctx("g"), GAUGE, 1.0),
+        Route(ctx("d"), DISTRIBUTION, 1.0),
+    )
+    agg.add_runs(1001, [(counter, (1.0, 2.0)), (gauge, (5.0,)), (dist, (3.0,))])
+    first = agg.export()
+    agg.add_runs(1002, [(counter, (4.0,)), (gauge, (6.0,)), (dist, (7.0,))])
+    second = agg.export()
+    shipped = [
+        {m.context.name: m.value for m in metrics.values()} | {c.name: s.count for c, s in sketches.values()}
+        for state in (first, second)
+        for _start, metrics, sketches in state["buckets"]
+    ]
+    assert shipped == [{"c": 3.0, "g": 5.0, "d": 1.0}, {"c": 4.0, "g": 6.0, "d": 1.0}]
+    agg.add_runs(1003, [(counter, (1.0,))])
+    assert points(agg.flush(1003, final=True), "c") == {"c": [(1000, 0.1)]}
+    agg.add_runs(1004, [(counter, (2.0,))])
+    assert points(agg.flush(1004, final=True), "c") == {"c": [(1000, 0.2)]}
 
 
 def test_points_of_one_context_merge_into_one_series():

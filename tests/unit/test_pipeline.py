@@ -477,6 +477,34 @@ def test_a_bad_value_in_a_learnt_shape_is_reported_when_folded():
     assert series.points[0][1] == 0.3
 
 
+@pytest.mark.parametrize(
+    "value",
+    [b" 1", b"1_0", b"nan", b"+Inf", b"1e400", b"1e308", b"", b"3:4", b"0x10", b"1.5", b"-2e2"],
+)
+def test_many_shapes_lines_of_learnt_shapes_with_any_value_equal_the_reference(value):
+    """Issue 14: past FEW_SHAPES, lines of learnt shapes are converted with C-level calls; any value
+    that path cannot take (float accepts spaces, underscores, nan, inf; sums overflow) sends the
+    batch the careful way, so the result and the samples counted are the reference's."""
+    pipeline, aggregator, telemetry = make()
+    first = [b"m:1|c", b"g:1|g|#a", b"u:x|s", b"h:1|h|@0.5"]
+    second = [
+        b"m:%s|c" % value,
+        b"g:%s|g|#a" % value,
+        b"u:x|s",
+        b"u:%s|s" % value,
+        b"h:%s|h|@0.5" % value,
+        b"m:1e308|c",
+        b"m:2|c",
+    ]
+    with mock.patch.object(pipeline_module, "FEW_SHAPES", 0):
+        pipeline.process([b"\n".join(first)], NOW)
+        pipeline.process([b"\n".join(second)], NOW)
+    pipeline.fold()
+    expected, kept = reference_aggregator([(line, NOW, None) for line in first + second])
+    assert flushed(aggregator) == flushed(expected)
+    assert telemetry.get("metrics") == kept
+
+
 def test_staged_values_land_in_the_bucket_they_arrived_in():
     pipeline, _aggregator, _ = make()
     start = NOW - NOW % 10

@@ -9,8 +9,10 @@ The aggregator is pure: it never reads a clock, every method takes the time as
 an argument, and it imports nothing from Twisted.  It owns every DogStatsD rule
 about where a sample goes (the first type in a bucket decides, the counter
 registry, sample weights); the intake hands it a batch through
-:meth:`Aggregator.add_runs`, runs of values per target, so a run costs one
-dictionary probe and one batch method call (``add_many``) on its metric.
+:meth:`Aggregator.add_runs`, runs of values per :class:`Route`.  A route
+remembers the metric its context has in the open bucket, so a run of a known
+context costs no dictionary probe, only one batch method call (``add_run``)
+on its metric.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
-from itertools import accumulate, repeat
+from itertools import accumulate, count, repeat
 from operator import itemgetter, mul, truediv
 
 from twisted_statsd.core.model import (
@@ -35,7 +37,7 @@ from twisted_statsd.core.model import (
     SeriesStream,
     SketchSeries,
 )
-from twisted_statsd.core.sketch import Sketch
+from twisted_statsd.core.sketch import Sketch, sketch_weight
 
 BUCKET_SECONDS = 10
 
@@ -51,19 +53,42 @@ HISTOGRAM_SAMPLES_PER_CONTEXT = 100
 # between two flushes; anything beyond is refused and counted by the caller.
 MAX_PENDING = 100_000
 
-# What the intake hands over: (context, metric type, sample rate, values), the
-# values in arrival order (floats; set members as bytes).
-Run = tuple[Context, bytes, float, Sequence]
+# Numbers buckets apart for the lifetime of the process, so that a route's
+# remembered metric is never taken for that of a later bucket with the same start.
+_bucket_serials = count(1)
+
+
+class Route:
+    """Where the values of a run go: a context under a metric type at a sample rate.
+
+    ``copy`` is the distribution context that histogram values are also copied
+    to (``histogram_copy_to_distribution``).  The intake keeps one route per
+    line shape and hands it over with each run; ``metric`` and ``serial``
+    belong to the aggregator alone: the metric of the route's type that the
+    context has in the bucket numbered ``serial`` (0: none remembered), so the
+    next run of the route in that bucket goes straight to it.  A route of a
+    context whose bucket holds another type remembers nothing.
+    """
+
+    __slots__ = ("context", "copy", "metric", "rate", "serial", "type")
+
+    def __init__(self, context: Context, type: bytes, rate: float, copy: Context | None = None):
+        self.context = context
+        self.type = type
+        self.rate = rate
+        self.copy = copy
+        self.metric: Metric | Sketch | None = None
+        self.serial = 0
+
+
+# What the intake hands over: a route and its values in arrival order (floats;
+# set members as bytes).
+Run = tuple[Route, Sequence]
 
 
 def histogram_weight(rate: float) -> float:
     """A histogram sample's weight: ``1 / rate``, and 1 for a rate that is not positive and finite."""
     return 1.0 / rate if 0.0 < rate < math.inf else 1.0
-
-
-def sketch_weight(rate: float) -> float:
-    """A distribution sample's weight: ``1 / rate``, and 1 for a rate outside (0, 1] (spec §1.4)."""
-    return 1.0 / rate if 0.0 < rate <= 1.0 else 1.0
 
 
 def bucket_start(now: float) -> int:
@@ -94,7 +119,7 @@ class Gauge(_Scalar):
         self.value = value
         self.last = now
 
-    def add_many(self, values: Sequence[float], rate: float, now: float) -> None:
+    def add_run(self, values: Sequence[float], rate: float, now: float) -> None:
         self.value = values[-1]
         self.last = now
 
@@ -121,7 +146,7 @@ class Counter(_Scalar):
         self.value += value / rate if rate else value
         self.last = now
 
-    def add_many(self, values: Sequence[float], rate: float, now: float) -> None:
+    def add_run(self, values: Sequence[float], rate: float, now: float) -> None:
         # Summed left to right from the current value, as ``add`` one by one would.
         self.value = sum(values if rate == 1.0 or not rate else map(truediv, values, repeat(rate)), self.value)
         self.last = now
@@ -151,7 +176,7 @@ class Set:
         self.members.add(member)
         self.last = now
 
-    def add_many(self, members: Sequence, rate: float, now: float) -> None:
+    def add_run(self, members: Sequence, rate: float, now: float) -> None:
         self.members.update(members)
         self.last = now
 
@@ -190,7 +215,7 @@ class Histogram:
         self.weights.append(histogram_weight(rate))
         self.last = now
 
-    def add_many(self, values: Sequence[float], rate: float, now: float) -> None:
+    def add_run(self, values: Sequence[float], rate: float, now: float) -> None:
         self.values.extend(values)
         self.weights.extend(repeat(histogram_weight(rate), len(values)))
         self.last = now
@@ -290,10 +315,11 @@ class Bucket:
     another type under the same context never share an object.
     """
 
-    __slots__ = ("metrics", "sketches", "start")
+    __slots__ = ("metrics", "serial", "sketches", "start")
 
     def __init__(self, start: int):
         self.start = start
+        self.serial = next(_bucket_serials)
         self.metrics: dict[int, Metric] = {}
         self.sketches: dict[int, tuple[Context, Sketch]] = {}
 
@@ -373,33 +399,50 @@ class Aggregator:
 
     def add(self, context: Context, mtype: bytes, value, rate: float, now: float) -> None:
         """Add one on-time sample; the readable path, used outside the hot loop."""
-        self.add_runs(now, [(context, mtype, rate, (value,))])
+        self.add_runs(now, [(Route(context, mtype, rate), (value,))])
 
     def add_runs(self, now: float, runs: Iterable[Run]) -> None:
         """Add on-time samples received at ``now``, run by run, in the order given.
+
+        A route that remembers its metric in this bucket gives it the values at
+        once; any other run takes :meth:`_add_run`.
+        """
+        bucket = self._bucket(now)
+        serial = bucket.serial
+        for route, values in runs:
+            if route.serial == serial:
+                route.metric.add_run(values, route.rate, now)  # type: ignore[union-attr]  # set with the serial
+            else:
+                self._add_run(bucket, route, values, now)
+            if route.copy is not None:
+                self._sketch(bucket, route.copy).add_many(values, sketch_weight(route.rate))
+
+    def _add_run(self, bucket: Bucket, route: Route, values: Sequence, now: float) -> None:
+        """Add a run whose route remembers no metric in ``bucket``; remember it when its type matches.
 
         The first type a context gets in a bucket decides its metric (spec
         §6.4): a run of another type is given to that metric value by value,
         a set member as 0 at rate 1.  Distributions live apart, in sketches.
         """
-        bucket = self._bucket(now)
-        metrics = bucket.metrics
-        for context, mtype, rate, values in runs:
-            if mtype == DISTRIBUTION:
-                self._sketch(bucket, context).add_many(values, sketch_weight(rate))
-                continue
-            metric = metrics.get(context.key)
-            if metric is None:
-                metric = self._new_metric(bucket, context, mtype, now)
-            if metric.__class__ is METRIC_CLASSES[mtype]:
-                metric.add_many(values, rate, now)
-                continue
-            if mtype == SET:  # a member carries no number, nor a sample rate, for another type
-                for _ in values:
-                    metric.add(0.0, 1.0, now)
-                continue
-            for value in values:
-                metric.add(value, rate, now)
+        mtype, context, rate = route.type, route.context, route.rate
+        if mtype == DISTRIBUTION:
+            sketch = self._sketch(bucket, context)
+            route.metric, route.serial = sketch, bucket.serial
+            sketch.add_run(values, rate, now)
+            return
+        metric = bucket.metrics.get(context.key)
+        if metric is None:
+            metric = self._new_metric(bucket, context, mtype, now)
+        if metric.__class__ is METRIC_CLASSES[mtype]:
+            route.metric, route.serial = metric, bucket.serial
+            metric.add_run(values, rate, now)
+            return
+        if mtype == SET:  # a member carries no number, nor a sample rate, for another type
+            for _ in values:
+                metric.add(0.0, 1.0, now)
+            return
+        for value in values:
+            metric.add(value, rate, now)
 
     @staticmethod
     def _sketch(bucket: Bucket, context: Context) -> Sketch:

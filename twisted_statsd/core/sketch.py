@@ -64,6 +64,11 @@ _TRIM_SLACK = 512
 _TRIM_AT = BIN_LIMIT + _TRIM_SLACK
 
 
+def sketch_weight(rate: float) -> float:
+    """A distribution sample's weight: ``1 / rate``, and 1 for a rate outside (0, 1] (spec §1.4)."""
+    return 1.0 / rate if 0.0 < rate <= 1.0 else 1.0
+
+
 def key_of(value: float) -> int:
     """Return the bin key of ``value``, as the agent's ``Config.key`` does.
 
@@ -239,6 +244,10 @@ class Sketch:
             moved += bins.pop(k)
         bins[lowest] += moved
         self._floor = lowest
+
+    def add_run(self, values: Sequence[float], rate: float, now: float) -> None:
+        """Count a run of values sampled at ``rate``, as the aggregator hands runs to every metric."""
+        self.add_many(values, sketch_weight(rate))
 
     def merge(self, other: Sketch) -> None:
         """Add ``other``'s samples to this sketch, leaving ``other`` unchanged.

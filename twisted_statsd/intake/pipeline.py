@@ -15,8 +15,10 @@ What happens next depends on how many shapes are cached, from measurements
   shape's values at once and hands them to the aggregator in one batch: a
   repeated context costs a few C calls per line plus a share of one fold.
 * many: each shape would hold about one value per fold, where staging costs
-  more than it saves; each line's value is converted as it comes, and the
-  batch is handed over at its end.
+  more than it saves; the values of a batch of learnt shapes are converted at
+  once, with C-level calls too, into one run per line (:meth:`Pipeline._convert_all`),
+  and the batch is handed over at its end, in arrival order.  This lasts until
+  the shape cache's next generation (its ``in_order``).
 
 Lines that cannot take the bulk path go one at a time, in order, through the
 full parser: new shapes, events, service checks, client-timestamped lines,
@@ -35,8 +37,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from itertools import repeat
-from operator import itemgetter
+from itertools import compress, repeat
+from operator import attrgetter, call, itemgetter
 from typing import cast
 
 from twisted_statsd._ratelimit import RateLimitedReporter
@@ -44,7 +46,16 @@ from twisted_statsd.core import parser
 from twisted_statsd.core.aggregator import Aggregator, bucket_start
 from twisted_statsd.core.enrich import Enricher, Target
 from twisted_statsd.core.limits import ContextLimiter
-from twisted_statsd.core.model import COUNTER, DISTRIBUTION, GAUGE, SET, Context, forget_shared_tag_sets
+from twisted_statsd.core.model import (
+    COUNTER,
+    DISTRIBUTION,
+    GAUGE,
+    HISTOGRAM,
+    SET,
+    TIMING,
+    Context,
+    forget_shared_tag_sets,
+)
 from twisted_statsd.core.parser import ParseError, parse_values
 from twisted_statsd.intake.shapes import Shape, ShapeCache
 from twisted_statsd.intake.staging import Staging
@@ -71,7 +82,11 @@ _REFUSALS = {
     "zero_sample_rate": "a counter with sample rate 0 has no value",
 }
 
+# How the value of a line of each type is converted on the C-level path (a set member stays bytes).
+_CONVERTERS = {COUNTER: float, GAUGE: float, HISTOGRAM: float, TIMING: float, DISTRIBUTION: float, SET: bytes}
+
 _first = itemgetter(0)
+_type = attrgetter("type")
 _third = itemgetter(2)
 _partition = bytes.partition
 _concat = bytes.__add__
@@ -145,11 +160,18 @@ class Pipeline:
         if origin is not None:
             keys = list(map(_concat, repeat(b"\n" + origin + b"\n"), keys))
         staging = self.staging
-        if len(self.shapes) > FEW_SHAPES:
+        if self.shapes.in_order or len(self.shapes) > FEW_SHAPES:
             if staging:  # staged while there were few shapes: those samples come first
                 self.fold()
+            self.shapes.in_order = True  # no staging until the next generation
             staging.note(len(lines), now)
-            self._each(lines, keys, list(map(_first, tails)), now, origin, stage=False)
+            raws = list(map(_first, tails))
+            shapes = self.shapes.lookup(keys)
+            cut = shapes.index(None) if None in shapes else len(shapes)  # no None before the cut
+            if cut and self._convert_all(cast("list[Shape]", shapes[:cut]), raws[:cut]):
+                lines, keys, raws = lines[cut:], keys[cut:], raws[cut:]
+            if lines:
+                self._each(lines, keys, raws, now, origin, stage=False)
             self.fold()
             return
         staging.note(len(lines), now)
@@ -217,6 +239,7 @@ class Pipeline:
         get = self.shapes.get
         staging = self.staging
         values, runs = staging.values, staging.runs  # emptied in place by a fold meanwhile
+        append = runs.append
         for line, key, raw in zip(lines, keys, raws, strict=True):
             shape = get(key)
             if shape is None:
@@ -234,11 +257,8 @@ class Pipeline:
                 except ValueError:
                     value = math.nan
                 if value - value == 0.0:
-                    single = (value,)
-                    runs.append((shape.context, shape.type, shape.rate, single))
+                    append((shape, (value,)))
                     staging.kept += 1
-                    if shape.copy is not None:
-                        runs.append((shape.copy, DISTRIBUTION, shape.rate, single))
                     continue
             self._convert(shape, raw)
 
@@ -296,6 +316,34 @@ class Pipeline:
         return self.aggregator.knows(context, now)
 
     # -- values -----------------------------------------------------------------------
+
+    def _convert_all(self, shapes: list[Shape], raws: list[bytes]) -> bool:
+        """Queue one run per line of learnt shapes, with C-level calls only; False (nothing queued) if any
+        value needs the careful path.
+
+        Each value is converted by its type's converter (``float``, or
+        ``bytes`` for a set member, which returns the member itself); the
+        numeric ones must be plain decimals, all finite, as in :meth:`_values_of`.
+        """
+        types = list(map(_type, shapes))
+        if SET in types:
+            if b"" in raws:  # an empty set member is an error to report
+                return False
+            numeric = list(map(SET.__ne__, types))
+            digits = b"".join(compress(raws, numeric))
+        else:
+            numeric, digits = None, b"".join(raws)
+        if digits.strip(_DECIMAL):
+            return False
+        try:
+            values = list(map(call, map(_CONVERTERS.__getitem__, types), raws))
+        except ValueError:
+            return False
+        total = sum(values if numeric is None else compress(values, numeric))
+        if total - total != 0.0:  # an infinite value, or finite ones whose sum overflows
+            return False
+        self.staging.add_singles(shapes, values)
+        return True
 
     def _convert(self, shape: Shape, raw: bytes) -> None:
         """Stage the value(s) of one line of a learnt shape as a run."""
@@ -407,9 +455,9 @@ class Pipeline:
             )
             return
         if target.type == SET:
-            self.staging.add_run(target, (message.set_member,))
+            self.staging.add_target_run(target, (message.set_member,))
         else:
-            self.staging.add_run(target, self._finite(message.values, line))
+            self.staging.add_target_run(target, self._finite(message.values, line))
 
     def _timestamped(self, target: Target, message, line: bytes) -> int:
         """Send a client-timestamped line down the no-aggregation path (spec §6.7)."""

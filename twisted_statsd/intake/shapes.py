@@ -27,33 +27,35 @@ path or forgotten, so that values staged under them are folded first.
 A context's first shape in a generation is checked against the metric its
 context already has in the open bucket (``held``): after a rotation or a
 reset, nothing of it is staged, and the aggregator knows its first type.
+
+All of that bookkeeping serves staging, which groups values by shape.  Once
+the pipeline stops staging for the rest of a generation (``in_order``, set
+when the cache holds many shapes), every value reaches the aggregator in
+arrival order, which applies the first-type rule itself: new shapes are then
+cached as they are, at one map entry per shape, not two.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from twisted_statsd.core.aggregator import METRIC_CLASSES
+from twisted_statsd.core.aggregator import METRIC_CLASSES, Route
 from twisted_statsd.core.enrich import Target
 from twisted_statsd.core.model import DISTRIBUTION, GAUGE, SET, Context
 from twisted_statsd.telemetry import Telemetry
 
 
-class Shape:
-    """Where the values of a learnt line shape go: a context and type at a sample rate.
+class Shape(Route):
+    """Where the values of a learnt line shape go: the aggregator's route of its context, type and rate.
 
-    ``copy`` is the distribution context that histogram values are also copied
-    to (``histogram_copy_to_distribution``); ``key`` the cache key the shape was
-    learnt under, kept to rebuild a line for error reports.
+    ``key`` is the cache key the shape was learnt under, kept to rebuild a line
+    for error reports.
     """
 
-    __slots__ = ("context", "copy", "key", "rate", "type")
+    __slots__ = ("key",)
 
     def __init__(self, target: Target, key: bytes):
-        self.type: bytes = target.type
-        self.context: Context = target.context
-        self.rate: float = target.rate
-        self.copy: Context | None = target.copy
+        super().__init__(target.context, target.type, target.rate, target.copy)
         self.key = key
 
     def line(self, raw: bytes) -> bytes:
@@ -94,6 +96,7 @@ class ShapeCache:
         self._first: dict[int, Shape] = {}
         self._more_keys: dict[int, list[bytes]] = {}
         self._mixed_contexts: set[int] = set()
+        self.in_order = False
         self.get = self._shapes.get
 
     def __len__(self) -> int:
@@ -138,7 +141,8 @@ class ShapeCache:
         when its context is (now) seen under two metric types.
         """
         self._remember()
-        if shape.type != DISTRIBUTION:  # distributions never share an object with another type (spec §6.4)
+        # Distributions never share an object with another type (spec §6.4).
+        if not self.in_order and shape.type != DISTRIBUTION:
             context_key = shape.context.key
             first = self._first.get(context_key)
             if context_key in self._mixed_contexts:
@@ -185,6 +189,7 @@ class ShapeCache:
         self._first = {}
         self._more_keys = {}
         self._mixed_contexts = set()
+        self.in_order = False
 
     def _mix(self, context_key: int, first: Shape) -> None:
         """A context arrived under a second metric type: from now on its lines go one at a time, in order."""

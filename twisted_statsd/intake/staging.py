@@ -20,9 +20,8 @@ from __future__ import annotations
 from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
 
-from twisted_statsd.core.aggregator import Run
+from twisted_statsd.core.aggregator import Route, Run
 from twisted_statsd.core.enrich import Target
-from twisted_statsd.core.model import DISTRIBUTION
 from twisted_statsd.intake.shapes import Shape
 
 _append = list.append
@@ -55,13 +54,20 @@ class Staging:
         """Append each raw value to its shape's values, with C-level calls only."""
         deque(map(_append, map(self.values.__getitem__, shapes), raws), 0)
 
-    def add_run(self, target: Shape | Target, values: Sequence) -> None:
-        """Queue the converted values of one target, and their distribution copy if it has one."""
+    def add_run(self, route: Route, values: Sequence) -> None:
+        """Queue the converted values of one route."""
         if values:
-            self.runs.append((target.context, target.type, target.rate, values))
+            self.runs.append((route, values))
             self.kept += len(values)
-            if target.copy is not None:
-                self.runs.append((target.copy, DISTRIBUTION, target.rate, values))
+
+    def add_singles(self, routes: list[Shape], values: list) -> None:
+        """Queue one run of one value per route, in order, with C-level calls only."""
+        self.runs.extend(zip(routes, zip(values), strict=True))
+        self.kept += len(values)
+
+    def add_target_run(self, target: Target, values: Sequence) -> None:
+        """Queue the converted values of a line that has no shape, under a route of its own."""
+        self.add_run(Route(target.context, target.type, target.rate, target.copy), values)
 
     def take(self) -> tuple[list[Run], int]:
         """The runs and how many samples they hold; staging starts empty.
