@@ -49,6 +49,9 @@ HISTOGRAM_SAMPLES_PER_CONTEXT = 100
 # between two flushes; anything beyond is refused and counted by the caller.
 MAX_PENDING = 100_000
 
+# Idle counters given a zero point per flushed bucket, at most (``dogstatsd_zero_fill_limit``).
+ZERO_FILL_LIMIT = 100_000
+
 # What the intake hands over: (context, metric type, sample rate, values), the
 # values in arrival order (floats; set members as bytes).
 Run = tuple[Context, bytes, float, Sequence]
@@ -289,6 +292,9 @@ class Aggregator:
     Invariants: ``_buckets`` holds only buckets with samples; ``_counters`` maps
     the key of every counter context seen within ``expiry_seconds`` to its
     latest Counter, whose context and time of last sample drive zero-filling.
+    Each flush moves the counters it saw samples of to the end of ``_counters``,
+    so it is ordered by the last flushed bucket with a sample, oldest first:
+    zero-filling beyond ``zero_fill_limit`` keeps the most recently active.
     """
 
     def __init__(
@@ -297,11 +303,16 @@ class Aggregator:
         histogram_aggregates=("max", "median", "avg", "count"),
         histogram_percentiles=(0.95,),
         expiry_seconds: float = 300.0,
+        zero_fill_limit: int = ZERO_FILL_LIMIT,
         on_expired: Iterable[Callable[[list[int]], None]] = (),
     ):
         self.histogram_aggregates = tuple(histogram_aggregates)
         self.percent_ranks = tuple(int(p * 100 + 0.5) for p in histogram_percentiles)
         self.expiry_seconds = expiry_seconds
+        # 0: no bound (DogStatsD's behaviour).
+        self.zero_fill_limit = zero_fill_limit
+        # Idle counters left without their zero point because of the bound (reported in telemetry).
+        self.zero_fill_skipped = 0
         self._buckets: dict[int, Bucket] = {}
         # key -> the context's latest Counter (its context and the time of its
         # last sample); usually the very object in the open bucket, so a live
@@ -476,22 +487,33 @@ class Aggregator:
     # allocate a tuple per counter in one step.
 
     def _note_counter_activity(self, bucket: Bucket, step: int):
-        """Fold the latest sample time of the bucket's counters into ``_counters``."""
+        """Fold the latest sample time of the bucket's counters into ``_counters``, moving them to its end."""
         counters = self._counters
         for done, (key, metric) in enumerate(bucket.metrics.items(), 1):
             if type(metric) is Counter:
-                seen = counters.get(key)
-                if seen is None or metric.last > seen.last:
-                    counters[key] = metric
+                seen = counters.pop(key, None)
+                counters[key] = metric if seen is None or metric.last > seen.last else seen
             if not done % step:
                 yield
 
     def _zero_fill(self, bucket: Bucket, step: int):
+        """Give a zero point in ``bucket`` to live counters without a sample in it (spec §6.5).
+
+        Bounded: at most ``zero_fill_limit`` per bucket, the most recently
+        active first (the end of ``_counters``); a flush of a burst of a
+        million counters would otherwise write a million zero series every
+        interval until they expire.  Those left out are counted.
+        """
         counters, metrics, expiry = self._counters, bucket.metrics, self.expiry_seconds
-        for done, key in enumerate(list(counters), 1):
+        room = self.zero_fill_limit or len(counters)
+        for done, key in enumerate(reversed(list(counters)), 1):
             seen = counters.get(key)
             if seen is not None and seen.last + expiry > bucket.start and key not in metrics:
-                metrics[key] = Counter(seen.context)
+                if room:
+                    metrics[key] = Counter(seen.context)
+                    room -= 1
+                else:
+                    self.zero_fill_skipped += 1
             if not done % step:
                 yield
 

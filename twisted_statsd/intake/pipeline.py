@@ -116,6 +116,8 @@ class Pipeline:
         # Set by the memory monitor above its hard limit: lines of shapes not
         # seen yet (new contexts) are refused; known shapes still aggregate.
         self.refuse_new_contexts = False
+        # Shapes learnt so far: the intake freezes the garbage collector's view on it during bursts.
+        self.learnt = 0
 
     def process(
         self, packets: list[bytes], now: float, *, eol_required: bool = False, origin: bytes | None = None
@@ -274,6 +276,7 @@ class Pipeline:
             target = self._limited(target, origin, now)
         if self.refuse_new_contexts and not self._known(target.context, now):
             return None
+        self.learnt += 1
         return cache.add(key, Shape(target, key))
 
     def _limited(self, target: Target, origin: bytes | None, now: float) -> Target:
