@@ -17,8 +17,10 @@ context with 4 tags, packed into ~1,400-byte datagrams.
    jsonl sink, no flush during the window) takes the same contexts from a
    load generator process over real UDP at ``--rate`` lines/s.  A 5 ms timer
    (:class:`benchmarks.stall.LagProbe`) gives the longest reactor stall while
-   the burst arrives and is learnt; the kernel's drop count of the socket
-   (``/proc/net/udp``) the datagrams lost meanwhile.
+   the burst arrives and is learnt, in wall time and in the process's CPU
+   time (which leaves out time the process waited for a core on a shared
+   machine); the kernel's drop count of the socket (``/proc/net/udp``) the
+   datagrams lost meanwhile.
 
 :func:`measure` returns the figures as a dict (``learn_us_per_line``,
 ``learn_cpu_us_per_line``, ``max_stall_ms``, ``kernel_drops`` and more) for
@@ -37,7 +39,7 @@ import time
 
 from benchmarks import procfs
 from benchmarks.loadgen import LoadGenerator
-from benchmarks.stall import LagProbe
+from benchmarks.stall import PROBE_INTERVAL, LagProbe
 from benchmarks.workload import counters
 from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd.core.aggregator import Aggregator
@@ -49,6 +51,31 @@ from twisted_statsd.telemetry import Telemetry
 
 BATCH_PACKETS = 32
 NOW = 1_000_000.0
+
+
+class BusyProbe(LagProbe):
+    """A :class:`LagProbe` that also keeps the most CPU the process used between two of its calls.
+
+    On a shared machine a stall in wall time includes the time the process
+    was not scheduled; the CPU time between two ticks is the work the reactor
+    did without coming back to its timers, whatever else ran on the machine.
+    """
+
+    def __init__(self, reactor, interval: float = PROBE_INTERVAL):
+        super().__init__(reactor, interval)
+        self.max_busy = 0.0
+        self._cpu = time.process_time()
+
+    def _tick(self) -> None:
+        super()._tick()
+        cpu = time.process_time()
+        self.max_busy = max(self.max_busy, cpu - self._cpu)
+        self._cpu = cpu
+
+    def reset(self) -> None:
+        super().reset()
+        self.max_busy = 0.0
+        self._cpu = time.process_time()
 
 
 class _FixedClock:
@@ -107,7 +134,7 @@ async def _serve_burst(reactor, generator: LoadGenerator, spec: dict, rate: floa
     service.privilegedStartService()
     service.startService()
     port = service.udp.address.port
-    probe = LagProbe(reactor)
+    probe = BusyProbe(reactor)
     probe.start()
     await deferLater(reactor, 0.25, lambda: None)
     gc.collect()
@@ -121,7 +148,7 @@ async def _serve_burst(reactor, generator: LoadGenerator, spec: dict, rate: floa
     while procfs.udp_socket(port)["rx_queue"] and time.monotonic() < deadline:
         await deferLater(reactor, 0.05, lambda: None)
     await deferLater(reactor, 0.3, lambda: None)
-    stall = probe.max_lateness
+    stall, busy = probe.max_lateness, probe.max_busy
     probe.stop()
     drops = procfs.udp_socket(port)["drops"] - drops_before
     service.pipeline.fold()
@@ -131,6 +158,7 @@ async def _serve_burst(reactor, generator: LoadGenerator, spec: dict, rate: floa
         "learnt_contexts": service.pipeline.learnt,
         "accepted_lines": service.telemetry.get("metrics"),
         "max_stall_ms": stall * 1e3,
+        "max_busy_cpu_ms": busy * 1e3,
         "kernel_drops": drops,
         "rcvbuf_bytes": service.udp.port.getHandle().getsockopt(1, 8),  # SOL_SOCKET, SO_RCVBUF
     }
@@ -176,6 +204,7 @@ def measure(contexts: int = 100_000, rate: float = 40_000, runs: int = 5) -> dic
         "learn_worst_batch_ms": learnt["worst_batch_ms"],
         "rate": rate,
         "max_stall_ms": server.get("max_stall_ms"),
+        "max_busy_cpu_ms": server.get("max_busy_cpu_ms"),
         "kernel_drops": server.get("kernel_drops"),
         "server": server,
     }
@@ -207,7 +236,8 @@ def main() -> None:
         raise SystemExit(server["error"])
     print(
         f"server, {server['sent_lines']:,} new contexts at {server['achieved_rate']:,.0f} lines/s: "
-        f"longest stall {server['max_stall_ms']:.1f} ms, kernel drops {server['kernel_drops']:,} datagrams, "
+        f"longest stall {server['max_stall_ms']:.1f} ms ({server['max_busy_cpu_ms']:.1f} ms CPU), "
+        f"kernel drops {server['kernel_drops']:,} datagrams, "
         f"{server['accepted_lines']:,} lines accepted (receive buffer {server['rcvbuf_bytes']:,} bytes)"
     )
 

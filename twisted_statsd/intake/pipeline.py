@@ -71,6 +71,9 @@ _REFUSALS = {
     "zero_sample_rate": "a counter with sample rate 0 has no value",
 }
 
+# The prefixes parser.message_kind routes away from metrics.
+_NOT_METRICS = (b"_e{", b"_sc")
+
 _first = itemgetter(0)
 _third = itemgetter(2)
 _partition = bytes.partition
@@ -257,7 +260,7 @@ class Pipeline:
         shape = cache.promote(key, None if self.limiter is None else self.limiter.knows)
         if shape is not None or cache.known(key):
             return shape
-        if parser.message_kind(line) != parser.METRIC:
+        if line.startswith(_NOT_METRICS):  # an event or service check (parser.message_kind)
             return None
         try:
             message = parser.parse_metric(line, timestamps=self.timestamps, origin_client=self.origin_client)
