@@ -50,6 +50,7 @@ from twisted_statsd.intake.service import IntakeService
 from twisted_statsd.telemetry import Telemetry
 
 BATCH_PACKETS = 32
+BUCKET_SECONDS = 10
 NOW = 1_000_000.0
 
 
@@ -193,6 +194,91 @@ def server_burst(contexts: int, rate: float) -> dict:
     return results
 
 
+async def _flush_under_load(reactor, generator: LoadGenerator, burst: int, spec: dict, rate: float, out: str) -> dict:
+    from twisted.internet.task import deferLater
+    from twisted.internet.threads import deferToThread
+
+    from twisted_statsd import build_service, load_config
+
+    config = load_config(
+        data={
+            "hostname": "bench",
+            "dogstatsd_port": "__random__",
+            "flush_interval": 2,
+            "sinks": [{"type": "jsonl", "path": out}],
+        }
+    )
+    service = build_service(config, reactor, freeze_gc=True)
+    service.privilegedStartService()
+    service.startService()
+    port = service.udp.address.port
+    # The burst early in a bucket, straight into the listener's protocol (its own loss is not measured here).
+    await deferLater(reactor, BUCKET_SECONDS - time.time() % BUCKET_SECONDS + 0.05, lambda: None)
+    receive, sender = service.udp.protocol.datagramReceived, ("127.0.0.1", 9)
+    datagrams = counters(burst, prefix=b"burst.flushed").datagrams
+    for start in range(0, len(datagrams), 64):
+        for datagram in datagrams[start : start + 64]:
+            receive(datagram, sender)
+        await deferLater(reactor, 0, lambda: None)
+    probe = BusyProbe(reactor)
+    probe.start()
+    drops_before = procfs.udp_socket(port)["drops"]
+    # Steady load through the flush of the burst's bucket and of the next one (zero-filled counters).
+    seconds = 2 * BUCKET_SECONDS - time.time() % BUCKET_SECONDS + 2 * config.flush_interval + 1
+    target = {"transport": "udp", "address": ["127.0.0.1", port]}
+    sent = await deferToThread(generator.send, target, spec, rate, seconds, None)
+    await deferLater(reactor, 0.5, lambda: None)
+    drops = procfs.udp_socket(port)["drops"] - drops_before
+    probe.stop()
+    await service.stopService()
+    burst_series: dict[int, int] = {}
+    with open(out, "rb") as f:
+        for line in f:
+            if b'"burst.flushed.' in line[:64]:
+                for point_ts in {point["timestamp"] for point in json.loads(line)["points"]}:
+                    burst_series[point_ts] = burst_series.get(point_ts, 0) + 1
+    return {
+        "burst_contexts": burst,
+        "steady_sent_lines": sent["sent_metrics"],
+        "steady_datagrams": sent["datagrams"],
+        "steady_rate": sent["achieved_rate"],
+        "kernel_drops": drops,
+        "max_stall_ms": probe.max_lateness * 1e3,
+        "max_busy_cpu_ms": probe.max_busy * 1e3,
+        "burst_series_by_bucket": dict(sorted(burst_series.items())),
+    }
+
+
+def flush_under_load(burst: int = 300_000, rate: float = 30_000) -> dict:
+    """Kernel drops of a steady stream while a burst's bucket, then its idle counters, are flushed (issue 12, 4).
+
+    Runs the global reactor: once per process.
+    """
+    from twisted.internet import defer, reactor
+
+    spec = {"kind": "mixed", "contexts": 1_000, "lines_per_context": 20}
+    results: dict = {}
+    directory = tempfile.mkdtemp(prefix="tsb-burst")
+    out_path = os.path.join(directory, "out.jsonl")
+    with LoadGenerator() as generator:
+        generator.describe(spec)
+
+        async def run():
+            try:
+                results.update(await _flush_under_load(reactor, generator, burst, spec, rate, out_path))
+            except Exception as error:
+                results["error"] = f"{type(error).__name__}: {error}"
+            finally:
+                reactor.stop()
+
+        reactor.callWhenRunning(lambda: defer.Deferred.fromCoroutine(run()))
+        reactor.run()
+    if os.path.exists(out_path):
+        os.unlink(out_path)
+    os.rmdir(directory)
+    return results
+
+
 def measure(contexts: int = 100_000, rate: float = 40_000, runs: int = 5) -> dict:
     """Both measurements; runs the global reactor, so call it once per process."""
     learnt = learn(contexts, runs)
@@ -217,7 +303,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="in-process runs (median)")
     parser.add_argument("--in-process", action="store_true", help="only the in-process measurement")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    parser.add_argument(
+        "--flush-under-load",
+        type=int,
+        metavar="CONTEXTS",
+        help="instead: kernel drops of a steady --rate stream while a burst of CONTEXTS counters is flushed",
+    )
     args = parser.parse_args()
+    if args.flush_under_load:
+        print(json.dumps(flush_under_load(args.flush_under_load, args.rate)))
+        return
     if args.in_process:
         result = {"contexts": args.contexts, **{f"learn_{k}": v for k, v in learn(args.contexts, args.runs).items()}}
     else:

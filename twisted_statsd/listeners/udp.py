@@ -31,9 +31,11 @@ MAX_DRAIN_READS = 1024
 # Bytes read per readable event before the reactor gets control back (Twisted's
 # ``maxThroughput``, 256 KiB by default).  The lines read are parsed as they
 # come, so this bounds how long one read holds off timers and other sockets:
-# ~4,000 lines of new contexts at 256 KiB kept the reactor 64-67 ms of CPU in
-# a burst of 100,000 new contexts (benchmarks.burst), 26-31 ms at 64 KiB.
-READ_BUDGET = 64 * 1024
+# in a burst of 100,000 new contexts (benchmarks.burst), 64-67 ms of CPU at
+# 256 KiB, 43-44 ms at 128 KiB, 26-31 ms at 64 KiB.  It also bounds what
+# intake reads between two slices of a large flush (one read per 4 ms
+# slice): 128 KiB keeps that above 30 MB/s, some 400,000 lines/s.
+READ_BUDGET = 128 * 1024
 
 
 class DatagramReceiver(DatagramProtocol):
