@@ -292,9 +292,10 @@ class Aggregator:
     Invariants: ``_buckets`` holds only buckets with samples; ``_counters`` maps
     the key of every counter context seen within ``expiry_seconds`` to its
     latest Counter, whose context and time of last sample drive zero-filling.
-    Each flush moves the counters it saw samples of to the end of ``_counters``,
-    so it is ordered by the last flushed bucket with a sample, oldest first:
-    zero-filling beyond ``zero_fill_limit`` keeps the most recently active.
+    With more of them than ``zero_fill_limit``, each flush moves the counters it
+    saw samples of to the end of ``_counters``, which is then ordered by the
+    last flushed bucket with a sample, oldest first: zero-filling beyond the
+    limit keeps the most recently active.
     """
 
     def __init__(
@@ -488,12 +489,24 @@ class Aggregator:
     # allocate a tuple per counter in one step.
 
     def _note_counter_activity(self, bucket: Bucket, step: int):
-        """Fold the latest sample time of the bucket's counters into ``_counters``, moving them to its end."""
+        """Fold the latest sample time of the bucket's counters into ``_counters``.
+
+        With more live counters than ``zero_fill_limit``, they are also moved
+        to its end, so that the most recently active are zero-filled first.
+        Only then: a key moved leaves a hole that a later insertion pays for
+        with a resize of the whole map, a stall at hundreds of thousands.
+        """
         counters = self._counters
+        ordered = 0 < self.zero_fill_limit < len(counters)
         for done, (key, metric) in enumerate(bucket.metrics.items(), 1):
             if type(metric) is Counter:
-                seen = counters.pop(key, None)
-                counters[key] = metric if seen is None or metric.last > seen.last else seen
+                if ordered:
+                    seen = counters.pop(key, None)
+                    counters[key] = metric if seen is None or metric.last > seen.last else seen
+                else:
+                    seen = counters.get(key)
+                    if seen is None or metric.last > seen.last:
+                        counters[key] = metric
             if not done % step:
                 yield
 
