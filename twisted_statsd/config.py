@@ -655,6 +655,7 @@ class Config:
     dogstatsd_eol_required: tuple[str, ...] = _key(_lenient(_one_of(EOL_TRANSPORTS), "transport"), ())
     dogstatsd_tags: tuple[str, ...] = _key(_strings(lambda tags: tuple(sorted(set(tags)))), ())
     dogstatsd_expiry_seconds: float = _key(_bounded(_parse_float, at_least=0), 300.0)
+    dogstatsd_zero_fill_limit: int = _key(_bounded(_parse_int, at_least=0), 100_000)
     dogstatsd_context_expiry_seconds: float = _key(_bounded(_parse_float, at_least=0), 20.0)
     dogstatsd_no_aggregation_pipeline: bool = _key(_boolean, True)
     dogstatsd_origin_detection_client: bool = _key(_boolean, False)

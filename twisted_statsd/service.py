@@ -254,6 +254,7 @@ def build_pipeline(config: Config) -> Pipeline:
         histogram_aggregates=config.histogram_aggregates,
         histogram_percentiles=config.histogram_percentiles,
         expiry_seconds=config.dogstatsd_expiry_seconds,
+        zero_fill_limit=config.dogstatsd_zero_fill_limit,
         on_expired=[limiter.expire],
     )
     enricher = Enricher(
@@ -324,6 +325,14 @@ def tag_rules(config: Config) -> TagRules:
 TOP_OFFENDERS = 10
 
 
+def report_zero_fill(pipeline: Pipeline) -> None:
+    """Count the idle counters flushes left without a zero point (``dogstatsd_zero_fill_limit``)."""
+    aggregator = pipeline.aggregator
+    if aggregator.zero_fill_skipped:
+        pipeline.telemetry.incr("zero_fill_skipped", aggregator.zero_fill_skipped)
+        aggregator.zero_fill_skipped = 0
+
+
 def report_limits(pipeline: Pipeline, now: float) -> None:
     """Put the limiter's and tag rules' counts of this interval in telemetry, bounded in cardinality."""
     telemetry, limiter = pipeline.telemetry, pipeline.limiter
@@ -338,7 +347,9 @@ def report_limits(pipeline: Pipeline, now: float) -> None:
     rules.dropped.clear()
 
 
-def build_intake(config: Config, reactor, pipeline: Pipeline, forward=None) -> IntakeService:
+def build_intake(
+    config: Config, reactor, pipeline: Pipeline, forward=None, *, freeze_gc: bool = False
+) -> IntakeService:
     """The packet buffers in front of ``pipeline``, drained on the configured timer."""
     return IntakeService(
         reactor,
@@ -347,6 +358,7 @@ def build_intake(config: Config, reactor, pipeline: Pipeline, forward=None) -> I
         flush_timeout=config.dogstatsd_packet_buffer_flush_timeout,
         eol_required=config.dogstatsd_eol_required,
         forward=forward,
+        freeze_gc=freeze_gc,
     )
 
 
@@ -408,7 +420,8 @@ def build_service(
         reactor, LAG_PROBE_INTERVAL, lambda: lag.tick(reactor.seconds()), telemetry, "reactor_lag"
     ).setServiceParent(root)
 
-    intake = build_intake(config, reactor, pipeline, forward=root.forwarder.forward if root.forwarder else None)
+    forward = root.forwarder.forward if root.forwarder else None
+    intake = build_intake(config, reactor, pipeline, forward=forward, freeze_gc=freeze_gc)
     root.flusher = FlushService(
         reactor,
         aggregator,
@@ -420,7 +433,13 @@ def build_service(
         blocklist=blocklist,
         # Folded before the flush records the server's own telemetry, so its
         # metrics count includes every sample this flush sends.
-        before_flush=[intake.drain, pipeline.fold, lag.report, lambda: report_limits(pipeline, reactor.seconds())],
+        before_flush=[
+            intake.drain,
+            pipeline.fold,
+            lag.report,
+            lambda: report_limits(pipeline, reactor.seconds()),
+            lambda: report_zero_fill(pipeline),
+        ],
         freeze_gc=freeze_gc,
         cooperator=cooperator.coop,
         stop_deadline=root.stop_deadline,

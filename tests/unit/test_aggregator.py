@@ -420,3 +420,33 @@ def test_a_flush_yields_more_often_for_histograms_with_many_samples():
             agg.add(ctx(f"h{i}"), HISTOGRAM, v, 1.0, 1001)
     steps = list(agg.flush_steps(1010, FlushBatch(timestamp=1010)))
     assert len(steps) >= 3  # a yield after every big histogram, though there are fewer than FLUSH_STEP contexts
+
+
+def test_zero_fill_is_bounded_and_keeps_the_most_recently_active_counters():
+    """Past ``zero_fill_limit`` idle counters, the most recently active get the zero point (README)."""
+    agg = Aggregator(expiry_seconds=300, zero_fill_limit=1)
+    early, late = ctx("early"), ctx("late")
+    agg.add(early, COUNTER, 1, 1.0, 1001)  # registered first
+    agg.add(late, COUNTER, 1, 1.0, 1002)
+    agg.flush(1010)
+    agg.add(early, COUNTER, 1, 1.0, 1011)  # active again, ``late`` idle: ``late`` gets its zero
+    out = by_name(agg.flush(1020))
+    assert out["early"].points == [(1010, 0.1)]
+    assert out["late"].points == [(1010, 0.0)]
+    assert agg.zero_fill_skipped == 0
+    out = by_name(agg.flush(1030))  # both idle now, room for one: the one seen last
+    assert list(out) == ["early"]
+    assert out["early"].points == [(1020, 0.0)]
+    assert agg.zero_fill_skipped == 1
+
+
+def test_zero_fill_limit_counts_every_counter_left_out_and_0_lifts_it():
+    bounded, unbounded = Aggregator(zero_fill_limit=3), Aggregator(zero_fill_limit=0)
+    for agg in (bounded, unbounded):
+        for i in range(10):
+            agg.add(ctx(f"c{i}"), COUNTER, 1, 1.0, 1001)
+        agg.flush(1010)
+    assert len(bounded.flush(1020).series) == 3
+    assert bounded.zero_fill_skipped == 7
+    assert len(unbounded.flush(1020).series) == 10
+    assert unbounded.zero_fill_skipped == 0

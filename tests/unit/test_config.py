@@ -899,3 +899,10 @@ def test_mapper_profiles_from_yaml_and_from_json_in_the_environment(write):
     assert from_env.dogstatsd_mapper_profiles == config.dogstatsd_mapper_profiles
     with pytest.raises(ConfigError, match=r"DD_DOGSTATSD_MAPPER_PROFILES.*JSON"):
         load_config(env={"DD_DOGSTATSD_MAPPER_PROFILES": "[not json"})
+
+
+def test_zero_fill_limit_defaults_to_100_000_and_refuses_negatives():
+    assert load_config(data={}).dogstatsd_zero_fill_limit == 100_000
+    assert load_config(data={"dogstatsd_zero_fill_limit": 0}).dogstatsd_zero_fill_limit == 0
+    with pytest.raises(ConfigError, match="at least 0"):
+        load_config(data={"dogstatsd_zero_fill_limit": -1})

@@ -41,6 +41,7 @@ EVERY_KEY_CHANGED = {
     "dogstatsd_eol_required": ["udp"],
     "dogstatsd_tags": ["b:2", "a:1"],
     "dogstatsd_expiry_seconds": 60,
+    "dogstatsd_zero_fill_limit": 5000,
     "dogstatsd_context_expiry_seconds": 5,
     "dogstatsd_no_aggregation_pipeline": False,
     "dogstatsd_origin_detection_client": True,

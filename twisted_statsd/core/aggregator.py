@@ -53,6 +53,9 @@ HISTOGRAM_SAMPLES_PER_CONTEXT = 100
 # between two flushes; anything beyond is refused and counted by the caller.
 MAX_PENDING = 100_000
 
+# Idle counters given a zero point per flushed bucket, at most (``dogstatsd_zero_fill_limit``).
+ZERO_FILL_LIMIT = 100_000
+
 # Numbers buckets apart for the lifetime of the process, so that a route's
 # remembered metric is never taken for that of a later bucket with the same start.
 _bucket_serials = count(1)
@@ -330,6 +333,10 @@ class Aggregator:
     Invariants: ``_buckets`` holds only buckets with samples; ``_counters`` maps
     the key of every counter context seen within ``expiry_seconds`` to its
     latest Counter, whose context and time of last sample drive zero-filling.
+    With more of them than ``zero_fill_limit``, each flush moves the counters it
+    saw samples of to the end of ``_counters``, which is then ordered by the
+    last flushed bucket with a sample, oldest first: zero-filling beyond the
+    limit keeps the most recently active.
     """
 
     def __init__(
@@ -338,11 +345,16 @@ class Aggregator:
         histogram_aggregates=("max", "median", "avg", "count"),
         histogram_percentiles=(0.95,),
         expiry_seconds: float = 300.0,
+        zero_fill_limit: int = ZERO_FILL_LIMIT,
         on_expired: Iterable[Callable[[list[int]], None]] = (),
     ):
         self.histogram_aggregates = tuple(histogram_aggregates)
         self.percent_ranks = tuple(int(p * 100 + 0.5) for p in histogram_percentiles)
         self.expiry_seconds = expiry_seconds
+        # 0: no bound (DogStatsD's behaviour).
+        self.zero_fill_limit = zero_fill_limit
+        # Idle counters left without their zero point because of the bound (reported in telemetry).
+        self.zero_fill_skipped = 0
         self._buckets: dict[int, Bucket] = {}
         # key -> the context's latest Counter (its context and the time of its
         # last sample); usually the very object in the open bucket, so a live
@@ -393,7 +405,8 @@ class Aggregator:
 
     def metric_class(self, context: Context, now: float) -> type | None:
         """The class of the metric ``context`` has in the bucket open at ``now`` (distributions aside), if any."""
-        bucket = self._buckets.get(bucket_start(now))
+        start = int(now)
+        bucket = self._buckets.get(start - start % BUCKET_SECONDS)  # bucket_start, inlined: once per new shape
         metric = None if bucket is None else bucket.metrics.get(context.key)
         return None if metric is None else type(metric)
 
@@ -544,22 +557,45 @@ class Aggregator:
     # allocate a tuple per counter in one step.
 
     def _note_counter_activity(self, bucket: Bucket, step: int):
-        """Fold the latest sample time of the bucket's counters into ``_counters``."""
+        """Fold the latest sample time of the bucket's counters into ``_counters``.
+
+        With more live counters than ``zero_fill_limit``, they are also moved
+        to its end, so that the most recently active are zero-filled first.
+        Only then: a key moved leaves a hole that a later insertion pays for
+        with a resize of the whole map, a stall at hundreds of thousands.
+        """
         counters = self._counters
+        ordered = 0 < self.zero_fill_limit < len(counters)
         for done, (key, metric) in enumerate(bucket.metrics.items(), 1):
             if type(metric) is Counter:
-                seen = counters.get(key)
-                if seen is None or metric.last > seen.last:
-                    counters[key] = metric
+                if ordered:
+                    seen = counters.pop(key, None)
+                    counters[key] = metric if seen is None or metric.last > seen.last else seen
+                else:
+                    seen = counters.get(key)
+                    if seen is None or metric.last > seen.last:
+                        counters[key] = metric
             if not done % step:
                 yield
 
     def _zero_fill(self, bucket: Bucket, step: int):
+        """Give a zero point in ``bucket`` to live counters without a sample in it (spec §6.5).
+
+        Bounded: at most ``zero_fill_limit`` per bucket, the most recently
+        active first (the end of ``_counters``); a flush of a burst of a
+        million counters would otherwise write a million zero series every
+        interval until they expire.  Those left out are counted.
+        """
         counters, metrics, expiry = self._counters, bucket.metrics, self.expiry_seconds
-        for done, key in enumerate(list(counters), 1):
+        room = self.zero_fill_limit or len(counters)
+        for done, key in enumerate(reversed(list(counters)), 1):
             seen = counters.get(key)
             if seen is not None and seen.last + expiry > bucket.start and key not in metrics:
-                metrics[key] = Counter(seen.context)
+                if room:
+                    metrics[key] = Counter(seen.context)
+                    room -= 1
+                else:
+                    self.zero_fill_skipped += 1
             if not done % step:
                 yield
 

@@ -70,6 +70,12 @@ def _split_special_tags(tags):
     return host, kept
 
 
+# Tag lists split by _split_special_tags, remembered: new contexts mostly
+# repeat tag lists seen before (a new metric name of a known pod), so
+# learning one need not walk its tags again.  Past the bound it starts over.
+_SPLIT_CACHE_SIZE = 10_000
+
+
 def container_id(local_data: bytes | None) -> bytes | None:
     """The container ID in a ``c:`` field: ``ci-<id>``, ``cid-<id>`` or a bare ID (spec §2.6).
 
@@ -128,6 +134,7 @@ class Enricher:
         self.mapper = mapper
         # metric_tag_filterlist and the tag value limits; replaced as a whole on reload, like the mapper.
         self.tag_rules = tag_rules or TagRules()
+        self._splits: dict[tuple[bytes, ...], tuple[bytes | None, tuple[bytes, ...]]] = {}
 
     def metric_target(
         self, message: MetricMessage, origin: bytes | None = None, *, learn: bool = True
@@ -142,8 +149,9 @@ class Enricher:
             if mapped is not None:
                 name, extra = mapped
                 tags = [*tags, *extra]
-        host, tags = _split_special_tags(tags)
-        _add_origin(tags, message.container_id, origin)
+        host, tags = self._split(tags)
+        if message.container_id is not None or origin is not None:
+            _add_origin(tags, message.container_id, origin)
         if host is None:
             host = self.hostname
         if self.namespace and not name.startswith(self.namespace_exclusions):
@@ -157,6 +165,17 @@ class Enricher:
         if self.histogram_copy_prefix is not None and message.type in (HISTOGRAM, TIMING):
             copy = Context(self.histogram_copy_prefix + name, host, tags)
         return Target(message.type, Context(name, host, tags), message.rate, copy)
+
+    def _split(self, tags: list[bytes]) -> tuple[bytes | None, list[bytes]]:
+        """``_split_special_tags(tags)``, remembered per tag list; the caller owns the list returned."""
+        frozen = tuple(tags)
+        split = self._splits.get(frozen)
+        if split is None:
+            host, kept = _split_special_tags(frozen)
+            if len(self._splits) >= _SPLIT_CACHE_SIZE:
+                self._splits.clear()
+            split = self._splits[frozen] = host, tuple(kept)
+        return split[0], list(split[1])
 
     def _host_and_tags(self, message: EventMessage | ServiceCheckMessage, origin: bytes | None) -> tuple[str, tuple]:
         """The host (a ``host:`` tag wins) and the sorted, de-duplicated tags of an event or service check."""

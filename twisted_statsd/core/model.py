@@ -98,29 +98,59 @@ class ServiceCheckMessage:
     warnings: list[str] = field(default_factory=list)
 
 
-# Decoded tag sets shared between contexts: most contexts repeat a few hosts and
-# tag combinations, so each is stored once.  Bounded; past the bound, new sets
-# are simply not shared.
-_SHARED_TAG_SETS: dict[tuple[bytes, ...], tuple[str, ...]] = {}
+# Tag sets shared between contexts: most contexts repeat a few hosts and tag
+# combinations, so each is stored once.  Keyed by the tags as a line gave
+# them (order and duplicates included): their rendering in the context key
+# and their decoded, sorted and de-duplicated tuple, so that learning a new
+# context whose tag set was seen before sorts, renders and decodes nothing.
+# Bounded; past the bound, new sets are simply not shared.
+_SHARED_TAG_SETS: dict[tuple[bytes, ...], tuple[bytes, tuple[str, ...]]] = {}
+# Decoded tuples by sorted unique tags, so two orders of one set share one tuple.
+_DECODED_TAG_SETS: dict[tuple[bytes, ...], tuple[str, ...]] = {}
 SHARED_TAG_SETS_LIMIT = 100_000
 
 
 def forget_shared_tag_sets() -> None:
     """Start sharing afresh, so tag sets of contexts gone since are not kept alive."""
     _SHARED_TAG_SETS.clear()
+    _DECODED_TAG_SETS.clear()
+    _HOSTS.clear()
 
 
 def _text(raw: bytes) -> str:
     return sys.intern(raw.decode("utf-8", "replace"))
 
 
-def _tag_set(unique: tuple[bytes, ...]) -> tuple[str, ...]:
-    decoded = _SHARED_TAG_SETS.get(unique)
+# Hosts decoded, by their bytes: nearly every context has one of a few hosts.
+_HOSTS: dict[bytes, str] = {}
+
+
+def _host(raw: bytes) -> str:
+    host = _HOSTS.get(raw)
+    if host is None:
+        host = _text(raw)
+        if len(_HOSTS) < SHARED_TAG_SETS_LIMIT:
+            _HOSTS[raw] = host
+    return host
+
+
+def _tag_set(tags: tuple[bytes, ...]) -> tuple[bytes, tuple[str, ...]]:
+    """The key rendering and the decoded tuple of a tag set, shared while the bound allows."""
+    shared = _SHARED_TAG_SETS.get(tags)
+    if shared is not None:
+        return shared
+    unique = tuple(sorted(set(tags)))
+    # Each tag length-prefixed: tags may hold any byte, so no separator is safe.
+    rendering = b"".join([b"%d:%s" % (len(tag), tag) for tag in unique])
+    decoded = _DECODED_TAG_SETS.get(unique)
     if decoded is None:
         decoded = tuple(_text(t) for t in unique)
-        if len(_SHARED_TAG_SETS) < SHARED_TAG_SETS_LIMIT:
-            _SHARED_TAG_SETS[unique] = decoded
-    return decoded
+        if len(_DECODED_TAG_SETS) < SHARED_TAG_SETS_LIMIT:
+            _DECODED_TAG_SETS[unique] = decoded
+    shared = rendering, decoded
+    if len(_SHARED_TAG_SETS) < SHARED_TAG_SETS_LIMIT:
+        _SHARED_TAG_SETS[tags] = shared
+    return shared
 
 
 class Context:
@@ -139,13 +169,13 @@ class Context:
     __slots__ = ("host", "key", "name", "tags")
 
     def __init__(self, name: bytes, host: bytes, tags):
-        unique = tuple(sorted(set(tags)))
+        tag_rendering, decoded = _tag_set(tuple(tags))
         # Each part length-prefixed: names and tags may hold any byte, so no separator is safe.
-        rendering = b"".join([b"%d:%s" % (len(part), part) for part in (name, host, *unique)])
+        rendering = b"%d:%s%d:%s%s" % (len(name), name, len(host), host, tag_rendering)
         self.key: int = int.from_bytes(blake2b(rendering, digest_size=8).digest()) >> 4
         self.name: str = name.decode("utf-8", "replace")
-        self.host: str = _text(host)
-        self.tags: tuple[str, ...] = _tag_set(unique)
+        self.host: str = _host(host)
+        self.tags: tuple[str, ...] = decoded
 
     def __repr__(self):
         return f"Context({self.name!r}, host={self.host!r}, tags={self.tags!r})"

@@ -85,6 +85,9 @@ _REFUSALS = {
 # How the value of a line of each type is converted on the C-level path (a set member stays bytes).
 _CONVERTERS = {COUNTER: float, GAUGE: float, HISTOGRAM: float, TIMING: float, DISTRIBUTION: float, SET: bytes}
 
+# The prefixes parser.message_kind routes away from metrics.
+_NOT_METRICS = (b"_e{", b"_sc")
+
 _first = itemgetter(0)
 _type = attrgetter("type")
 _third = itemgetter(2)
@@ -131,6 +134,8 @@ class Pipeline:
         # Set by the memory monitor above its hard limit: lines of shapes not
         # seen yet (new contexts) are refused; known shapes still aggregate.
         self.refuse_new_contexts = False
+        # Shapes learnt so far: the intake freezes the garbage collector's view on it during bursts.
+        self.learnt = 0
 
     def process(
         self, packets: list[bytes], now: float, *, eol_required: bool = False, origin: bytes | None = None
@@ -275,7 +280,7 @@ class Pipeline:
         shape = cache.promote(key, None if self.limiter is None else self.limiter.knows)
         if shape is not None or cache.known(key):
             return shape
-        if parser.message_kind(line) != parser.METRIC:
+        if line.startswith(_NOT_METRICS):  # an event or service check (parser.message_kind)
             return None
         try:
             message = parser.parse_metric(line, timestamps=self.timestamps, origin_client=self.origin_client)
@@ -294,6 +299,7 @@ class Pipeline:
             target = self._limited(target, origin, now)
         if self.refuse_new_contexts and not self._known(target.context, now):
             return None
+        self.learnt += 1
         return cache.add(key, Shape(target, key))
 
     def _limited(self, target: Target, origin: bytes | None, now: float) -> Target:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from twisted.application.service import MultiService
 
 from twisted_statsd._twisted_helpers import periodic
@@ -9,6 +11,13 @@ from twisted_statsd.intake.buffer import PacketBuffer
 from twisted_statsd.intake.pipeline import Pipeline
 
 FOLD_AGE = 1.0
+
+# With ``freeze_gc``: new shapes (about as many new contexts, each a handful of
+# objects the collector tracks) between two ``gc.freeze()`` during a burst.
+# Without it a burst of new contexts triggers full collections over everything
+# learnt since the last flush's freeze: 80 ms at 100,000 new contexts, 170 ms
+# at 300,000, holding intake off.  A freeze is a constant-time list splice.
+FREEZE_EVERY_SHAPES = 5_000
 
 
 class IntakeService(MultiService):
@@ -25,7 +34,15 @@ class IntakeService(MultiService):
     """
 
     def __init__(
-        self, clock, pipeline: Pipeline, *, buffer_size: int, flush_timeout: float, eol_required=(), forward=None
+        self,
+        clock,
+        pipeline: Pipeline,
+        *,
+        buffer_size: int,
+        flush_timeout: float,
+        eol_required=(),
+        forward=None,
+        freeze_gc: bool = False,
     ):
         super().__init__()
         self.clock = clock
@@ -38,6 +55,8 @@ class IntakeService(MultiService):
         # Called with (packets, now, transport, origin) for every batch before it is parsed, while
         # per-metric statistics or a capture want them; empty otherwise, so a batch pays one truth test.
         self.observers: list = []
+        self.freeze_gc = freeze_gc
+        self._freeze_at = FREEZE_EVERY_SHAPES
         periodic(clock, flush_timeout, self.drain, pipeline.telemetry, "drain").setServiceParent(self)
 
     def buffer_for(self, transport: str, origin: bytes | None = None) -> PacketBuffer:
@@ -56,10 +75,23 @@ class IntakeService(MultiService):
                 for observe in observers:
                     observe(packets, now, transport, origin)
             pipeline.process(packets, now, eol_required=eol, origin=origin)
+            if pipeline.learnt >= self._freeze_at:
+                self._burst()
 
         buffer = PacketBuffer(process, self.buffer_size, pipeline.telemetry, transport, self.forward)
         self.buffers.append(buffer)
         return buffer
+
+    def _burst(self) -> None:
+        """Many contexts were learnt since the last check: keep them out of the collector's scans.
+
+        Like the flush's freeze (:mod:`twisted_statsd.flush`): what is frozen is
+        still freed by reference counting; cyclic garbage caught in it waits
+        for the flush's periodic full collection.
+        """
+        self._freeze_at = self.pipeline.learnt + FREEZE_EVERY_SHAPES
+        if self.freeze_gc and gc.isenabled():
+            gc.freeze()
 
     def release(self, buffer: PacketBuffer) -> None:
         """Drain a buffer whose connection has closed and stop draining it on the timer."""
