@@ -34,6 +34,7 @@ from math import isfinite
 
 from twisted_statsd.core.model import Event, FlushBatch, Series, ServiceCheck, SketchSeries
 from twisted_statsd.core.sketch import INF_KEY, Sketch, key_of, value_of
+from twisted_statsd.sinks._json_series import SeriesFormat, series_text
 
 __all__ = [
     "CHECKS",
@@ -252,36 +253,22 @@ def series_object(series: Series) -> dict:
     return obj
 
 
-# The string encoder ``_encode`` uses (ensure_ascii), for series written without it.
-_string = json.encoder.encode_basestring_ascii
-_POINT = '{"timestamp":%d,"value":%r}'
-_SERIES = '{"metric":%s,"type":%d,"points":[%s],"tags":[%s],"interval":%d%s}'
+_SERIES_FORMAT = SeriesFormat(
+    point='{"timestamp":%d,"value":%r}',
+    separator=",",
+    series='{{"metric":{0},"type":{1:d},"points":[{2}],"tags":[{3}],"interval":{4:d}{5}}}',
+    resources=',"resources":[{"type":"host","name":%s}]',
+    no_resources="",
+)
 
 
 def series_item(series: Series) -> bytes:
     """``_dumps(series_object(series))``, formatted directly: a flush encodes one per context.
 
-    Raises ValueError for a point JSON cannot carry, as the encoder does; a
-    series of other types than the aggregator's (int timestamps, float values,
-    str names and tags) takes the encoder.
+    Raises ValueError for a point JSON cannot carry, as the encoder does.
     """
-    points = []
-    for ts, value in series.points:
-        if type(ts) is not int or type(value) is not float:
-            return _dumps(series_object(series))
-        if value - value:  # NaN or infinite
-            raise ValueError("Out of range float values are not JSON compliant")
-        points.append(_POINT % (ts, value))
-    kind, interval, host = series.type, series.interval, series.host
-    if type(kind) is not int or type(interval) is not int or type(host) is not str:
-        return _dumps(series_object(series))
-    try:
-        tags = ",".join(map(_string, series.tags))
-        name = _string(series.name)
-    except TypeError:
-        return _dumps(series_object(series))
-    resources = f',"resources":[{{"type":"host","name":{_string(host)}}}]' if host else ""
-    return (_SERIES % (name, kind, ",".join(points), tags, interval, resources)).encode()
+    text = series_text(series, _SERIES_FORMAT)
+    return _dumps(series_object(series)) if text is None else text.encode()
 
 
 def service_check_item(check: ServiceCheck) -> bytes:

@@ -27,6 +27,7 @@ from twisted_statsd._twisted_helpers import Waiters
 from twisted_statsd.config import SinkOption
 from twisted_statsd.core.model import Event, FlushBatch, ServiceCheck
 from twisted_statsd.interfaces import IMetricSink
+from twisted_statsd.sinks._json_series import SeriesFormat, series_text
 from twisted_statsd.telemetry import Telemetry
 
 # Objects serialised per cooperative step.
@@ -34,8 +35,6 @@ LINES_PER_STEP = 100
 
 # One encoder for every line: json.dumps with an option builds a new one per call.
 _encode = json.JSONEncoder(allow_nan=False).encode
-# The string encoder that one uses (ensure_ascii), for lines written without it.
-_string = json.encoder.encode_basestring_ascii
 
 # Output held for a slow reader of standard output before lines are dropped.
 STDOUT_BUFFER_LIMIT = 16 * 1024 * 1024
@@ -59,43 +58,22 @@ def series_object(series) -> dict:
     }
 
 
-_POINT = '{"timestamp": %d, "value": %r}'
-_SERIES = '{"metric": %s, "type": %d, "points": [%s], "tags": [%s], "resources": %s, "interval": %d}'
+_SERIES_FORMAT = SeriesFormat(
+    point='{"timestamp": %d, "value": %r}',
+    separator=", ",
+    series='{{"metric": {0}, "type": {1:d}, "points": [{2}], "tags": [{3}], "resources": {5}, "interval": {4:d}}}',
+    resources='[{"type": "host", "name": %s}]',
+    no_resources="[]",
+)
 
 
 def series_line(series) -> str:
     """``_encode(series_object(series))``, formatted directly: a flush writes one per context.
 
-    Raises ValueError for a point JSON cannot carry, as the encoder does.  A
-    series of other types than the aggregator's (int timestamps, float values,
-    str names and tags) takes the encoder.
+    Raises ValueError for a point JSON cannot carry, as the encoder does.
     """
-    kind, interval, host, points = series.type, series.interval, series.host, series.points
-    if type(kind) is not int or type(interval) is not int or type(host) is not str:
-        return _encode(series_object(series))
-    if len(points) == 1:  # a flush of one bucket: every series
-        ts, value = points[0]
-        if type(ts) is not int or type(value) is not float:
-            return _encode(series_object(series))
-        if value - value:  # NaN or infinite
-            raise ValueError("Out of range float values are not JSON compliant")
-        text = _POINT % (ts, value)
-    else:
-        texts = []
-        for ts, value in points:
-            if type(ts) is not int or type(value) is not float:
-                return _encode(series_object(series))
-            if value - value:
-                raise ValueError("Out of range float values are not JSON compliant")
-            texts.append(_POINT % (ts, value))
-        text = ", ".join(texts)
-    try:
-        tags = ", ".join(map(_string, series.tags))
-        name = _string(series.name)
-    except TypeError:
-        return _encode(series_object(series))
-    resources = f'[{{"type": "host", "name": {_string(host)}}}]' if host else "[]"
-    return _SERIES % (name, kind, text, tags, resources, interval)
+    text = series_text(series, _SERIES_FORMAT)
+    return _encode(series_object(series)) if text is None else text
 
 
 def percentile_label(q: float) -> str:
