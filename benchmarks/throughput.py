@@ -43,7 +43,7 @@ if even the first step failed, it halves the rate down to ``--floor``; then
 first failing rate.  recv-only runs at 1,000 contexts only: it does not
 parse, so its rate stands in for every workload.  The Unix datagram and
 stream runs (1,000 contexts; twisted-statsd with one process and with
-``dogstatsd_workers: 2``, and recv-only) are one step at the top rate: a
+``dogstatsd_workers: 2``, and recv-only) are one step at 10,000,000/s: a
 Unix sender is slowed down by the receiver and loses nothing, so the rate it
 achieves is the receiver's (the ladder steps down if that step loses).
 
@@ -88,6 +88,7 @@ LOSS_THRESHOLD = 0.001
 SHORT_OF_OFFERED = 0.97  # a step that achieved less than this share of its rate fell short
 RECEIVERS = ("twisted-statsd", "etsy-statsd", "ceiling", "recv-only")
 UNIX_RECEIVERS = ("twisted-statsd", TWO_WORKERS, "recv-only")
+UNIX_RATE = 10_000_000  # the one Unix step's offered rate: above any receiver's, so the receiver sets the pace
 # Where in a step the receiver's periodic flush may fall, as shares of the step: late enough to be
 # measured with intake going on, early enough for its work to be done mostly within the step.
 ALIGN_EARLIEST, ALIGN_LATEST = 0.1, 0.6
@@ -365,7 +366,7 @@ def parse_args(argv=None):
         type=int,
         help="contexts of the million-context run (default 1,000,000, quick 50,000; 0: skip it)",
     )
-    parser.add_argument("--backlog-rounds", type=int, help="queue-drain rounds per process count (default 15, quick 3)")
+    parser.add_argument("--backlog-rounds", type=int, help="queue-drain rounds per process count (default 9, quick 3)")
     parser.add_argument(
         "--no-backlog",
         dest="backlog",
@@ -387,7 +388,7 @@ def parse_args(argv=None):
     args.refine = args.refine if args.refine is not None else (0 if args.quick else 2)
     args.contexts = [int(c) for c in (args.contexts or ("1000,20000" if args.quick else "1000,100000")).split(",")]
     args.million = args.million if args.million is not None else (50_000 if args.quick else 1_000_000)
-    args.backlog_rounds = args.backlog_rounds or (3 if args.quick else 15)
+    args.backlog_rounds = args.backlog_rounds or (3 if args.quick else 9)
     if args.quick:
         args.align = False
     args.receivers = args.receivers.split(",")
@@ -470,7 +471,7 @@ def run_all(bench: Bench, args) -> dict:
         bench.generator.describe(mixed_spec(contexts), transport)
         # A Unix sender is slowed down by the receiver and loses nothing: one step at the top rate
         # gives the receiver's rate (the ladder steps down if it fails).
-        rates = args.rates if transport == "udp" else args.rates[-1:]
+        rates = args.rates if transport == "udp" else [UNIX_RATE]
         steps = bench.ladder(name, transport, contexts, rates)
         runs[(name, transport, contexts)] = {"steps": steps, "summary": summarize(steps, rates, transport)}
     cpu = {
