@@ -270,6 +270,7 @@ def read_telemetry(path: str) -> dict:
         "packets": sum(packets.values()),
         "packets_by_transport": packets,
         "contexts_gauge_max": gauges.get(("contexts", ())),
+        "worker_metrics": round(totals.get(("worker_metrics", ()), 0.0)),
     }
 
 

@@ -45,7 +45,8 @@ parse, so its rate stands in for every workload.  The Unix datagram and
 stream runs (1,000 contexts; twisted-statsd with one process and with
 ``dogstatsd_workers: 2``, and recv-only) are one step at 10,000,000/s: a
 Unix sender is slowed down by the receiver and loses nothing, so the rate it
-achieves is the receiver's (the ladder steps down if that step loses).
+achieves is the receiver's (the ladder steps down if that step loses); three
+rounds, the receivers taking turns, and the best step counts.
 
 Measured apart from the ladders, all on the real server except the last:
 RSS per live counter context (:meth:`Bench.measure_memory`, at the high
@@ -174,6 +175,7 @@ class Bench:
             "short": sent["achieved_rate"] < SHORT_OF_OFFERED * rate,
             "settled": quiet,
             "dropped": counted["dropped"],
+            "worker_metrics": counted.get("worker_metrics"),
             "kernel_drops": None if drops_after is None else drops_after - drops_before,
             "warmup_kernel_drops": drops_before,
             "lost_at_sender": sent["lost_at_sender"],
@@ -352,6 +354,9 @@ def parse_args(argv=None):
     )
     parser.add_argument("--no-unix", dest="unix", action="store_false", help="skip the Unix socket ladders")
     parser.add_argument(
+        "--unix-rounds", type=int, help="interleaved rounds of the Unix steps; the best counts (default 3, quick 1)"
+    )
+    parser.add_argument(
         "--no-align",
         dest="align",
         action="store_false",
@@ -389,6 +394,7 @@ def parse_args(argv=None):
     args.contexts = [int(c) for c in (args.contexts or ("1000,20000" if args.quick else "1000,100000")).split(",")]
     args.million = args.million if args.million is not None else (50_000 if args.quick else 1_000_000)
     args.backlog_rounds = args.backlog_rounds or (3 if args.quick else 9)
+    args.unix_rounds = args.unix_rounds or (1 if args.quick else 3)
     if args.quick:
         args.align = False
     args.receivers = args.receivers.split(",")
@@ -456,8 +462,10 @@ def run_all(bench: Bench, args) -> dict:
         if name != "recv-only" or contexts == low
     ]
     if args.unix:
+        # Rounds interleaved, one process and two taking turns, so a noisy minute does not decide the ratio.
         plan += [
             (name, transport, low)
+            for _ in range(args.unix_rounds)
             for transport in ("unixgram", "unixstream")
             for name in UNIX_RECEIVERS
             if name in args.receivers or (name == TWO_WORKERS and "twisted-statsd" in args.receivers)
@@ -472,17 +480,33 @@ def run_all(bench: Bench, args) -> dict:
         # A Unix sender is slowed down by the receiver and loses nothing: one step at the top rate
         # gives the receiver's rate (the ladder steps down if it fails).
         rates = args.rates if transport == "udp" else [UNIX_RATE]
-        steps = bench.ladder(name, transport, contexts, rates)
+        steps = (runs.get((name, transport, contexts)) or {"steps": []})["steps"]
+        steps += bench.ladder(name, transport, contexts, rates)
         runs[(name, transport, contexts)] = {"steps": steps, "summary": summarize(steps, rates, transport)}
     cpu = {
         name: _cpu_step(bench, name, runs[(name, "udp", low)]["steps"])
         for name in args.receivers
         if (name, "udp", low) in runs
     }
-    memory = bench.measure_memory(high) if args.memory else None
-    stall = measure_stall(high) if args.stall else None
-    backlog = drain_medians((1, 2), args.backlog_rounds, 3000, bench.root, high) if args.backlog else None
-    million_run = million.measure(bench.root, args.million, args.rcvbuf) if args.million else None
+    errors: dict[str, str] = {}
+
+    def attempt(name: str, wanted, measure):
+        """One separate measurement; a failure is reported and leaves its rows "not measured", not the run."""
+        if not wanted:
+            return None
+        try:
+            return measure()
+        except Exception as error:
+            errors[name] = f"{type(error).__name__}: {error}"
+            print(f"  {name} failed: {errors[name]}", file=sys.stderr, flush=True)
+            return None
+
+    memory = attempt("memory", args.memory, lambda: bench.measure_memory(high))
+    stall = attempt("stall", args.stall, lambda: measure_stall(high))
+    backlog = attempt(
+        "backlog", args.backlog, lambda: drain_medians((1, 2), args.backlog_rounds, 3000, bench.root, high)
+    )
+    million_run = attempt("million", args.million, lambda: million.measure(bench.root, args.million, args.rcvbuf))
     if million_run:
         print(
             f"  {million_run['live_contexts']:,} live contexts, peak RSS {million_run['peak_rss'] / 2**20:.0f} MiB, "
@@ -502,6 +526,7 @@ def run_all(bench: Bench, args) -> dict:
         # Measured by benchmarks of their own (issue 14 item 1), wired in here when they land.
         "flush_cost": None,
         "burst": None,
+        "errors": errors,
     }
 
 
