@@ -2,8 +2,8 @@
 
     python -m benchmarks.throughput [--quick] [--json PATH] [--rates 200k,400k,...]
 
-(from the repository root.)  A full run takes 12-15 minutes on a quiet 2-core
-machine; ``--quick`` is a smoke run of every part in about 3 minutes (1.5 s
+(from the repository root.)  A full run takes about 11 minutes on this 2-core
+machine (16 under heavy load); ``--quick`` is a smoke run of every part in 2-3 minutes (1.5 s
 steps, three rates, no retries or bisection, no flush alignment, 20,000
 contexts for 100,000 and 50,000 for a million): its rows say they measured
 less than the target's size, and its figures are not for comparing.  The
