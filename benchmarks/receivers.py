@@ -182,9 +182,18 @@ class TwistedStatsd(ProcessReceiver):
 
     name = "twisted-statsd"
 
-    def __init__(self, workdir: str, transport: str, rcvbuf: int, flush_interval: float = 1.0, workers: int = 1):
+    def __init__(
+        self,
+        workdir: str,
+        transport: str,
+        rcvbuf: int,
+        flush_interval: float = 1.0,
+        workers: int = 1,
+        settings: dict | None = None,
+    ):
         super().__init__(workdir, transport)
         self.workers = workers
+        self.settings = settings or {}  # more config keys (the admin port for :mod:`benchmarks.million`)
         self.rcvbuf_asked = rcvbuf
         self.flush_interval = flush_interval
         self.jsonl = os.path.join(workdir, "out.jsonl")
@@ -199,6 +208,7 @@ class TwistedStatsd(ProcessReceiver):
             "flush_interval": self.flush_interval,
             "dogstatsd_workers": self.workers,
             "sinks": [{"type": "jsonl", "path": self.jsonl}],
+            **self.settings,
         }
         if self.transport != "udp":
             config[UNIX_KEYS[self.transport]] = self.path
@@ -260,6 +270,7 @@ def read_telemetry(path: str) -> dict:
         "packets": sum(packets.values()),
         "packets_by_transport": packets,
         "contexts_gauge_max": gauges.get(("contexts", ())),
+        "worker_metrics": round(totals.get(("worker_metrics", ()), 0.0)),
     }
 
 

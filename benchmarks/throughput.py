@@ -1,9 +1,14 @@
-"""Side-by-side socket throughput: twisted-statsd, Etsy statsd and a ceiling receiver, one run.
+"""Issue 14's target table in one run: twisted-statsd beside Etsy statsd, a ceiling and a recv-only receiver.
 
-    python -m benchmarks.throughput [--quick] [--json PATH] [--rates 100k,200k,...]
+    python -m benchmarks.throughput [--quick] [--json PATH] [--rates 200k,400k,...]
 
-(from the repository root; ``--quick`` is for development: 1.5 s steps, no
-retries, one bisection step; a full run takes tens of minutes.)
+(from the repository root.)  A full run takes about 11 minutes on this 2-core
+machine (16 under heavy load); ``--quick`` is a smoke run of every part in 2-3 minutes (1.5 s
+steps, three rates, no retries or bisection, no flush alignment, 20,000
+contexts for 100,000 and 50,000 for a million): its rows say they measured
+less than the target's size, and its figures are not for comparing.  The
+table is printed and written with everything measured to a JSON file;
+``python -m benchmarks.report FILE --markdown`` prints it again as Markdown.
 
 Every receiver is a separate process, loaded over loopback by a separate load
 generator process (:mod:`benchmarks.loadgen`) with the same pre-built
@@ -17,31 +22,42 @@ process:
    (a new context is slow the first time in every receiver; steps measure the
    steady state); these metrics are counted as sent, so a warm-up loss counts
    against the step;
-3. wait so that the step's window holds the receiver's periodic flush (for
-   twisted-statsd, the flush that closes a 10 s bucket; for Etsy statsd, its
-   10 s flush), then send at the step's rate for ``--step-seconds``;
+3. wait, if need be, so that the step's window holds the receiver's periodic
+   flush (for twisted-statsd, the flush that closes a 10 s bucket; for Etsy
+   statsd, its 10 s flush) between 10 % and 60 % of the step, then send at
+   the step's rate for ``--step-seconds``;
 4. wait until its socket queue is empty and it is idle, read its CPU time
    (``/proc/<pid>/stat``), and stop it with SIGTERM; twisted-statsd's final
    flush writes everything, and its accepted-metric count is read back from its
    own telemetry (sum of value x 10 over ``twisted_statsd.metrics``), with the
    drop reasons from ``twisted_statsd.dropped``; Etsy statsd's from its own
    ``statsd.metrics_received`` counter (:mod:`benchmarks.etsy`), the ceiling's
-   from the lines it counted.  The kernel's drop count for every UDP receiver
-   comes from ``/proc/net/udp``.
+   and recv-only's from the lines they counted.  The kernel's drop count for
+   every UDP receiver comes from ``/proc/net/udp``.
 
 A step passes when at most 0.1 % of the metrics offered were not accepted.
 The ladder stops at the first failing step (after ``--retries``), or when the
 offered rate was not reached (generator limit, or Unix socket back-pressure);
 if even the first step failed, it halves the rate down to ``--floor``; then
 ``--refine`` bisection steps narrow the gap between the last passing and the
-first failing rate.  The Unix datagram and stream ladders (1,000 contexts;
-twisted-statsd when its checkout has ``dogstatsd_socket`` /
-``dogstatsd_stream_socket``, and the ceiling) work the same way.  CPU per
-metric is read at 200,000/s; RSS per live context and the flush stall are
-measured separately (:meth:`Bench.measure_memory`, :mod:`benchmarks.stall`), and
-so is the speed-up of two intake processes over one, by how fast each drains a
-full socket queue while no sender runs (:mod:`benchmarks.backlog`).
-See :mod:`benchmarks.report` for how bounds and verdicts are worked out.
+first failing rate.  recv-only runs at 1,000 contexts only: it does not
+parse, so its rate stands in for every workload.  The Unix datagram and
+stream runs (1,000 contexts; twisted-statsd with one process and with
+``dogstatsd_workers: 2``, and recv-only) are one step at 10,000,000/s: a
+Unix sender is slowed down by the receiver and loses nothing, so the rate it
+achieves is the receiver's (the ladder steps down if that step loses); three
+rounds, the receivers taking turns, and the best step counts.
+
+Measured apart from the ladders, all on the real server except the last:
+RSS per live counter context (:meth:`Bench.measure_memory`, at the high
+size), one process against two at the high size by how fast each drains a
+full socket queue while no sender runs, with the RSS of the whole process
+tree (:mod:`benchmarks.backlog`), a million live contexts
+(:mod:`benchmarks.million`), and, with ``--stall``, the in-process flush
+stall (:mod:`benchmarks.stall`).  Flush cost per sink and the burst of new
+contexts are measured by their own benchmarks; their rows read "not
+measured" until wired in.  See :mod:`benchmarks.report` for the rows,
+bounds and verdicts.
 """
 
 from __future__ import annotations
@@ -57,21 +73,26 @@ import sys
 import tempfile
 import time
 
-from benchmarks import procfs
+from benchmarks import million, procfs
 from benchmarks.backlog import drain_medians
 from benchmarks.etsy import VERSION as ETSY_VERSION
 from benchmarks.etsy import EtsyStatsd, install
 from benchmarks.loadgen import LoadGenerator
 from benchmarks.receivers import REPO, Ceiling, ReceiverFailed, RecvOnly, TwistedStatsd, twisted_transports
-from benchmarks.report import build_rows, format_table, summarize
+from benchmarks.report import TWO_WORKERS, build_rows, format_table, summarize
 from benchmarks.workload import mixed_spec
 
-RATES = [100_000, 200_000, 400_000, 600_000, 800_000, 1_000_000, 1_200_000, 1_600_000, 2_000_000]
-QUICK_RATES = [200_000, 400_000, 800_000, 1_200_000, 2_000_000]
+RATES = [200_000, 400_000, 800_000, 1_200_000, 1_600_000, 2_400_000]
+QUICK_RATES = [200_000, 800_000, 2_400_000]
 CPU_RATE = 200_000
 LOSS_THRESHOLD = 0.001
 SHORT_OF_OFFERED = 0.97  # a step that achieved less than this share of its rate fell short
 RECEIVERS = ("twisted-statsd", "etsy-statsd", "ceiling", "recv-only")
+UNIX_RECEIVERS = ("twisted-statsd", TWO_WORKERS, "recv-only")
+UNIX_RATE = 10_000_000  # the one Unix step's offered rate: above any receiver's, so the receiver sets the pace
+# Where in a step the receiver's periodic flush may fall, as shares of the step: late enough to be
+# measured with intake going on, early enough for its work to be done mostly within the step.
+ALIGN_EARLIEST, ALIGN_LATEST = 0.1, 0.6
 
 
 class Bench:
@@ -85,8 +106,9 @@ class Bench:
 
     def receiver(self, name: str, transport: str):
         workdir = tempfile.mkdtemp(dir=self.root, prefix="s")
-        if name == "twisted-statsd":
-            return TwistedStatsd(workdir, transport, self.args.rcvbuf, self.args.flush_interval, self.args.workers)
+        if name in ("twisted-statsd", TWO_WORKERS):
+            workers = 2 if name == TWO_WORKERS else self.args.workers
+            return TwistedStatsd(workdir, transport, self.args.rcvbuf, self.args.flush_interval, workers)
         if name == "etsy-statsd":
             return EtsyStatsd(self.stats_js, workdir, self.args.rcvbuf)
         if name == "recv-only":
@@ -99,15 +121,24 @@ class Bench:
         r.settle()
         return warm
 
+    @staticmethod
+    def _align(r, seconds: float) -> float | None:
+        """Wait, if need be, so that the receiver's next periodic flush falls within the step starting now.
+
+        Returns the time of that flush (None: the receiver has no periodic flush).
+        """
+        flush_at = r.next_flush_after(time.time() + ALIGN_EARLIEST * seconds)
+        if flush_at is not None:
+            time.sleep(max(0.0, flush_at - ALIGN_LATEST * seconds - time.time()))
+        return flush_at
+
     def step(self, name: str, transport: str, contexts: int, rate: float) -> dict:
         spec, seconds = mixed_spec(contexts), self.args.step_seconds
         receiver = self.receiver(name, transport)
         try:
             with receiver as r:
                 warm = self._warm_up(r, spec, contexts)
-                flush_at = r.next_flush_after(time.time() + 0.1 + seconds / 2) if self.args.align else None
-                if flush_at is not None:
-                    time.sleep(max(0.0, flush_at - seconds / 2 - time.time()))
+                flush_at = self._align(r, seconds) if self.args.align else None
                 drops_before, cpu_before = r.kernel_drops(), procfs.cpu_seconds(r.pid)
                 sent = self.generator.send(r.target, spec, rate, seconds)
                 quiet = r.settle()
@@ -144,6 +175,7 @@ class Bench:
             "short": sent["achieved_rate"] < SHORT_OF_OFFERED * rate,
             "settled": quiet,
             "dropped": counted["dropped"],
+            "worker_metrics": counted.get("worker_metrics"),
             "kernel_drops": None if drops_after is None else drops_after - drops_before,
             "warmup_kernel_drops": drops_before,
             "lost_at_sender": sent["lost_at_sender"],
@@ -222,7 +254,7 @@ def _progress(name: str, transport: str, contexts: int, step: dict) -> None:
     extra = f" short (sender cpu {step['sender_cpu_share']:.0%})" if step.get("short") else ""
     cpu = f", receiver cpu {step['cpu_us_per_metric']:.2f} us/metric" if step.get("cpu_us_per_metric") else ""
     print(
-        f"  {name:<15} {transport:<10} {contexts:>7,} ctx @ {step['rate']:>9,.0f}/s: "
+        f"  {name:<17} {transport:<10} {contexts:>7,} ctx @ {step['rate']:>9,.0f}/s: "
         f"achieved {step['achieved_rate']:>9,.0f}/s, loss {step['loss']:7.3%} {verdict}{extra}{cpu} "
         f"{step['dropped'] or ''}",
         file=sys.stderr,
@@ -296,12 +328,17 @@ def _rate_list(text: str) -> list[float]:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="short steps, fewer rates, no retries (development)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run of every part in about 3 minutes: short steps, fewer rates, no retries, no flush "
+        "alignment, smaller workloads (20,000 for 100,000 contexts, 50,000 for a million); not for figures",
+    )
     parser.add_argument("--rates", type=_rate_list, help="offered metrics/s per step, e.g. 100k,200k,1.2M")
     parser.add_argument("--step-seconds", type=float, help="seconds of load per step (default 5, quick 1.5)")
     parser.add_argument("--retries", type=int, help="re-runs of a failing step (default 1, quick 0)")
     parser.add_argument(
-        "--refine", type=int, help="bisection steps between the last pass and the first failure (default 2, quick 1)"
+        "--refine", type=int, help="bisection steps between the last pass and the first failure (default 2, quick 0)"
     )
     parser.add_argument(
         "--floor",
@@ -309,11 +346,16 @@ def parse_args(argv=None):
         default=25_000.0,
         help="when the first step fails, halve the rate down to this (default 25k)",
     )
-    parser.add_argument("--contexts", default="1000,100000", help="workload sizes (contexts), comma-separated")
+    parser.add_argument(
+        "--contexts", help="the two UDP workload sizes (contexts), low and high (default 1000,100000; quick 1000,20000)"
+    )
     parser.add_argument(
         "--receivers", default=",".join(RECEIVERS), help="comma-separated subset of " + ", ".join(RECEIVERS)
     )
     parser.add_argument("--no-unix", dest="unix", action="store_false", help="skip the Unix socket ladders")
+    parser.add_argument(
+        "--unix-rounds", type=int, help="interleaved rounds of the Unix steps; the best counts (default 3, quick 1)"
+    )
     parser.add_argument(
         "--no-align",
         dest="align",
@@ -321,7 +363,15 @@ def parse_args(argv=None):
         help="do not put the receiver's periodic flush inside each step",
     )
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip RSS per context")
-    parser.add_argument("--no-stall", dest="stall", action="store_false", help="skip the flush stall")
+    parser.add_argument(
+        "--stall", action="store_true", help="also the in-process flush stall at the high size (benchmarks.stall)"
+    )
+    parser.add_argument(
+        "--million",
+        type=int,
+        help="contexts of the million-context run (default 1,000,000, quick 50,000; 0: skip it)",
+    )
+    parser.add_argument("--backlog-rounds", type=int, help="queue-drain rounds per process count (default 9, quick 3)")
     parser.add_argument(
         "--no-backlog",
         dest="backlog",
@@ -340,8 +390,13 @@ def parse_args(argv=None):
     args.rates = args.rates or (QUICK_RATES if args.quick else RATES)
     args.step_seconds = args.step_seconds or (1.5 if args.quick else 5.0)
     args.retries = args.retries if args.retries is not None else (0 if args.quick else 1)
-    args.refine = args.refine if args.refine is not None else (1 if args.quick else 2)
-    args.contexts = [int(c) for c in args.contexts.split(",")]
+    args.refine = args.refine if args.refine is not None else (0 if args.quick else 2)
+    args.contexts = [int(c) for c in (args.contexts or ("1000,20000" if args.quick else "1000,100000")).split(",")]
+    args.million = args.million if args.million is not None else (50_000 if args.quick else 1_000_000)
+    args.backlog_rounds = args.backlog_rounds or (3 if args.quick else 9)
+    args.unix_rounds = args.unix_rounds or (1 if args.quick else 3)
+    if args.quick:
+        args.align = False
     args.receivers = args.receivers.split(",")
     if CPU_RATE not in args.rates:
         args.rates = sorted(args.rates + [CPU_RATE])
@@ -350,6 +405,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    began = time.time()
     environment = _environment(args)
     root = tempfile.mkdtemp(prefix="tsb")
     try:
@@ -364,12 +420,12 @@ def main(argv=None) -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     environment["loadavg_end"] = _read("/proc/loadavg")
-    rows = build_rows(results["runs"], results["cpu"], results["memory"], results["stall"], results["backlog"])
+    rows = build_rows(results)
     print(
         f"\ntwisted-statsd throughput, {environment['date']}, commit {(environment['commit'] or '?')[:12]}"
         f"{' (dirty)' if environment['dirty'] else ''}; {args.step_seconds:g} s steps"
         f"{', QUICK' if args.quick else ''}; load {environment['loadavg_start'].split()[0]} -> "
-        f"{environment['loadavg_end'].split()[0]} on {environment['cpus']} CPUs"
+        f"{environment['loadavg_end'].split()[0]} on {environment['cpus']} CPUs; took {time.time() - began:.0f} s"
     )
     print(format_table(rows))
     path = args.json or os.path.join(
@@ -378,23 +434,11 @@ def main(argv=None) -> None:
     _make_results_directory(os.path.dirname(os.path.abspath(path)))
     runs = [
         {"receiver": k[0], "transport": k[1], "contexts": k[2], **(v or {"available": False})}
-        for k, v in results["runs"].items()
+        for k, v in results.pop("runs").items()
     ]
     with open(path, "w") as f:
-        json.dump(
-            {
-                "environment": environment,
-                "rows": rows,
-                "runs": runs,
-                "cpu": results["cpu"],
-                "memory": results["memory"],
-                "stall": results["stall"],
-                "backlog": results["backlog"],
-            },
-            f,
-            indent=1,
-        )
-    print(f"\nwrote {path}")
+        json.dump({"environment": environment, "rows": rows, "runs": runs, **results}, f, indent=1)
+    print(f"\nwrote {path} (python -m benchmarks.report {path} --markdown: the table for the README)")
 
 
 def _make_results_directory(directory: str) -> None:
@@ -408,32 +452,82 @@ def _make_results_directory(directory: str) -> None:
 
 
 def run_all(bench: Bench, args) -> dict:
-    plan = [(name, "udp", contexts) for contexts in args.contexts for name in args.receivers]
-    if args.unix and 1000 in args.contexts:
+    """Every measurement of the table; see :func:`benchmarks.report.build_rows` for what each key holds."""
+    low, high = min(args.contexts), max(args.contexts)
+    # recv-only does not parse: one workload size stands in for every one.
+    plan = [
+        (name, "udp", contexts)
+        for contexts in args.contexts
+        for name in args.receivers
+        if name != "recv-only" or contexts == low
+    ]
+    if args.unix:
+        # Rounds interleaved, one process and two taking turns, so a noisy minute does not decide the ratio.
         plan += [
-            (name, transport, 1000)
+            (name, transport, low)
+            for _ in range(args.unix_rounds)
             for transport in ("unixgram", "unixstream")
-            for name in ("twisted-statsd", "ceiling")
-            if name in args.receivers
+            for name in UNIX_RECEIVERS
+            if name in args.receivers or (name == TWO_WORKERS and "twisted-statsd" in args.receivers)
         ]
     available = twisted_transports()
     runs: dict = {}
     for name, transport, contexts in plan:
-        if name == "twisted-statsd" and not available[transport]:
+        if name in ("twisted-statsd", TWO_WORKERS) and not available[transport]:
             runs[(name, transport, contexts)] = None
             continue
         bench.generator.describe(mixed_spec(contexts), transport)
-        steps = bench.ladder(name, transport, contexts, args.rates)
-        runs[(name, transport, contexts)] = {"steps": steps, "summary": summarize(steps, args.rates, transport)}
+        # A Unix sender is slowed down by the receiver and loses nothing: one step at the top rate
+        # gives the receiver's rate (the ladder steps down if it fails).
+        rates = args.rates if transport == "udp" else [UNIX_RATE]
+        steps = (runs.get((name, transport, contexts)) or {"steps": []})["steps"]
+        steps += bench.ladder(name, transport, contexts, rates)
+        runs[(name, transport, contexts)] = {"steps": steps, "summary": summarize(steps, rates, transport)}
     cpu = {
-        name: _cpu_step(bench, name, runs[(name, "udp", 1000)]["steps"])
+        name: _cpu_step(bench, name, runs[(name, "udp", low)]["steps"])
         for name in args.receivers
-        if (name, "udp", 1000) in runs
+        if (name, "udp", low) in runs
     }
-    memory = bench.measure_memory(100_000) if args.memory else None
-    stall = measure_stall(100_000) if args.stall else None
-    backlog = drain_medians((1, 2), 15, 3000, bench.root) if args.backlog else None
-    return {"runs": runs, "cpu": cpu, "memory": memory, "stall": stall, "backlog": backlog}
+    errors: dict[str, str] = {}
+
+    def attempt(name: str, wanted, measure):
+        """One separate measurement; a failure is reported and leaves its rows "not measured", not the run."""
+        if not wanted:
+            return None
+        try:
+            return measure()
+        except Exception as error:
+            errors[name] = f"{type(error).__name__}: {error}"
+            print(f"  {name} failed: {errors[name]}", file=sys.stderr, flush=True)
+            return None
+
+    memory = attempt("memory", args.memory, lambda: bench.measure_memory(high))
+    stall = attempt("stall", args.stall, lambda: measure_stall(high))
+    backlog = attempt(
+        "backlog", args.backlog, lambda: drain_medians((1, 2), args.backlog_rounds, 3000, bench.root, high)
+    )
+    million_run = attempt("million", args.million, lambda: million.measure(bench.root, args.million, args.rcvbuf))
+    if million_run:
+        print(
+            f"  {million_run['live_contexts']:,} live contexts, peak RSS {million_run['peak_rss'] / 2**20:.0f} MiB, "
+            f"longest stall {million_run['max_stall_seconds'] * 1000:.0f} ms",
+            file=sys.stderr,
+            flush=True,
+        )
+    return {
+        "runs": runs,
+        "cpu": cpu,
+        "memory": memory,
+        "stall": stall,
+        "backlog": backlog,
+        "backlog_contexts": high,
+        "contexts": [low, high],
+        "million": million_run,
+        # Measured by benchmarks of their own (issue 14 item 1), wired in here when they land.
+        "flush_cost": None,
+        "burst": None,
+        "errors": errors,
+    }
 
 
 if __name__ == "__main__":
