@@ -39,7 +39,7 @@ import time
 
 from twisted.internet.task import Clock, Cooperator
 
-from twisted_statsd.core.aggregator import Aggregator
+from twisted_statsd.core.aggregator import Aggregator, Route
 from twisted_statsd.core.model import COUNTER, Context, FlushBatch
 from twisted_statsd.telemetry import Telemetry
 
@@ -61,7 +61,7 @@ def contexts(n: int) -> list[Context]:
 
 def load(aggregator: Aggregator, held: list[Context], now: float) -> Aggregator:
     """One sample of every context in the bucket open at ``now``."""
-    aggregator.add_runs(now, [(context, COUNTER, 1.0, (float(i % 97),)) for i, context in enumerate(held)])
+    aggregator.add_runs(now, [(Route(context, COUNTER, 1.0), (float(i % 97),)) for i, context in enumerate(held)])
     return aggregator
 
 

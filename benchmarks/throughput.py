@@ -73,7 +73,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks import million, procfs
+from benchmarks import flush_cost, million, procfs
 from benchmarks.backlog import drain_medians
 from benchmarks.etsy import VERSION as ETSY_VERSION
 from benchmarks.etsy import EtsyStatsd, install
@@ -514,6 +514,8 @@ def run_all(bench: Bench, args) -> dict:
             file=sys.stderr,
             flush=True,
         )
+    flush_costs = attempt("flush_cost", True, lambda: flush_cost.measure(high, runs=3))
+    burst = attempt("burst", True, lambda: measure_burst(high))
     return {
         "runs": runs,
         "cpu": cpu,
@@ -523,10 +525,34 @@ def run_all(bench: Bench, args) -> dict:
         "backlog_contexts": high,
         "contexts": [low, high],
         "million": million_run,
-        # Measured by benchmarks of their own (issue 14 item 1), wired in here when they land.
-        "flush_cost": None,
-        "burst": None,
+        "flush_cost": flush_costs and {sink: {"us_per_context": us} for sink, us in flush_costs.items()},
+        "burst": burst,
         "errors": errors,
+    }
+
+
+def measure_burst(contexts: int) -> dict:
+    """``benchmarks.burst`` in a process of its own (it runs the global reactor), in report.py's terms.
+
+    Learning is judged by CPU per line (wall time on a shared machine counts
+    the waits for a core); the stall is the wall-clock one a sender sees.
+    """
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.burst", "--contexts", str(contexts), "--runs", "3", "--json"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    result = json.loads(out)
+    stall, busy = result["max_stall_ms"], result["max_busy_cpu_ms"]
+    return {
+        "contexts": result["contexts"],
+        "us_per_line": result["learn_cpu_us_per_line"],
+        "wall_us_per_line": result["learn_us_per_line"],
+        "max_stall_seconds": None if stall is None else stall / 1000,
+        "max_busy_cpu_seconds": None if busy is None else busy / 1000,
+        "kernel_drops": result["kernel_drops"],
     }
 
 
