@@ -255,7 +255,6 @@ def build_pipeline(config: Config) -> Pipeline:
         histogram_percentiles=config.histogram_percentiles,
         expiry_seconds=config.dogstatsd_expiry_seconds,
         zero_fill_limit=config.dogstatsd_zero_fill_limit,
-        on_expired=[limiter.expire],
     )
     enricher = Enricher(
         hostname=config.hostname,

@@ -236,16 +236,22 @@ class ContextLimiter:
         entry[0] += 1
         entry[1] = now
 
-    def expire(self, keys: Iterable[int]) -> None:
-        """Contexts the aggregator no longer holds: they stop counting against their budgets."""
+    def expire(self, keys: Iterable[int]) -> int:
+        """Contexts the aggregator no longer holds: they stop counting against their budgets.
+
+        Returns how many of them the limiter knew (live or overflow contexts).
+        """
         live, senders, names = self._live, self._senders, self._names
+        released = 0
         for key in keys:
             entry = live.pop(key, None)
             if entry is None:
                 where = self._overflow_keys.pop(key, None)
                 if where is not None:
                     del self._overflow[where]
+                    released += 1
                 continue
+            released += 1
             sender, name = entry
             for counts, item in ((senders, sender), (names, name)):
                 left = counts[item] - 1
@@ -253,6 +259,7 @@ class ContextLimiter:
                     counts[item] = left
                 else:
                     del counts[item]
+        return released
 
     def top(self, n: int) -> list[tuple[str, str, int]]:
         """The ``n`` (sender, metric name) rows with the most contexts folded into overflow."""

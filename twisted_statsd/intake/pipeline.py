@@ -129,6 +129,8 @@ class Pipeline:
         self.timestamps = timestamps
         self.origin_client = origin_client
         self.context_expiry = context_expiry
+        if limiter is not None:
+            aggregator.on_expired.append(self._contexts_expired)
         self._bucket_start: int | None = None
         self._rotate_at: float | None = None
         # Set by the memory monitor above its hard limit: lines of shapes not
@@ -277,7 +279,7 @@ class Pipeline:
         if cache.known(key):
             return None
         # A shape of a context the limiter has let go is learnt again, so the context is counted again.
-        shape = cache.promote(key, None if self.limiter is None else self.limiter.knows)
+        shape = cache.promote(key, None if self.limiter is None else self._still_admitted)
         if shape is not None or cache.known(key):
             return shape
         if line.startswith(_NOT_METRICS):  # an event or service check (parser.message_kind)
@@ -313,6 +315,23 @@ class Pipeline:
         if copy is not None:
             copy = limiter.admit(copy, origin, now)
         return target._replace(context=context, copy=copy)
+
+    def _still_admitted(self, shape: Shape) -> bool:
+        """Whether the limiter still counts ``shape``'s contexts (live, or overflow contexts)."""
+        knows = cast("ContextLimiter", self.limiter).knows
+        return knows(shape.context) and (shape.copy is None or knows(shape.copy))
+
+    def _contexts_expired(self, keys: list[int]) -> None:
+        """The aggregator let go of contexts: they stop counting against their budgets.
+
+        The shapes cached in this generation would keep sending lines to them
+        uncounted, so while budgets are set the cache rotates: each shape's
+        next line checks that its contexts are still admitted, and the others
+        are decided again, as new contexts.
+        """
+        limiter = cast("ContextLimiter", self.limiter)
+        if limiter.expire(keys) and limiter.enabled:
+            self.shapes.rotate()
 
     def _class_held(self, context: Context) -> type | None:
         return self.aggregator.metric_class(context, self.staging.latest)

@@ -124,13 +124,13 @@ class ShapeCache:
         self._remember()
         self._refused[key] = reason
 
-    def promote(self, key: bytes, still: Callable[[Context], bool] | None = None) -> Shape | None:
+    def promote(self, key: bytes, still: Callable[[Shape], bool] | None = None) -> Shape | None:
         """Take ``key``'s shape back from the previous generation; None if it has none or is now mixed.
 
-        With ``still``, a shape whose context it rejects is dropped instead (None): the line is learnt anew.
+        With ``still``, a shape it rejects is dropped instead (None): the line is learnt anew.
         """
         shape = self._previous.pop(key, None)
-        if shape is None or (still is not None and not still(shape.context)):
+        if shape is None or (still is not None and not still(shape)):
             return None
         return self.add(key, shape)
 
