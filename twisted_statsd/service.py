@@ -340,6 +340,9 @@ def report_limits(pipeline: Pipeline, now: float) -> None:
     telemetry.set_gauge("live_contexts", len(limiter))
     for sender, name, count in limiter.new_overflows(now, TOP_OFFENDERS):
         telemetry.incr("context_overflows_by_sender", count, ("sender:" + sender, "metric_name:" + name))
+    for into, count in limiter.folded.items():
+        telemetry.incr("context_overflows_folded", count, ("into:" + into,))
+    limiter.folded.clear()
     rules = pipeline.enricher.tag_rules
     for (name, key), count in rules.dropped.items():
         telemetry.incr("tag_values_over_limit", count, ("metric_name:" + name, "tag_key:" + key))

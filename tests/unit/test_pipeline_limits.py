@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from twisted_statsd._ratelimit import RateLimitedReporter
 from twisted_statsd.config import load_config
+from twisted_statsd.core import limits as limits_module
 from twisted_statsd.core import parser
 from twisted_statsd.core.aggregator import Aggregator
 from twisted_statsd.core.enrich import Enricher
@@ -121,8 +122,8 @@ def reference(steps, limiter, rules, expiry_seconds):
             target = enricher.metric_target(message, origin)
             if target is None or (target.type == b"c" and target.rate == 0 and not message.timestamp):
                 continue
-            context = limiter.admit(target.context, origin, now)
-            copy = None if target.copy is None else limiter.admit(target.copy, origin, now)
+            context = limiter.admit(target.context, origin, now, target.type)
+            copy = None if target.copy is None else limiter.admit(target.copy, origin, now, b"d")
             if message.timestamp:
                 for v in message.values:
                     if v - v == 0.0 and target.type in (b"c", b"g"):
@@ -151,9 +152,19 @@ def reference(steps, limiter, rules, expiry_seconds):
     context_expiry=st.sampled_from([2.0, 1000.0]),
     few_shapes=st.sampled_from([0, 4096]),
     fold_lines=st.sampled_from([1, 65536]),
+    overflow_bounds=st.sampled_from([(100, 10_000), (1, 3)]),
 )
 def test_staged_path_with_limits_equals_one_line_at_a_time(
-    steps, limits, filters, value_limits, expiry_seconds, cache_size, context_expiry, few_shapes, fold_lines
+    steps,
+    limits,
+    filters,
+    value_limits,
+    expiry_seconds,
+    cache_size,
+    context_expiry,
+    few_shapes,
+    fold_lines,
+    overflow_bounds,
 ):
     """Issue 12: with budgets small enough to overflow, contexts expiring at flushes in the middle of
     the stream, tag filters and tag value limits, the cached path aggregates what the reference does."""
@@ -174,6 +185,8 @@ def test_staged_path_with_limits_equals_one_line_at_a_time(
     with (
         mock.patch.object(pipeline_module, "FEW_SHAPES", few_shapes),
         mock.patch.object(pipeline_module, "FOLD_LINES", fold_lines),
+        mock.patch.object(limits_module, "OVERFLOW_NAMES_PER_SENDER", overflow_bounds[0]),
+        mock.patch.object(limits_module, "MAX_OVERFLOW_CONTEXTS", overflow_bounds[1]),
     ):
         for advance, step in steps:
             now += advance
@@ -184,13 +197,13 @@ def test_staged_path_with_limits_equals_one_line_at_a_time(
             packets, origin = step
             pipeline.process([b"\n".join(packet) for packet in packets], now, origin=origin)
         pipeline.fold()
-    batches.append(aggregator.flush(now + 100, final=True))
-    expected = reference(
-        steps,
-        ContextLimiter(**limits),
-        tag_rules(filters, value_limits, limits["entry_timeout"]),
-        expiry_seconds,
-    )
+        batches.append(aggregator.flush(now + 100, final=True))
+        expected = reference(
+            steps,
+            ContextLimiter(**limits),
+            tag_rules(filters, value_limits, limits["entry_timeout"]),
+            expiry_seconds,
+        )
     assert flushed(batches) == expected
 
 

@@ -13,7 +13,11 @@ a context already resolved costs nothing more on the fast path:
   against ``dogstatsd_context_limiter``; a new context beyond a budget is not
   dropped but folded into its metric's overflow context (the metric's name,
   tagged ``overflow:true``, the sender's tag and ``dogstatsd_tags``), so totals
-  stay right while the number of contexts stays bounded.
+  stay right while the number of contexts stays bounded.  Overflow contexts
+  are bounded too: past ``OVERFLOW_NAMES_PER_SENDER`` of a sender's, its
+  other metrics fold into its ``statsd.overflow`` context of their type, and
+  past ``MAX_OVERFLOW_CONTEXTS`` in all, everyone's fold into one shared
+  ``statsd.overflow`` context per type.
 
 Pure: no clock (time comes in as ``now``), nothing from Twisted.
 """
@@ -23,9 +27,28 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from heapq import nlargest
 
-from twisted_statsd.core.model import Context
+from twisted_statsd.core.model import COUNTER, DISTRIBUTION, GAUGE, HISTOGRAM, SET, TIMING, Context
 
 OVERFLOW_TAG = b"overflow:true"
+
+# A flood of metric names must not make one overflow context per name: a
+# sender's overflow is kept apart by metric name (and host) for this many
+# contexts; beyond, its other metrics go to its OVERFLOW_NAME context of their type.
+OVERFLOW_NAMES_PER_SENDER = 100
+# Overflow contexts of every kind in all; beyond (a flood of senders), new
+# overflow goes to the one shared OVERFLOW_NAME context of its type, with no sender or host.
+MAX_OVERFLOW_CONTEXTS = 10_000
+OVERFLOW_NAME = b"statsd.overflow"
+# The metric_type tag of a folded overflow context: one per aggregation kind,
+# so a counter's total never meets a gauge's value.
+_KINDS = {
+    COUNTER: b"counter",
+    GAUGE: b"gauge",
+    HISTOGRAM: b"histogram",
+    TIMING: b"histogram",
+    SET: b"set",
+    DISTRIBUTION: b"distribution",
+}
 
 # Rows kept in the overflow table (sender, metric name); beyond, overflows are
 # summed under the sender's "other" row, so the table itself stays bounded.
@@ -106,8 +129,10 @@ class ContextLimiter:
 
     Invariants: ``_live`` maps every admitted live context's key to its
     (sender, metric name); ``_senders`` and ``_names`` count them, with no zero
-    entries; ``_overflow`` maps (metric name, host, sender) to its overflow
-    context and ``_overflow_keys`` those contexts' keys back.
+    entries; ``_overflow`` maps where an overflow context stands (see
+    :meth:`_overflow_where`) to it, ``_overflow_keys`` those contexts' keys
+    back, and ``_overflow_names`` counts each sender's overflow contexts by
+    metric name, with no zero entries.
     """
 
     def __init__(
@@ -123,8 +148,11 @@ class ContextLimiter:
         self._live: dict[int, tuple[str, str]] = {}
         self._senders: dict[str, int] = {}
         self._names: dict[str, int] = {}
-        self._overflow: dict[tuple[str, str, str], Context] = {}
-        self._overflow_keys: dict[int, tuple[str, str, str]] = {}
+        self._overflow: dict[tuple, Context] = {}
+        self._overflow_keys: dict[int, tuple] = {}
+        self._overflow_names: dict[str, int] = {}
+        # Contexts folded past the bounds on overflow contexts, by where they went ("sender", "shared").
+        self.folded: dict[str, int] = {}
         # (sender, metric name) -> [contexts folded, time of the last one]
         self.offenders: dict[tuple[str, str], list] = {}
         self._reported: dict[tuple[str, str], int] = {}
@@ -157,6 +185,7 @@ class ContextLimiter:
         self.extra_tags = tuple(t.encode() for t in extra_tags)
         self._overflow.clear()
         self._overflow_keys.clear()
+        self._overflow_names.clear()
 
     @property
     def enabled(self) -> bool:
@@ -194,8 +223,8 @@ class ContextLimiter:
             return "metric_name_limit"
         return None
 
-    def admit(self, context: Context, origin: bytes | None, now: float) -> Context:
-        """The context a line resolved to ``context`` goes to: itself, or its overflow context."""
+    def admit(self, context: Context, origin: bytes | None, now: float, mtype: bytes = COUNTER) -> Context:
+        """The context a line of type ``mtype`` resolved to ``context`` goes to: itself, or an overflow context."""
         key = context.key
         if key in self._live or key in self._overflow_keys:
             return context
@@ -206,7 +235,17 @@ class ContextLimiter:
             self._names[context.name] = self._names.get(context.name, 0) + 1
             return context
         self._count_overflow(sender, context.name, now)
-        return self._overflow_context(context, sender)
+        where = self._overflow_where(context, sender, mtype)
+        overflow = self._overflow.get(where)
+        if where[0] != "name":
+            self.folded[where[0]] = self.folded.get(where[0], 0) + 1
+        if overflow is None:
+            overflow = Context(*self.overflow_context(where))
+            self._overflow[where] = overflow
+            self._overflow_keys[overflow.key] = where
+            if where[0] == "name":
+                self._overflow_names[sender] = self._overflow_names.get(sender, 0) + 1
+        return overflow
 
     def overflow_tags(self, sender: str) -> list[bytes]:
         """The tags of ``sender``'s overflow contexts: ``overflow:true``, the sender's tag, ``dogstatsd_tags``."""
@@ -215,14 +254,39 @@ class ContextLimiter:
             tags.append((self._key_prefix or "container_id:").encode() + sender.encode())
         return tags
 
-    def _overflow_context(self, context: Context, sender: str) -> Context:
-        where = (context.name, context.host, sender)
-        overflow = self._overflow.get(where)
-        if overflow is None:
-            overflow = Context(context.name.encode(), context.host.encode(), self.overflow_tags(sender))
-            self._overflow[where] = overflow
-            self._overflow_keys[overflow.key] = where
-        return overflow
+    def _overflow_where(self, context: Context, sender: str, mtype: bytes) -> tuple:
+        """Which overflow context a new context beyond its budget goes to.
+
+        ("name", metric name, host, sender): its metric's, while the sender has
+        fewer than ``OVERFLOW_NAMES_PER_SENDER`` of those; else ("sender",
+        kind, sender): the sender's ``statsd.overflow`` of that kind; and once
+        there are ``MAX_OVERFLOW_CONTEXTS`` overflow contexts, ("shared", kind).
+        """
+        where: tuple = ("name", context.name, context.host, sender)
+        if where in self._overflow:
+            return where
+        room = len(self._overflow) < MAX_OVERFLOW_CONTEXTS
+        if room and self._overflow_names.get(sender, 0) < OVERFLOW_NAMES_PER_SENDER:
+            return where
+        kind = _KINDS.get(mtype, b"counter")
+        where = ("sender", kind, sender)
+        if room or where in self._overflow:
+            return where
+        return ("shared", kind)
+
+    def overflow_context(self, where: tuple) -> tuple[bytes, bytes, list[bytes]]:
+        """The (name, host, tags) of the overflow context at ``where``."""
+        if where[0] == "name":
+            _, name, host, sender = where
+            return name.encode(), host.encode(), self.overflow_tags(sender)
+        tags = [b"metric_type:" + where[1]]
+        if where[0] == "sender":
+            return OVERFLOW_NAME, b"", [*self.overflow_tags(where[2]), *tags]
+        return OVERFLOW_NAME, b"", [*self.overflow_tags(""), *tags]
+
+    def overflow_for(self, context: Context, origin: bytes | None, mtype: bytes) -> tuple[bytes, bytes, list[bytes]]:
+        """The (name, host, tags) a new ``context`` beyond its budget would overflow to; nothing changes."""
+        return self.overflow_context(self._overflow_where(context, self.sender_of(context, origin), mtype))
 
     def _count_overflow(self, sender: str, name: str, now: float) -> None:
         row = (sender, name)
@@ -250,6 +314,13 @@ class ContextLimiter:
                 if where is not None:
                     del self._overflow[where]
                     released += 1
+                    if where[0] == "name":
+                        sender = where[3]
+                        left = self._overflow_names[sender] - 1
+                        if left:
+                            self._overflow_names[sender] = left
+                        else:
+                            del self._overflow_names[sender]
                 continue
             released += 1
             sender, name = entry

@@ -308,12 +308,12 @@ class Pipeline:
         """``target`` with its contexts admitted by the limiter, or replaced by their overflow contexts."""
         limiter = self.limiter
         assert limiter is not None  # called only when a limiter is configured
-        context = limiter.admit(target.context, origin, now)
+        context = limiter.admit(target.context, origin, now, target.type)
         if context is not target.context:
             self.telemetry.incr("context_overflows")
         copy = target.copy
         if copy is not None:
-            copy = limiter.admit(copy, origin, now)
+            copy = limiter.admit(copy, origin, now, DISTRIBUTION)
         return target._replace(context=context, copy=copy)
 
     def _still_admitted(self, shape: Shape) -> bool:
