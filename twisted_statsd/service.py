@@ -317,7 +317,7 @@ def tag_rules(config: Config) -> TagRules:
     value_limits: dict[str, dict[bytes, int]] = {}
     for rule in config.dogstatsd_tag_value_limits:
         value_limits.setdefault(rule.metric_name, {})[rule.tag.encode()] = rule.limit
-    return TagRules(filters, value_limits)
+    return TagRules(filters, value_limits, config.dogstatsd_context_limiter.entry_timeout)
 
 
 # Overflow offenders reported as tagged telemetry at each flush; the rest are summed.

@@ -46,29 +46,33 @@ _metric_lines = st.builds(
     st.lists(st.sampled_from(_TAGS), max_size=2),
 )
 _lines = st.one_of(*[_metric_lines] * 6, st.sampled_from(_OTHER_LINES))
-# Each step: seconds since the previous one, then a batch (packets, the sender's detected container) or a flush.
-_steps = st.lists(
-    st.tuples(
+
+
+@st.composite
+def _steps(draw):
+    """Steps of a stream: seconds since the previous one, then a batch (packets, the sender's
+    detected container) or a flush.  Lines are drawn from a small pool, so that shapes recur."""
+    pool = st.sampled_from(draw(st.lists(_lines, min_size=1, max_size=8)))
+    step = st.tuples(
         st.sampled_from([0.0, 0.0, 0.5, 3.0, 10.0]),
         st.one_of(
             st.tuples(
-                st.lists(st.lists(_lines, min_size=1, max_size=8), min_size=1, max_size=4),
+                st.lists(st.lists(st.one_of(pool, pool, _lines), min_size=1, max_size=8), min_size=1, max_size=4),
                 st.sampled_from([None, None, b"ctr"]),
             ),
             st.just("flush"),
-            st.just("flush"),
         ),
-    ),
-    min_size=1,
-    max_size=14,
-)
+    )
+    return draw(st.lists(step, min_size=1, max_size=14))
+
+
 _limiters = st.fixed_dictionaries(
     {
-        "limit": st.sampled_from([0, 2, 4]),
-        "sender_limit": st.sampled_from([0, 1, 3]),
-        "metric_name_limit": st.sampled_from([0, 1, 2]),
+        "limit": st.sampled_from([0, 0, 2, 4]),
+        "sender_limit": st.sampled_from([0, 0, 1, 3]),
+        "metric_name_limit": st.sampled_from([0, 0, 1, 2]),
         "key_tag_name": st.sampled_from(["", "pod"]),
-        "entry_timeout": st.sampled_from([1.0, 5.0, 300.0]),
+        "entry_timeout": st.sampled_from([1.0, 3.0, 300.0]),
     }
 )
 _filters = st.sampled_from(
@@ -78,11 +82,7 @@ _filters = st.sampled_from(
         {"a": (True, frozenset({b"pod", b"u"})), "d": (False, frozenset({b"u"}))},
     ]
 )
-_value_limits = st.sampled_from([{}, {"": {b"u": 2}}, {"b.c": {b"u": 1, b"y": 1}, "": {b"u": 3}}])
-
-
-def tag_rules(filters, value_limits, entry_timeout):
-    return TagRules(filters, value_limits)
+_value_limits = st.sampled_from([{}, {"": {b"u": 1}}, {"": {b"u": 2}}, {"b.c": {b"u": 1, b"y": 1}, "": {b"u": 2}}])
 
 
 def flushed(batches):
@@ -101,16 +101,22 @@ def flushed(batches):
     return series, sketches
 
 
-def reference(steps, limiter, rules, expiry_seconds):
-    """Every line parsed, enriched, limited and aggregated alone, one sample at a time; flushed at each flush."""
+def reference(steps, limiter, rules, expiry_seconds, context_expiry):
+    """Every line parsed, enriched, limited and aggregated alone, one sample at a time; flushed at each flush.
+
+    Tag values age every ``context_expiry`` seconds of batches, as the intake's shape cache does.
+    """
     aggregator = Aggregator(histogram_aggregates=AGGREGATES, expiry_seconds=expiry_seconds, on_expired=[limiter.expire])
     enricher = Enricher(hostname="myhost", tag_rules=rules)
-    batches, now = [], NOW
+    batches, now, age_at = [], NOW, None
     for advance, step in steps:
         now += advance
         if step == "flush":
             batches.append(aggregator.flush(now))
             continue
+        if age_at is None or now >= age_at:
+            rules.expire(now)
+            age_at = now + context_expiry
         packets, origin = step
         for line in (line for packet in packets for line in packet):
             try:
@@ -143,13 +149,13 @@ def reference(steps, limiter, rules, expiry_seconds):
 
 @settings(max_examples=90, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    steps=_steps,
+    steps=_steps(),
     limits=_limiters,
     filters=_filters,
     value_limits=_value_limits,
     expiry_seconds=st.sampled_from([0.0, 5.0, 300.0]),
     cache_size=st.sampled_from([2, 3, 1000]),
-    context_expiry=st.sampled_from([2.0, 1000.0]),
+    context_expiry=st.sampled_from([0.5, 2.0, 1000.0]),
     few_shapes=st.sampled_from([0, 4096]),
     fold_lines=st.sampled_from([1, 65536]),
     overflow_bounds=st.sampled_from([(100, 10_000), (1, 3)]),
@@ -171,7 +177,7 @@ def test_staged_path_with_limits_equals_one_line_at_a_time(
     telemetry = Telemetry()
     limiter = ContextLimiter(**limits)
     aggregator = Aggregator(histogram_aggregates=AGGREGATES, expiry_seconds=expiry_seconds)  # the pipeline listens
-    rules = tag_rules(filters, value_limits, limits["entry_timeout"])
+    rules = TagRules(filters, value_limits, limits["entry_timeout"])
     pipeline = Pipeline(
         aggregator,
         Enricher(hostname="myhost", tag_rules=rules),
@@ -201,8 +207,9 @@ def test_staged_path_with_limits_equals_one_line_at_a_time(
         expected = reference(
             steps,
             ContextLimiter(**limits),
-            tag_rules(filters, value_limits, limits["entry_timeout"]),
+            TagRules(filters, value_limits, limits["entry_timeout"]),
             expiry_seconds,
+            context_expiry,
         )
     assert flushed(batches) == expected
 

@@ -6,7 +6,8 @@ a context already resolved costs nothing more on the fast path:
 * :class:`TagRules` rewrites a metric's tags before its context is built:
   ``metric_tag_filterlist`` keeps or drops tag keys per metric name, and
   ``dogstatsd_tag_value_limits`` keeps at most N distinct values of a tag key
-  per metric (later values lose the tag).  Lines whose tags differ only in
+  per metric (later values lose the tag; a value unseen for ``entry_timeout``
+  frees its slot).  Lines whose tags differ only in
   what was removed land in one context, where the aggregator adds counters,
   keeps the last gauge, unites sets and merges histograms and sketches.
 * :class:`ContextLimiter` counts live contexts per sender and per metric name
@@ -66,18 +67,29 @@ class TagRules:
     ``filters`` maps a metric name to (keep, tag keys): keep only those keys
     (``include``), or drop them (``exclude``).  ``value_limits`` maps a metric
     name ("" for every metric) to {tag key: most distinct values}.  Values are
-    remembered per metric and tag key from the first seen until a reload;
-    ``dropped`` counts tags removed because their key was over its limit.
+    remembered per metric and tag key, each with the time of the
+    :meth:`expire` call before it was last seen; :meth:`expire` forgets those
+    unseen for ``entry_timeout``.  ``dropped`` counts tags removed because
+    their key was over its limit.
+
+    Time moves only at :meth:`expire` (the intake calls it when its shape cache
+    starts a generation, and learns every shape of a value-limited metric again
+    in each generation), so lines of one generation are all seen "at its start"
+    and whether a line's shape was cached makes no difference.
     """
 
     def __init__(
         self,
         filters: Mapping[str, tuple[bool, frozenset[bytes]]] | None = None,
         value_limits: Mapping[str, Mapping[bytes, int]] | None = None,
+        entry_timeout: float = 300.0,
     ):
         self.filters = dict(filters or {})
         self.value_limits = {name: dict(limits) for name, limits in (value_limits or {}).items()}
-        self._values: dict[tuple[bytes, bytes], set[bytes]] = {}
+        self.entry_timeout = entry_timeout
+        # (metric name, tag key) -> {tag: the time of the expire() before it was last seen}
+        self._values: dict[tuple[bytes, bytes], dict[bytes, float]] = {}
+        self._now = 0.0
         self.dropped: dict[tuple[str, str], int] = {}
 
     def __bool__(self) -> bool:
@@ -98,17 +110,29 @@ class TagRules:
             tags = [tag for tag in tags if self._admits(name, tag, limits, learn)]
         return tags
 
+    def limits(self, name: str) -> bool:
+        """Whether tag values of the metric named ``name`` are limited."""
+        return bool(self.value_limits.get(name) or self.value_limits.get(""))
+
+    def expire(self, now: float) -> None:
+        """Forget tag values unseen for ``entry_timeout`` before ``now``; lines from now on are seen at ``now``."""
+        cutoff = now - self.entry_timeout
+        for where, values in list(self._values.items()):
+            for tag in [tag for tag, seen in values.items() if seen <= cutoff]:
+                del values[tag]
+            if not values:
+                del self._values[where]
+        self._now = now
+
     def _admits(self, name: bytes, tag: bytes, limits: Mapping[bytes, int], learn: bool) -> bool:
         key = _tag_key(tag)
         limit = limits.get(key)
         if limit is None:
             return True
-        values = self._values.get((name, key), ())
-        if tag in values:
-            return True
-        if len(values) < limit:
+        values = self._values.get((name, key), {})
+        if tag in values or len(values) < limit:
             if learn:
-                self._values.setdefault((name, key), set()).add(tag)
+                self._values.setdefault((name, key), values)[tag] = self._now
             return True
         if not learn:
             return False

@@ -212,8 +212,12 @@ class Pipeline:
             self.fold()
 
     def forget_shapes(self) -> None:
-        """Drop every cached line shape, e.g. after the enricher's mapper was replaced."""
+        """Drop every cached line shape, e.g. after the enricher's mapper was replaced.
+
+        The next batch starts a generation, which sets new tag rules' clock.
+        """
         self.shapes.clear()
+        self._rotate_at = None
 
     # -- batches ------------------------------------------------------------------
 
@@ -226,6 +230,7 @@ class Pipeline:
         if self._rotate_at is None or now >= self._rotate_at:
             self.shapes.rotate()
             forget_shared_tag_sets()
+            self.enricher.tag_rules.expire(now)
             self._rotate_at = now + self.context_expiry
 
     def _terminated(self, packet: bytes) -> bytes:
@@ -279,7 +284,7 @@ class Pipeline:
         if cache.known(key):
             return None
         # A shape of a context the limiter has let go is learnt again, so the context is counted again.
-        shape = cache.promote(key, None if self.limiter is None else self._still_admitted)
+        shape = cache.promote(key, self._still_valid)
         if shape is not None or cache.known(key):
             return shape
         if line.startswith(_NOT_METRICS):  # an event or service check (parser.message_kind)
@@ -297,12 +302,13 @@ class Pipeline:
         if target.type == COUNTER and target.rate == 0.0:
             cache.refuse(key, "zero_sample_rate")
             return None
+        renew = self.enricher.tag_rules.limits(target.context.name)
         if self.limiter is not None:
             target = self._limited(target, origin, now)
         if self.refuse_new_contexts and not self._known(target.context, now):
             return None
         self.learnt += 1
-        return cache.add(key, Shape(target, key))
+        return cache.add(key, Shape(target, key, renew=renew))
 
     def _limited(self, target: Target, origin: bytes | None, now: float) -> Target:
         """``target`` with its contexts admitted by the limiter, or replaced by their overflow contexts."""
@@ -316,9 +322,18 @@ class Pipeline:
             copy = limiter.admit(copy, origin, now, DISTRIBUTION)
         return target._replace(context=context, copy=copy)
 
-    def _still_admitted(self, shape: Shape) -> bool:
-        """Whether the limiter still counts ``shape``'s contexts (live, or overflow contexts)."""
-        knows = cast("ContextLimiter", self.limiter).knows
+    def _still_valid(self, shape: Shape) -> bool:
+        """Whether ``shape``, cached in the previous generation, may be taken back as it is.
+
+        Not if the limiter no longer counts its contexts (live, or overflow
+        contexts), nor if its tag values are limited: the tag rules decide
+        again, and so see the value (see :class:`TagRules`).
+        """
+        if shape.renew:
+            return False
+        if self.limiter is None:
+            return True
+        knows = self.limiter.knows
         return knows(shape.context) and (shape.copy is None or knows(shape.copy))
 
     def _contexts_expired(self, keys: list[int]) -> None:

@@ -49,14 +49,17 @@ class Shape(Route):
     """Where the values of a learnt line shape go: the aggregator's route of its context, type and rate.
 
     ``key`` is the cache key the shape was learnt under, kept to rebuild a line
-    for error reports.
+    for error reports; ``renew`` says the shape's decisions hold for one
+    generation only (tag values are limited).
     """
 
-    __slots__ = ("key",)
+    __slots__ = ("key", "renew")
 
-    def __init__(self, target: Target, key: bytes):
+    def __init__(self, target: Target, key: bytes, *, renew: bool = False):
         super().__init__(target.context, target.type, target.rate, target.copy)
         self.key = key
+        # Learnt again in each generation rather than taken back from the previous one.
+        self.renew = renew
 
     def line(self, raw: bytes) -> bytes:
         """The line ``raw`` arrived in (the key without a detected origin's prefix, the value put back)."""
