@@ -514,18 +514,20 @@ class Pipeline:
 
     def _event(self, line: bytes, now: float, origin: bytes | None) -> None:
         message = parser.parse_event(line, origin_client=self.origin_client)
-        held = self.aggregator.add_event(self.enricher.event(message, now, origin))
+        held = self.aggregator.add_event(self.enricher.event(message, now, origin), len(line))
         self._count_held(held, "events", line)
 
     def _service_check(self, line: bytes, now: float, origin: bytes | None) -> None:
         message = parser.parse_service_check(line, origin_client=self.origin_client)
-        held = self.aggregator.add_service_check(self.enricher.service_check(message, now, origin))
+        held = self.aggregator.add_service_check(self.enricher.service_check(message, now, origin), len(line))
         self._count_held(held, "service_checks", line)
 
     def _count_held(self, held: bool, counter: str, line: bytes) -> None:
-        """Count an event or service check the aggregator took, or report it dropped when its queue was full."""
+        """Count an event or service check the aggregator took, or report it dropped: its queue was full
+        (``pending_overflow``) or held too many bytes (``pending_bytes_overflow``)."""
         if held:
             self.telemetry.incr(counter)
         else:
             what = counter.replace("_", " ")
-            self.reporter.report("pending_overflow", f"too many {what} waiting for the flush", line)
+            reason = self.aggregator.refusal(counter, len(line)) or "pending_overflow"
+            self.reporter.report(reason, f"too many {what} (or bytes of them) waiting for the flush", line)
