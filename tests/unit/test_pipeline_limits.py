@@ -228,3 +228,24 @@ def test_a_context_let_go_at_a_flush_is_counted_again_before_the_shape_cache_rot
     pipeline.fold()
     batch = pipeline.aggregator.flush(NOW + 100, final=True)
     assert sorted((s.tags, s.points[0][1]) for s in batch.series) == [(("overflow:true",), 3.0), (("u:2",), 2.0)]
+
+
+def test_a_shape_sent_to_overflow_is_decided_again_once_budget_is_freed():
+    """Found by the property test above: a context that overflowed kept going to overflow through
+    its cached shape after a flush freed its sender's budget, where its next line alone is admitted."""
+    pipeline = build_pipeline(
+        load_config(
+            data={"hostname": "h", "dogstatsd_context_limiter": {"sender_limit": 1}, "dogstatsd_expiry_seconds": 0}
+        )
+    )
+    pipeline.process([b"b:1|g"], NOW)
+    pipeline.process([b"a:1|g"], NOW + 10)  # over the budget, which b holds
+    pipeline.fold()
+    pipeline.aggregator.flush(NOW + 10)  # b's bucket: b is let go
+    pipeline.process([b"a:2|g"], NOW + 10)
+    pipeline.fold()
+    batch = pipeline.aggregator.flush(NOW + 100, final=True)
+    assert sorted((s.name, s.tags, s.points[0][1]) for s in batch.series) == [
+        ("a", (), 2.0),
+        ("a", ("overflow:true",), 1.0),
+    ]

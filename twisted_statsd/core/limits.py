@@ -222,6 +222,10 @@ class ContextLimiter:
         """Whether ``context`` is counted live, or is an overflow context."""
         return context.key in self._live or context.key in self._overflow_keys
 
+    def counts(self, context: Context) -> bool:
+        """Whether ``context`` is counted live (not an overflow context)."""
+        return context.key in self._live
+
     def sender_of(self, context: Context, origin: bytes | None) -> str:
         """Whose budget ``context`` counts against: its key tag's value, else its container, else "" (shared)."""
         if self._key_prefix:

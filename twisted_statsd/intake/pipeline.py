@@ -325,28 +325,28 @@ class Pipeline:
     def _still_valid(self, shape: Shape) -> bool:
         """Whether ``shape``, cached in the previous generation, may be taken back as it is.
 
-        Not if the limiter no longer counts its contexts (live, or overflow
-        contexts), nor if its tag values are limited: the tag rules decide
-        again, and so see the value (see :class:`TagRules`).
+        Not if its tag values are limited (the tag rules decide again, and so
+        see the value, see :class:`TagRules`), nor if the limiter does not
+        count its contexts as live: they expired, or went to overflow, which
+        is decided again at least once a generation, as a line alone would be.
         """
-        if shape.renew:
-            return False
-        if self.limiter is None:
-            return True
-        knows = self.limiter.knows
-        return knows(shape.context) and (shape.copy is None or knows(shape.copy))
+        return not shape.renew and (self.limiter is None or self._counted(shape))
+
+    def _counted(self, shape: Shape) -> bool:
+        counts = cast("ContextLimiter", self.limiter).counts
+        return counts(shape.context) and (shape.copy is None or counts(shape.copy))
 
     def _contexts_expired(self, keys: list[int]) -> None:
         """The aggregator let go of contexts: they stop counting against their budgets.
 
-        The shapes cached in this generation would keep sending lines to them
-        uncounted, so while budgets are set the cache rotates: each shape's
-        next line checks that its contexts are still admitted, and the others
-        are decided again, as new contexts.
+        While budgets are set, this generation's shapes of those contexts are
+        dropped (they would send lines to them uncounted), and so are those
+        that went to overflow: the budget freed may now admit them, as it
+        would admit their next line alone.
         """
         limiter = cast("ContextLimiter", self.limiter)
         if limiter.expire(keys) and limiter.enabled:
-            self.shapes.rotate()
+            self.shapes.forget(lambda shape: not self._counted(shape))
 
     def _class_held(self, context: Context) -> type | None:
         return self.aggregator.metric_class(context, self.staging.latest)

@@ -186,6 +186,23 @@ class ShapeCache:
         self._previous.clear()
         self._forget_verdicts()
 
+    def forget(self, stale: Callable[[Shape], bool]) -> None:
+        """Drop this generation's shapes that ``stale`` picks: their lines are learnt anew.
+
+        The shapes of the previous generation are left: taking one back is checked anyway.
+        """
+        self.before_change()
+        gone = set()
+        for table in (self._shapes, self._mixed):
+            for key, shape in list(table.items()):
+                if stale(shape):
+                    del table[key]
+                    gone.add(shape.context.key)
+        for context_key in gone:
+            self._first.pop(context_key, None)
+            self._more_keys.pop(context_key, None)
+            self._mixed_contexts.discard(context_key)
+
     def _forget_verdicts(self) -> None:
         self._refused = {}
         self._mixed = {}
