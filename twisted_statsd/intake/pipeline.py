@@ -133,6 +133,8 @@ class Pipeline:
             aggregator.on_expired.append(self._contexts_expired)
         self._bucket_start: int | None = None
         self._rotate_at: float | None = None
+        # The limiter let contexts go since the last batch: shapes to check (see _contexts_expired).
+        self._released = False
         # Set by the memory monitor above its hard limit: lines of shapes not
         # seen yet (new contexts) are refused; known shapes still aggregate.
         self.refuse_new_contexts = False
@@ -222,7 +224,8 @@ class Pipeline:
     # -- batches ------------------------------------------------------------------
 
     def _advance(self, now: float) -> None:
-        """Fold before staging into another bucket; rotate the shape cache when it is due."""
+        """Fold before staging into another bucket; rotate the shape cache when it is due, or drop
+        the shapes of contexts the limiter let go."""
         start = bucket_start(now)
         if start != self._bucket_start:
             self.fold()
@@ -232,6 +235,9 @@ class Pipeline:
             forget_shared_tag_sets()
             self.enricher.tag_rules.expire(now)
             self._rotate_at = now + self.context_expiry
+        if self._released:
+            self._released = False
+            self.shapes.forget(lambda shape: not self._counted(shape))
 
     def _terminated(self, packet: bytes) -> bytes:
         """The packet up to its last newline; a final unterminated line is dropped (spec §1.7)."""
@@ -346,7 +352,8 @@ class Pipeline:
         """
         limiter = cast("ContextLimiter", self.limiter)
         if limiter.expire(keys) and limiter.enabled:
-            self.shapes.forget(lambda shape: not self._counted(shape))
+            # Done before the next batch: a flush reports its contexts a step at a time.
+            self._released = True
 
     def _class_held(self, context: Context) -> type | None:
         return self.aggregator.metric_class(context, self.staging.latest)
