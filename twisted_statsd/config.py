@@ -418,7 +418,8 @@ class ContextLimiterConfig:
     budget, 0 sharing ``limit`` evenly among the senders as DogStatsD does;
     ``metric_name_limit`` (ours) caps the contexts of one metric name.
     ``entry_timeout`` is how long, in seconds, a row of the overflow table
-    outlives its last overflow.
+    outlives its last overflow, and a value held by ``dogstatsd_tag_value_limits``
+    its last line.
     """
 
     limit: int = _setting(_COUNT, 0)

@@ -255,7 +255,6 @@ def build_pipeline(config: Config) -> Pipeline:
         histogram_percentiles=config.histogram_percentiles,
         expiry_seconds=config.dogstatsd_expiry_seconds,
         zero_fill_limit=config.dogstatsd_zero_fill_limit,
-        on_expired=[limiter.expire],
     )
     enricher = Enricher(
         hostname=config.hostname,
@@ -318,7 +317,7 @@ def tag_rules(config: Config) -> TagRules:
     value_limits: dict[str, dict[bytes, int]] = {}
     for rule in config.dogstatsd_tag_value_limits:
         value_limits.setdefault(rule.metric_name, {})[rule.tag.encode()] = rule.limit
-    return TagRules(filters, value_limits)
+    return TagRules(filters, value_limits, config.dogstatsd_context_limiter.entry_timeout)
 
 
 # Overflow offenders reported as tagged telemetry at each flush; the rest are summed.
@@ -341,6 +340,9 @@ def report_limits(pipeline: Pipeline, now: float) -> None:
     telemetry.set_gauge("live_contexts", len(limiter))
     for sender, name, count in limiter.new_overflows(now, TOP_OFFENDERS):
         telemetry.incr("context_overflows_by_sender", count, ("sender:" + sender, "metric_name:" + name))
+    for into, count in limiter.folded.items():
+        telemetry.incr("context_overflows_folded", count, ("into:" + into,))
+    limiter.folded.clear()
     rules = pipeline.enricher.tag_rules
     for (name, key), count in rules.dropped.items():
         telemetry.incr("tag_values_over_limit", count, ("metric_name:" + name, "tag_key:" + key))

@@ -88,3 +88,45 @@ async def test_forward_target_receives_every_line_exactly_as_sent(reactor, tmp_p
     finally:
         await with_deadline(reactor, first.stopService())
         await with_deadline(reactor, target.stop())
+
+
+@pytest_twisted.ensureDeferred
+async def test_forward_socket_listens_on_loopback_only_and_only_to_the_target(reactor, tmp_path):
+    """Issue 12 item 6: the send socket was bound to every interface (0.0.0.0), open to datagrams from anyone."""
+    from twisted_statsd.testing import CapturingServer
+
+    target = CapturingServer(reactor).start()
+    first, _ = server(reactor, tmp_path, "first", statsd_forward_host="127.0.0.1", statsd_forward_port=target.port)
+    try:
+        await wait_for(reactor, lambda: first.forwarder._address is not None)
+        sock = first.forwarder._socket
+        assert sock.getsockname()[0] == "127.0.0.1"
+        assert sock.getpeername() == ("127.0.0.1", target.port)
+    finally:
+        await with_deadline(reactor, first.stopService())
+        await with_deadline(reactor, target.stop())
+
+
+@pytest_twisted.ensureDeferred
+async def test_copies_the_target_refuses_are_counted(reactor, tmp_path):
+    """With nothing listening at the target, the kernel refuses the connected socket's sends: each is counted."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as closed:
+        closed.bind(("127.0.0.1", 0))
+        nobody = closed.getsockname()[1]
+    first, _ = server(reactor, tmp_path, "first", statsd_forward_host="127.0.0.1", statsd_forward_port=nobody)
+    try:
+        await wait_for(reactor, lambda: first.forwarder._address is not None)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+
+            def refused():
+                sock.sendto(b"refused:1|c", ("127.0.0.1", first.udp.address.port))
+                return first.telemetry.dropped("forward_refused") >= 1
+
+            await wait_for(reactor, refused)
+        first.intake.drain()
+        read = first.telemetry.get("packets", "transport:udp")
+        assert first.telemetry.get("forwarded_packets") + first.telemetry.dropped("forward_refused") == read
+    finally:
+        await with_deadline(reactor, first.stopService())

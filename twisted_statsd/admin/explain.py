@@ -114,7 +114,7 @@ def emission(config, mtype: bytes, name: str, copy) -> dict:
     return found
 
 
-def context_limiter_decision(limiter, context) -> dict:
+def context_limiter_decision(limiter, context, mtype: bytes) -> dict:
     """What the context limiter does with ``context`` from a sender with no detected container."""
     if limiter is None or not limiter.enabled:
         return {"enabled": False, "decision": "counted: no budget is set"}
@@ -127,8 +127,12 @@ def context_limiter_decision(limiter, context) -> dict:
         found["decision"] = "counted: a new context within its budgets"
     else:
         found["decision"] = f"overflow: {exceeded} reached; samples go to the overflow context"
-        tags = sorted(tag.decode("utf-8", "replace") for tag in limiter.overflow_tags(found["sender"]))
-        found["overflow_context"] = {"name": context.name, "host": context.host, "tags": tags}
+        name, host, tags = limiter.overflow_for(context, None, mtype)
+        found["overflow_context"] = {
+            "name": _text(name),
+            "host": _text(host),
+            "tags": sorted(tag.decode("utf-8", "replace") for tag in tags),
+        }
     return found
 
 
@@ -178,7 +182,7 @@ def explain(admin, request) -> bytes:
         "decision": "refused: memory hard limit, new context" if refusing and not known else "accepted",
     }
     body["accepted"] = not (refusing and not known)
-    body["context_limiter"] = context_limiter_decision(root.pipeline.limiter, context)
+    body["context_limiter"] = context_limiter_decision(root.pipeline.limiter, context, target.type)
     if message.timestamp and config.dogstatsd_no_aggregation_pipeline:
         body["emission"] = {
             "aggregation": "none: a timestamped sample is passed through as it is (counters and gauges only)",

@@ -52,6 +52,9 @@ HISTOGRAM_SAMPLES_PER_CONTEXT = 100
 # Holds for at most this many timestamped samples, events and service checks
 # between two flushes; anything beyond is refused and counted by the caller.
 MAX_PENDING = 100_000
+# And for at most this many bytes of event and of service check lines (as
+# received): 100,000 events of 64 KB each would otherwise be 6.5 GB.
+MAX_PENDING_BYTES = 32 * 1024 * 1024
 
 # Idle counters given a zero point per flushed bucket, at most (``dogstatsd_zero_fill_limit``).
 ZERO_FILL_LIMIT = 100_000
@@ -364,6 +367,8 @@ class Aggregator:
         self._timestamped: list[Series] = []
         self._events: list = []
         self._service_checks: list = []
+        # Bytes of the lines of the pending events and service checks.
+        self._pending_bytes = {"events": 0, "service_checks": 0}
         # Points left out of flushes because they were not finite (reported in telemetry).
         self.non_finite_points = 0
         # Contexts (per bucket) in the last flush, for telemetry.
@@ -482,19 +487,34 @@ class Aggregator:
         )
         return True
 
-    def add_event(self, event) -> bool:
-        """Queue an event for the next flush; False when too many are pending."""
-        if len(self._events) >= MAX_PENDING:
+    def add_event(self, event, size: int = 0) -> bool:
+        """Queue an event (from a line of ``size`` bytes) for the next flush; False when refused (:meth:`refusal`)."""
+        if self.refusal("events", size) is not None:
             return False
         self._events.append(event)
+        self._pending_bytes["events"] += size
         return True
 
-    def add_service_check(self, check) -> bool:
-        """Queue a service check for the next flush; False when too many are pending."""
-        if len(self._service_checks) >= MAX_PENDING:
+    def add_service_check(self, check, size: int = 0) -> bool:
+        """Queue a service check (from a line of ``size`` bytes) for the next flush; False when refused."""
+        if self.refusal("service_checks", size) is not None:
             return False
         self._service_checks.append(check)
+        self._pending_bytes["service_checks"] += size
         return True
+
+    def refusal(self, kind: str, size: int) -> str | None:
+        """Why one more of ``kind`` ("events", "service_checks") of ``size`` bytes would be refused, if it would.
+
+        "pending_overflow": ``MAX_PENDING`` are waiting for the flush;
+        "pending_bytes_overflow": it would take them over ``MAX_PENDING_BYTES``.
+        """
+        pending = self._events if kind == "events" else self._service_checks
+        if len(pending) >= MAX_PENDING:
+            return "pending_overflow"
+        if self._pending_bytes[kind] + size > MAX_PENDING_BYTES:
+            return "pending_bytes_overflow"
+        return None
 
     # -- flush ----------------------------------------------------------------
 
@@ -529,6 +549,7 @@ class Aggregator:
         timestamped, self._timestamped = self._timestamped, []
         batch.events, self._events = self._events, []
         batch.service_checks, self._service_checks = self._service_checks, []
+        self._pending_bytes = {"events": 0, "service_checks": 0}
         for bucket in due:
             yield from self._note_counter_activity(bucket, step)
         for bucket in due:
@@ -733,6 +754,7 @@ class Aggregator:
             "service_checks": self._service_checks,
         }
         self._buckets, self._timestamped, self._events, self._service_checks = {}, [], [], []
+        self._pending_bytes = {"events": 0, "service_checks": 0}
         return state
 
     def merge(self, state: dict) -> None:

@@ -6,14 +6,19 @@ a context already resolved costs nothing more on the fast path:
 * :class:`TagRules` rewrites a metric's tags before its context is built:
   ``metric_tag_filterlist`` keeps or drops tag keys per metric name, and
   ``dogstatsd_tag_value_limits`` keeps at most N distinct values of a tag key
-  per metric (later values lose the tag).  Lines whose tags differ only in
+  per metric (later values lose the tag; a value unseen for ``entry_timeout``
+  frees its slot).  Lines whose tags differ only in
   what was removed land in one context, where the aggregator adds counters,
   keeps the last gauge, unites sets and merges histograms and sketches.
 * :class:`ContextLimiter` counts live contexts per sender and per metric name
   against ``dogstatsd_context_limiter``; a new context beyond a budget is not
   dropped but folded into its metric's overflow context (the metric's name,
   tagged ``overflow:true``, the sender's tag and ``dogstatsd_tags``), so totals
-  stay right while the number of contexts stays bounded.
+  stay right while the number of contexts stays bounded.  Overflow contexts
+  are bounded too: past ``OVERFLOW_NAMES_PER_SENDER`` of a sender's, its
+  other metrics fold into its ``statsd.overflow`` context of their type, and
+  past ``MAX_OVERFLOW_CONTEXTS`` in all, everyone's fold into one shared
+  ``statsd.overflow`` context per type.
 
 Pure: no clock (time comes in as ``now``), nothing from Twisted.
 """
@@ -23,9 +28,28 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from heapq import nlargest
 
-from twisted_statsd.core.model import Context
+from twisted_statsd.core.model import COUNTER, DISTRIBUTION, GAUGE, HISTOGRAM, SET, TIMING, Context
 
 OVERFLOW_TAG = b"overflow:true"
+
+# A flood of metric names must not make one overflow context per name: a
+# sender's overflow is kept apart by metric name (and host) for this many
+# contexts; beyond, its other metrics go to its OVERFLOW_NAME context of their type.
+OVERFLOW_NAMES_PER_SENDER = 100
+# Overflow contexts of every kind in all; beyond (a flood of senders), new
+# overflow goes to the one shared OVERFLOW_NAME context of its type, with no sender or host.
+MAX_OVERFLOW_CONTEXTS = 10_000
+OVERFLOW_NAME = b"statsd.overflow"
+# The metric_type tag of a folded overflow context: one per aggregation kind,
+# so a counter's total never meets a gauge's value.
+_KINDS = {
+    COUNTER: b"counter",
+    GAUGE: b"gauge",
+    HISTOGRAM: b"histogram",
+    TIMING: b"histogram",
+    SET: b"set",
+    DISTRIBUTION: b"distribution",
+}
 
 # Rows kept in the overflow table (sender, metric name); beyond, overflows are
 # summed under the sender's "other" row, so the table itself stays bounded.
@@ -43,18 +67,29 @@ class TagRules:
     ``filters`` maps a metric name to (keep, tag keys): keep only those keys
     (``include``), or drop them (``exclude``).  ``value_limits`` maps a metric
     name ("" for every metric) to {tag key: most distinct values}.  Values are
-    remembered per metric and tag key from the first seen until a reload;
-    ``dropped`` counts tags removed because their key was over its limit.
+    remembered per metric and tag key, each with the time of the
+    :meth:`expire` call before it was last seen; :meth:`expire` forgets those
+    unseen for ``entry_timeout``.  ``dropped`` counts tags removed because
+    their key was over its limit.
+
+    Time moves only at :meth:`expire` (the intake calls it when its shape cache
+    starts a generation, and learns every shape of a value-limited metric again
+    in each generation), so lines of one generation are all seen "at its start"
+    and whether a line's shape was cached makes no difference.
     """
 
     def __init__(
         self,
         filters: Mapping[str, tuple[bool, frozenset[bytes]]] | None = None,
         value_limits: Mapping[str, Mapping[bytes, int]] | None = None,
+        entry_timeout: float = 300.0,
     ):
         self.filters = dict(filters or {})
         self.value_limits = {name: dict(limits) for name, limits in (value_limits or {}).items()}
-        self._values: dict[tuple[bytes, bytes], set[bytes]] = {}
+        self.entry_timeout = entry_timeout
+        # (metric name, tag key) -> {tag: the time of the expire() before it was last seen}
+        self._values: dict[tuple[bytes, bytes], dict[bytes, float]] = {}
+        self._now = 0.0
         self.dropped: dict[tuple[str, str], int] = {}
 
     def __bool__(self) -> bool:
@@ -75,17 +110,29 @@ class TagRules:
             tags = [tag for tag in tags if self._admits(name, tag, limits, learn)]
         return tags
 
+    def limits(self, name: str) -> bool:
+        """Whether tag values of the metric named ``name`` are limited."""
+        return bool(self.value_limits.get(name) or self.value_limits.get(""))
+
+    def expire(self, now: float) -> None:
+        """Forget tag values unseen for ``entry_timeout`` before ``now``; lines from now on are seen at ``now``."""
+        cutoff = now - self.entry_timeout
+        for where, values in list(self._values.items()):
+            for tag in [tag for tag, seen in values.items() if seen <= cutoff]:
+                del values[tag]
+            if not values:
+                del self._values[where]
+        self._now = now
+
     def _admits(self, name: bytes, tag: bytes, limits: Mapping[bytes, int], learn: bool) -> bool:
         key = _tag_key(tag)
         limit = limits.get(key)
         if limit is None:
             return True
-        values = self._values.get((name, key), ())
-        if tag in values:
-            return True
-        if len(values) < limit:
+        values = self._values.get((name, key), {})
+        if tag in values or len(values) < limit:
             if learn:
-                self._values.setdefault((name, key), set()).add(tag)
+                self._values.setdefault((name, key), values)[tag] = self._now
             return True
         if not learn:
             return False
@@ -106,8 +153,10 @@ class ContextLimiter:
 
     Invariants: ``_live`` maps every admitted live context's key to its
     (sender, metric name); ``_senders`` and ``_names`` count them, with no zero
-    entries; ``_overflow`` maps (metric name, host, sender) to its overflow
-    context and ``_overflow_keys`` those contexts' keys back.
+    entries; ``_overflow`` maps where an overflow context stands (see
+    :meth:`_overflow_where`) to it, ``_overflow_keys`` those contexts' keys
+    back, and ``_overflow_names`` counts each sender's overflow contexts by
+    metric name, with no zero entries.
     """
 
     def __init__(
@@ -123,8 +172,11 @@ class ContextLimiter:
         self._live: dict[int, tuple[str, str]] = {}
         self._senders: dict[str, int] = {}
         self._names: dict[str, int] = {}
-        self._overflow: dict[tuple[str, str, str], Context] = {}
-        self._overflow_keys: dict[int, tuple[str, str, str]] = {}
+        self._overflow: dict[tuple, Context] = {}
+        self._overflow_keys: dict[int, tuple] = {}
+        self._overflow_names: dict[str, int] = {}
+        # Contexts folded past the bounds on overflow contexts, by where they went ("sender", "shared").
+        self.folded: dict[str, int] = {}
         # (sender, metric name) -> [contexts folded, time of the last one]
         self.offenders: dict[tuple[str, str], list] = {}
         self._reported: dict[tuple[str, str], int] = {}
@@ -157,6 +209,7 @@ class ContextLimiter:
         self.extra_tags = tuple(t.encode() for t in extra_tags)
         self._overflow.clear()
         self._overflow_keys.clear()
+        self._overflow_names.clear()
 
     @property
     def enabled(self) -> bool:
@@ -168,6 +221,10 @@ class ContextLimiter:
     def knows(self, context: Context) -> bool:
         """Whether ``context`` is counted live, or is an overflow context."""
         return context.key in self._live or context.key in self._overflow_keys
+
+    def counts(self, context: Context) -> bool:
+        """Whether ``context`` is counted live (not an overflow context)."""
+        return context.key in self._live
 
     def sender_of(self, context: Context, origin: bytes | None) -> str:
         """Whose budget ``context`` counts against: its key tag's value, else its container, else "" (shared)."""
@@ -194,8 +251,8 @@ class ContextLimiter:
             return "metric_name_limit"
         return None
 
-    def admit(self, context: Context, origin: bytes | None, now: float) -> Context:
-        """The context a line resolved to ``context`` goes to: itself, or its overflow context."""
+    def admit(self, context: Context, origin: bytes | None, now: float, mtype: bytes = COUNTER) -> Context:
+        """The context a line of type ``mtype`` resolved to ``context`` goes to: itself, or an overflow context."""
         key = context.key
         if key in self._live or key in self._overflow_keys:
             return context
@@ -206,7 +263,17 @@ class ContextLimiter:
             self._names[context.name] = self._names.get(context.name, 0) + 1
             return context
         self._count_overflow(sender, context.name, now)
-        return self._overflow_context(context, sender)
+        where = self._overflow_where(context, sender, mtype)
+        overflow = self._overflow.get(where)
+        if where[0] != "name":
+            self.folded[where[0]] = self.folded.get(where[0], 0) + 1
+        if overflow is None:
+            overflow = Context(*self.overflow_context(where))
+            self._overflow[where] = overflow
+            self._overflow_keys[overflow.key] = where
+            if where[0] == "name":
+                self._overflow_names[sender] = self._overflow_names.get(sender, 0) + 1
+        return overflow
 
     def overflow_tags(self, sender: str) -> list[bytes]:
         """The tags of ``sender``'s overflow contexts: ``overflow:true``, the sender's tag, ``dogstatsd_tags``."""
@@ -215,14 +282,39 @@ class ContextLimiter:
             tags.append((self._key_prefix or "container_id:").encode() + sender.encode())
         return tags
 
-    def _overflow_context(self, context: Context, sender: str) -> Context:
-        where = (context.name, context.host, sender)
-        overflow = self._overflow.get(where)
-        if overflow is None:
-            overflow = Context(context.name.encode(), context.host.encode(), self.overflow_tags(sender))
-            self._overflow[where] = overflow
-            self._overflow_keys[overflow.key] = where
-        return overflow
+    def _overflow_where(self, context: Context, sender: str, mtype: bytes) -> tuple:
+        """Which overflow context a new context beyond its budget goes to.
+
+        ("name", metric name, host, sender): its metric's, while the sender has
+        fewer than ``OVERFLOW_NAMES_PER_SENDER`` of those; else ("sender",
+        kind, sender): the sender's ``statsd.overflow`` of that kind; and once
+        there are ``MAX_OVERFLOW_CONTEXTS`` overflow contexts, ("shared", kind).
+        """
+        where: tuple = ("name", context.name, context.host, sender)
+        if where in self._overflow:
+            return where
+        room = len(self._overflow) < MAX_OVERFLOW_CONTEXTS
+        if room and self._overflow_names.get(sender, 0) < OVERFLOW_NAMES_PER_SENDER:
+            return where
+        kind = _KINDS.get(mtype, b"counter")
+        where = ("sender", kind, sender)
+        if room or where in self._overflow:
+            return where
+        return ("shared", kind)
+
+    def overflow_context(self, where: tuple) -> tuple[bytes, bytes, list[bytes]]:
+        """The (name, host, tags) of the overflow context at ``where``."""
+        if where[0] == "name":
+            _, name, host, sender = where
+            return name.encode(), host.encode(), self.overflow_tags(sender)
+        tags = [b"metric_type:" + where[1]]
+        if where[0] == "sender":
+            return OVERFLOW_NAME, b"", [*self.overflow_tags(where[2]), *tags]
+        return OVERFLOW_NAME, b"", [*self.overflow_tags(""), *tags]
+
+    def overflow_for(self, context: Context, origin: bytes | None, mtype: bytes) -> tuple[bytes, bytes, list[bytes]]:
+        """The (name, host, tags) a new ``context`` beyond its budget would overflow to; nothing changes."""
+        return self.overflow_context(self._overflow_where(context, self.sender_of(context, origin), mtype))
 
     def _count_overflow(self, sender: str, name: str, now: float) -> None:
         row = (sender, name)
@@ -236,16 +328,29 @@ class ContextLimiter:
         entry[0] += 1
         entry[1] = now
 
-    def expire(self, keys: Iterable[int]) -> None:
-        """Contexts the aggregator no longer holds: they stop counting against their budgets."""
+    def expire(self, keys: Iterable[int]) -> int:
+        """Contexts the aggregator no longer holds: they stop counting against their budgets.
+
+        Returns how many of them the limiter knew (live or overflow contexts).
+        """
         live, senders, names = self._live, self._senders, self._names
+        released = 0
         for key in keys:
             entry = live.pop(key, None)
             if entry is None:
                 where = self._overflow_keys.pop(key, None)
                 if where is not None:
                     del self._overflow[where]
+                    released += 1
+                    if where[0] == "name":
+                        sender = where[3]
+                        left = self._overflow_names[sender] - 1
+                        if left:
+                            self._overflow_names[sender] = left
+                        else:
+                            del self._overflow_names[sender]
                 continue
+            released += 1
             sender, name = entry
             for counts, item in ((senders, sender), (names, name)):
                 left = counts[item] - 1
@@ -253,6 +358,7 @@ class ContextLimiter:
                     counts[item] = left
                 else:
                     del counts[item]
+        return released
 
     def top(self, n: int) -> list[tuple[str, str, int]]:
         """The ``n`` (sender, metric name) rows with the most contexts folded into overflow."""

@@ -129,8 +129,12 @@ class Pipeline:
         self.timestamps = timestamps
         self.origin_client = origin_client
         self.context_expiry = context_expiry
+        if limiter is not None:
+            aggregator.on_expired.append(self._contexts_expired)
         self._bucket_start: int | None = None
         self._rotate_at: float | None = None
+        # The limiter let contexts go since the last batch: shapes to check (see _contexts_expired).
+        self._released = False
         # Set by the memory monitor above its hard limit: lines of shapes not
         # seen yet (new contexts) are refused; known shapes still aggregate.
         self.refuse_new_contexts = False
@@ -210,13 +214,18 @@ class Pipeline:
             self.fold()
 
     def forget_shapes(self) -> None:
-        """Drop every cached line shape, e.g. after the enricher's mapper was replaced."""
+        """Drop every cached line shape, e.g. after the enricher's mapper was replaced.
+
+        The next batch starts a generation, which sets new tag rules' clock.
+        """
         self.shapes.clear()
+        self._rotate_at = None
 
     # -- batches ------------------------------------------------------------------
 
     def _advance(self, now: float) -> None:
-        """Fold before staging into another bucket; rotate the shape cache when it is due."""
+        """Fold before staging into another bucket; rotate the shape cache when it is due, or drop
+        the shapes of contexts the limiter let go."""
         start = bucket_start(now)
         if start != self._bucket_start:
             self.fold()
@@ -224,7 +233,11 @@ class Pipeline:
         if self._rotate_at is None or now >= self._rotate_at:
             self.shapes.rotate()
             forget_shared_tag_sets()
+            self.enricher.tag_rules.expire(now)
             self._rotate_at = now + self.context_expiry
+        if self._released:
+            self._released = False
+            self.shapes.forget(lambda shape: not self._counted(shape))
 
     def _terminated(self, packet: bytes) -> bytes:
         """The packet up to its last newline; a final unterminated line is dropped (spec §1.7)."""
@@ -277,7 +290,7 @@ class Pipeline:
         if cache.known(key):
             return None
         # A shape of a context the limiter has let go is learnt again, so the context is counted again.
-        shape = cache.promote(key, None if self.limiter is None else self.limiter.knows)
+        shape = cache.promote(key, self._still_valid)
         if shape is not None or cache.known(key):
             return shape
         if line.startswith(_NOT_METRICS):  # an event or service check (parser.message_kind)
@@ -295,24 +308,52 @@ class Pipeline:
         if target.type == COUNTER and target.rate == 0.0:
             cache.refuse(key, "zero_sample_rate")
             return None
+        renew = self.enricher.tag_rules.limits(target.context.name)
         if self.limiter is not None:
             target = self._limited(target, origin, now)
         if self.refuse_new_contexts and not self._known(target.context, now):
             return None
         self.learnt += 1
-        return cache.add(key, Shape(target, key))
+        return cache.add(key, Shape(target, key, renew=renew))
 
     def _limited(self, target: Target, origin: bytes | None, now: float) -> Target:
         """``target`` with its contexts admitted by the limiter, or replaced by their overflow contexts."""
         limiter = self.limiter
         assert limiter is not None  # called only when a limiter is configured
-        context = limiter.admit(target.context, origin, now)
+        context = limiter.admit(target.context, origin, now, target.type)
         if context is not target.context:
             self.telemetry.incr("context_overflows")
         copy = target.copy
         if copy is not None:
-            copy = limiter.admit(copy, origin, now)
+            copy = limiter.admit(copy, origin, now, DISTRIBUTION)
         return target._replace(context=context, copy=copy)
+
+    def _still_valid(self, shape: Shape) -> bool:
+        """Whether ``shape``, cached in the previous generation, may be taken back as it is.
+
+        Not if its tag values are limited (the tag rules decide again, and so
+        see the value, see :class:`TagRules`), nor if the limiter does not
+        count its contexts as live: they expired, or went to overflow, which
+        is decided again at least once a generation, as a line alone would be.
+        """
+        return not shape.renew and (self.limiter is None or self._counted(shape))
+
+    def _counted(self, shape: Shape) -> bool:
+        counts = cast("ContextLimiter", self.limiter).counts
+        return counts(shape.context) and (shape.copy is None or counts(shape.copy))
+
+    def _contexts_expired(self, keys: list[int]) -> None:
+        """The aggregator let go of contexts: they stop counting against their budgets.
+
+        While budgets are set, this generation's shapes of those contexts are
+        dropped (they would send lines to them uncounted), and so are those
+        that went to overflow: the budget freed may now admit them, as it
+        would admit their next line alone.
+        """
+        limiter = cast("ContextLimiter", self.limiter)
+        if limiter.expire(keys) and limiter.enabled:
+            # Done before the next batch: a flush reports its contexts a step at a time.
+            self._released = True
 
     def _class_held(self, context: Context) -> type | None:
         return self.aggregator.metric_class(context, self.staging.latest)
@@ -480,18 +521,20 @@ class Pipeline:
 
     def _event(self, line: bytes, now: float, origin: bytes | None) -> None:
         message = parser.parse_event(line, origin_client=self.origin_client)
-        held = self.aggregator.add_event(self.enricher.event(message, now, origin))
+        held = self.aggregator.add_event(self.enricher.event(message, now, origin), len(line))
         self._count_held(held, "events", line)
 
     def _service_check(self, line: bytes, now: float, origin: bytes | None) -> None:
         message = parser.parse_service_check(line, origin_client=self.origin_client)
-        held = self.aggregator.add_service_check(self.enricher.service_check(message, now, origin))
+        held = self.aggregator.add_service_check(self.enricher.service_check(message, now, origin), len(line))
         self._count_held(held, "service_checks", line)
 
     def _count_held(self, held: bool, counter: str, line: bytes) -> None:
-        """Count an event or service check the aggregator took, or report it dropped when its queue was full."""
+        """Count an event or service check the aggregator took, or report it dropped: its queue was full
+        (``pending_overflow``) or held too many bytes (``pending_bytes_overflow``)."""
         if held:
             self.telemetry.incr(counter)
         else:
             what = counter.replace("_", " ")
-            self.reporter.report("pending_overflow", f"too many {what} waiting for the flush", line)
+            reason = self.aggregator.refusal(counter, len(line)) or "pending_overflow"
+            self.reporter.report(reason, f"too many {what} (or bytes of them) waiting for the flush", line)

@@ -49,14 +49,17 @@ class Shape(Route):
     """Where the values of a learnt line shape go: the aggregator's route of its context, type and rate.
 
     ``key`` is the cache key the shape was learnt under, kept to rebuild a line
-    for error reports.
+    for error reports; ``renew`` says the shape's decisions hold for one
+    generation only (tag values are limited).
     """
 
-    __slots__ = ("key",)
+    __slots__ = ("key", "renew")
 
-    def __init__(self, target: Target, key: bytes):
+    def __init__(self, target: Target, key: bytes, *, renew: bool = False):
         super().__init__(target.context, target.type, target.rate, target.copy)
         self.key = key
+        # Learnt again in each generation rather than taken back from the previous one.
+        self.renew = renew
 
     def line(self, raw: bytes) -> bytes:
         """The line ``raw`` arrived in (the key without a detected origin's prefix, the value put back)."""
@@ -124,13 +127,13 @@ class ShapeCache:
         self._remember()
         self._refused[key] = reason
 
-    def promote(self, key: bytes, still: Callable[[Context], bool] | None = None) -> Shape | None:
+    def promote(self, key: bytes, still: Callable[[Shape], bool] | None = None) -> Shape | None:
         """Take ``key``'s shape back from the previous generation; None if it has none or is now mixed.
 
-        With ``still``, a shape whose context it rejects is dropped instead (None): the line is learnt anew.
+        With ``still``, a shape it rejects is dropped instead (None): the line is learnt anew.
         """
         shape = self._previous.pop(key, None)
-        if shape is None or (still is not None and not still(shape.context)):
+        if shape is None or (still is not None and not still(shape)):
             return None
         return self.add(key, shape)
 
@@ -182,6 +185,23 @@ class ShapeCache:
         self._shapes.clear()
         self._previous.clear()
         self._forget_verdicts()
+
+    def forget(self, stale: Callable[[Shape], bool]) -> None:
+        """Drop this generation's shapes that ``stale`` picks: their lines are learnt anew.
+
+        The shapes of the previous generation are left: taking one back is checked anyway.
+        """
+        self.before_change()
+        gone = set()
+        for table in (self._shapes, self._mixed):
+            for key, shape in list(table.items()):
+                if stale(shape):
+                    del table[key]
+                    gone.add(shape.context.key)
+        for context_key in gone:
+            self._first.pop(context_key, None)
+            self._more_keys.pop(context_key, None)
+            self._mixed_contexts.discard(context_key)
 
     def _forget_verdicts(self) -> None:
         self._refused = {}

@@ -8,6 +8,11 @@ use", and anything that is not a socket is never touched.  On stop only the
 file this process bound is removed, identified by device and inode, so a stop
 never deletes a file that someone else put in its place.
 
+A socket file is created with its final permissions (:func:`created_with_mode`):
+binding and then changing the mode would leave a moment in which the file has
+the umask's permissions, which may let anyone connect, and a chmod by path
+would follow a symbolic link put in the socket's place meanwhile.
+
 Also here: the receive buffer (set, then read back because the kernel clamps
 it), SO_PASSCRED, and parsing the ``struct ucred`` credentials that Linux
 attaches to datagrams (SCM_CREDENTIALS) or reports for a stream peer
@@ -21,6 +26,8 @@ import os
 import socket
 import stat
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 from twisted.internet.error import CannotListenError
@@ -164,8 +171,23 @@ def enable_passcred(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, _SO_PASSCRED, 1)
 
 
+@contextmanager
+def created_with_mode(mode: int) -> Iterator[None]:
+    """Inside, files (and socket files bound) are created with permissions ``mode`` (at most 0o777).
+
+    The process's umask is set for the duration and put back: binding happens
+    while the service starts, on the reactor's thread, before anything else
+    creates files.
+    """
+    previous = os.umask(0o777 & ~mode)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
 def bind_datagram_socket(path: str, mode: int, *, passcred: bool = False) -> socket.socket:
-    """A non-blocking AF_UNIX datagram socket bound at ``path`` with permissions ``mode``.
+    """A non-blocking AF_UNIX datagram socket bound at ``path``, created with permissions ``mode``.
 
     The path must have been prepared with :func:`prepare_path`.
     """
@@ -175,10 +197,10 @@ def bind_datagram_socket(path: str, mode: int, *, passcred: bool = False) -> soc
         if passcred:
             enable_passcred(sock)
         try:
-            sock.bind(path)
+            with created_with_mode(mode):
+                sock.bind(path)
         except OSError as e:
             raise SocketPathError(path, e.strerror or str(e)) from None
-        os.chmod(path, mode)
     except BaseException:
         sock.close()
         raise

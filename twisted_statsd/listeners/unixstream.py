@@ -242,7 +242,8 @@ class UnixStreamListenerService(StreamListenerService):
     def bind(self) -> None:
         sockets.prepare_path(self.path)
         port = _StreamPort(self.path, self.factory, self.backlog, self.mode, self.reactor)
-        port.startListening()
+        with sockets.created_with_mode(self.mode):  # Twisted's chmod after bind then changes nothing
+            port.startListening()
         port.identity = sockets.file_identity(self.path)
         self.port = port
         self.log.info(
