@@ -139,7 +139,12 @@ def prometheus_dir():
 
 
 class PrometheusServer:
-    """A Prometheus subprocess scraping the given targets (job name -> port) every second."""
+    """A Prometheus subprocess scraping the given targets (job name -> port) every 250 ms.
+
+    Its first scrape waits for target discovery, which Prometheus throttles to 5 s (not
+    configurable); a short interval keeps the rest of the test (the first scrape's offset
+    within the interval, the scrape after the second flush) well under a second.
+    """
 
     def __init__(self, workdir: str, targets: dict[str, int]):
         self.port = free_port()
@@ -149,7 +154,7 @@ class PrometheusServer:
             for job, port in targets.items()
         )
         with open(f"{workdir}/prometheus.yml", "w") as f:
-            f.write(f"global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n{jobs}")
+            f.write(f"global:\n  scrape_interval: 250ms\n  scrape_timeout: 250ms\nscrape_configs:\n{jobs}")
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [
