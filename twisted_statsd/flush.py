@@ -102,6 +102,8 @@ class FlushService(Service):
         self.before_flush = list(before_flush)
         # Called with every batch once it is built, before the sinks get it (the admin page's view).
         self.after_flush: list = []
+        # Whether the flush in progress closes open buckets too (read by preparations that ship buckets).
+        self.closing_all = False
         self.freeze_gc = freeze_gc
         # Waiting for the sinks at stop takes what remains of the whole stop's budget.
         self.stop_deadline = stop_deadline or StopDeadline(clock, SINK_STOP_TIMEOUT)
@@ -176,11 +178,14 @@ class FlushService(Service):
         gc.freeze()
 
     async def _flush_batch(self, final: bool) -> tuple[FlushBatch | None, list[defer.Deferred]]:
-        started = self.clock.seconds()
+        started = now = self.clock.seconds()
+        self.closing_all = final
         try:
+            # The time is taken first: what the preparations add later lands in
+            # buckets this flush does not close, and a worker asked for the
+            # buckets due now is asked at this cutoff or a later one.
             for prepare in self.before_flush:
                 await defer.maybeDeferred(prepare)
-            now = self.clock.seconds()
             # The server's own counters go into the open bucket once the due
             # buckets are closed: recorded before, they would be zero-filled
             # into a bucket that ended before they were counted.  The final
