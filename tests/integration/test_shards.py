@@ -9,6 +9,7 @@ from helpers import wait_for, with_deadline
 from twisted.internet import defer
 from unit.test_pipeline import make
 
+from twisted_statsd import shards
 from twisted_statsd.shards import Peers
 
 NOW = 1_000_001.0
@@ -70,14 +71,15 @@ async def test_a_peer_that_is_gone_holds_no_barrier_and_its_lines_stay(reactor):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_full_channel_stops_reading_until_the_peer_catches_up(reactor):
+async def test_a_full_channel_stops_reading_until_the_peer_catches_up(reactor, monkeypatch):
+    monkeypatch.setattr(shards, "SEND_BUFFER", 1 << 20)
     calls = []
     peers = connected(
         reactor, 2, pause_reading=lambda: calls.append("pause"), resume_reading=lambda: calls.append("resume")
     )
     try:
         lines = [b"full.c%d:1|c|#pad:%s" % (i, b"x" * 100) for i in range(20_000)]
-        peers[0].pipeline.process([b"\n".join(lines)], NOW)  # megabytes for the peer, written at once
+        peers[0].pipeline.process([b"\n".join(lines)], NOW)  # over a megabyte for the peer, written at once
         assert calls == ["pause"]
         assert peers[0].telemetry.get("shard_pauses") == 1
         await wait_for(reactor, lambda: calls == ["pause", "resume"])

@@ -25,6 +25,10 @@ full parser: new shapes, events, service checks, client-timestamped lines,
 errors, refusals, and every line of a context seen under two metric types
 (whose first type in a bucket decides, spec §6.4, so their order matters).
 
+With several intake processes, a ``router`` (:mod:`twisted_statsd.intake.shard`)
+first sends the lines another process owns to it, by their shape keys, and
+only the rest go on here.
+
 Staged samples are handed over before the bucket changes, before the shape
 cache rotates or starts over, once they are a second old (on the intake
 timer), and by whoever reads the aggregator, which calls :meth:`Pipeline.fold`
