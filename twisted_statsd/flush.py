@@ -104,6 +104,9 @@ class FlushService(Service):
         self.after_flush: list = []
         # Whether the flush in progress closes open buckets too (read by preparations that ship buckets).
         self.closing_all = False
+        # Set by a preparation that collected the buckets due at that time (the workers'): the
+        # flush then closes no later bucket, which they may still hold.
+        self.now_at_most: float | None = None
         self.freeze_gc = freeze_gc
         # Waiting for the sinks at stop takes what remains of the whole stop's budget.
         self.stop_deadline = stop_deadline or StopDeadline(clock, SINK_STOP_TIMEOUT)
@@ -178,14 +181,14 @@ class FlushService(Service):
         gc.freeze()
 
     async def _flush_batch(self, final: bool) -> tuple[FlushBatch | None, list[defer.Deferred]]:
-        started = now = self.clock.seconds()
+        started = self.clock.seconds()
         self.closing_all = final
         try:
-            # The time is taken first: what the preparations add later lands in
-            # buckets this flush does not close, and a worker asked for the
-            # buckets due now is asked at this cutoff or a later one.
             for prepare in self.before_flush:
                 await defer.maybeDeferred(prepare)
+            now = self.clock.seconds()
+            if self.now_at_most is not None:
+                now, self.now_at_most = min(now, self.now_at_most), None
             # The server's own counters go into the open bucket once the due
             # buckets are closed: recorded before, they would be zero-filled
             # into a bucket that ended before they were counted.  The final

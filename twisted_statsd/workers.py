@@ -206,12 +206,15 @@ class WorkerPoolService(Service):
     async def collect(self, command: bytes = b"ship") -> None:
         """Fold every worker's aggregates into ours; a worker that does not answer is counted.
 
-        A ship is for the buckets due at this moment's cutoff: the flush that
-        asks took its time before, so it closes no bucket a worker still holds.
+        A ship is for the buckets due at this moment's cutoff, and the flush
+        that asks takes no later time, so it closes no bucket a worker still holds.
         A final flush's ship is for every bucket.
         """
         if command == b"ship" and not (self.flusher is not None and self.flusher.closing_all):
-            command += b" %d" % bucket_start(self.reactor.seconds())
+            asked_at = self.reactor.seconds()
+            command += b" %d" % bucket_start(asked_at)
+            if self.flusher is not None:
+                self.flusher.now_at_most = asked_at
         self.drain()  # routed before the barrier, so the owners have it before they export
         assert self.peers is not None  # started
         barrier = self.peers.barrier()
