@@ -29,7 +29,7 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_statsd.intake.pipeline import Pipeline
+from twisted_statsd.intake.pipeline import FEW_SHAPES, Pipeline
 from twisted_statsd.intake.shard import Router, decode
 from twisted_statsd.telemetry import Telemetry
 
@@ -109,6 +109,9 @@ class _Pause:
 class Peers:
     """This process's channels to the other intake processes, and its router.
 
+    The router starts routing once the pipeline caches more than ``FEW_SHAPES``
+    shapes (``_route_after_shapes``, for tests).
+
     ``pause_reading`` and ``resume_reading`` stop and restart this process's
     datagram socket.  Invariant: ``_paused`` holds the peers whose channel
     buffer is full; reading is stopped exactly while it is not empty.
@@ -123,11 +126,12 @@ class Peers:
         count: int,
         pause_reading: Callable[[], None] = lambda: None,
         resume_reading: Callable[[], None] = lambda: None,
+        _route_after_shapes: int = FEW_SHAPES,
     ):
         self.clock = clock
         self.pipeline = pipeline
         self.telemetry = telemetry
-        self.router = Router(index, count, self.send)
+        self.router = Router(index, count, self.send, _route_after_shapes)
         pipeline.router = self.router
         self.pause_reading = pause_reading
         self.resume_reading = resume_reading

@@ -18,7 +18,7 @@ NOW = 1_000_001.0
 def connected(reactor, count: int = 2, **hooks):
     """``count`` Peers with their pipelines, every pair joined by a stream socket pair."""
     made = [make() for _ in range(count)]
-    peers = [Peers(reactor, p, t, i, count, **hooks) for i, (p, _, t) in enumerate(made)]
+    peers = [Peers(reactor, p, t, i, count, _route_after_shapes=0, **hooks) for i, (p, _, t) in enumerate(made)]
     for i in range(count):
         for k in range(i + 1, count):
             a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -131,3 +131,16 @@ def test_sharded_pipelines_merge_into_what_one_process_aggregates(seed, count):
     expected, kept = reference_aggregator(received)
     assert unordered(flushed(merged(pipelines))) == unordered(flushed(expected))
     assert sum(p.telemetry.get("metrics") for p in pipelines) == kept
+
+
+def test_routing_starts_once_the_shape_cache_is_large_and_stays_on():
+    """Few contexts: each process keeps what it reads; past ``after_shapes`` shapes it routes."""
+    pipeline, _, _ = make()
+    sent = []
+    pipeline.router = Router(0, 2, lambda owner, frame: sent.append(frame), after_shapes=50)
+    pipeline.process([b"\n".join(b"few.c%d:1|c" % i for i in range(50))], NOW)
+    assert not sent and not pipeline.router.active
+    pipeline.process([b"more.c0:1|c"], NOW)  # the cache now holds 50 shapes, not more
+    pipeline.process([b"\n".join(b"late.c%d:1|c" % i for i in range(40))], NOW)  # 51: routed
+    assert pipeline.router.active and sent
+    assert pipeline.router.forwarded == sum(len(decode(f)[1].split(b"\n")) for f in sent)

@@ -27,7 +27,7 @@ errors, refusals, and every line of a context seen under two metric types
 
 With several intake processes, a ``router`` (:mod:`twisted_statsd.intake.shard`)
 first sends the lines another process owns to it, by their shape keys, and
-only the rest go on here.
+only the rest go on here: once more than ``FEW_SHAPES`` shapes are cached.
 
 Staged samples are handed over before the bucket changes, before the shape
 cache rotates or starts over, once they are a second old (on the intake
@@ -183,8 +183,10 @@ class Pipeline:
         keys = list(map(_key, zip(map(_first, heads), map(_third, tails), strict=False)))
         if origin is not None:
             keys = list(map(_concat, repeat(b"\n" + origin + b"\n"), keys))
-        if self.router is not None and not owned:
-            kept = self.router.route(keys, lines, origin)
+        router = self.router
+        if router is not None and not owned and (router.active or len(self.shapes) > router.after_shapes):
+            router.active = True
+            kept = router.route(keys, lines, origin)
             if kept is not None:
                 lines, keys = list(compress(lines, kept)), list(compress(keys, kept))
                 tails = list(compress(tails, kept))

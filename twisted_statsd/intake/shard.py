@@ -32,14 +32,24 @@ class Router:
 
     ``send`` returns nothing; lines for an owner that is gone (``lost``) are
     kept here instead, so nothing is dropped because a worker died.
+
+    With few contexts, every process holding all of them costs less than
+    sending most lines to another process (at 1,000 contexts, 2 processes
+    drained a full queue 1.57 times as fast as one unsharded, 1.11 times
+    sharded), so the pipeline routes only once its shape cache holds more than
+    ``after_shapes`` shapes: the cardinality where it stops staging anyway.
+    Either way the merge is exact; routing only decides who holds what.
     """
 
-    def __init__(self, index: int, count: int, send: Send):
+    def __init__(self, index: int, count: int, send: Send, after_shapes: int = 0):
         if not 0 <= index < count:
             raise ValueError(f"process {index} of {count}")
         self.index = index
         self.count = count
         self.send = send
+        # Routing starts once the process has cached more line shapes than this, and then stays on.
+        self.after_shapes = after_shapes
+        self.active = after_shapes == 0
         self.lost: set[int] = set()
         # Lines handed to other owners, for telemetry.
         self.forwarded = 0
