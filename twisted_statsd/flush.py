@@ -182,7 +182,7 @@ class FlushService(Service):
 
     async def _flush_batch(self, final: bool) -> tuple[FlushBatch | None, list[defer.Deferred]]:
         started = self.clock.seconds()
-        self.closing_all = final
+        self.closing_all, self.now_at_most = final, None  # a failed flush's cap does not carry over
         try:
             for prepare in self.before_flush:
                 await defer.maybeDeferred(prepare)
