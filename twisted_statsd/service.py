@@ -457,6 +457,20 @@ def build_service(
         root.udp = UDPListenerService(reactor, receiver, port, config.udp_interface, config.dogstatsd_so_rcvbuf)
         root.udp.setServiceParent(root)
         root.flusher.before_flush.append(root.udp.record_kernel_drops)
+        if config.dogstatsd_workers > 1:
+            # Added after the listener: it starts once the socket is bound, and stops
+            # (each worker shipping a last time) before the listener and the final flush.
+            root.workers = WorkerPoolService(
+                reactor,
+                root.udp,
+                pipeline,
+                config.dogstatsd_workers - 1,
+                config,
+                drain=intake.drain,
+                flusher=root.flusher,
+            )
+            root.workers.setServiceParent(root)
+            root.flusher.before_flush.insert(0, root.workers.before_flush)
     throttle = None
     if config.dogstatsd_socket or config.dogstatsd_stream_socket or config.dogstatsd_tcp_port:
         # Added before the listeners it slows down, so that they stop first.
@@ -465,21 +479,6 @@ def build_service(
         _add_unix_listeners(root, config, reactor, intake, reporter, throttle, _proc_root)
     if config.dogstatsd_tcp_port:
         _add_tcp_listener(root, config, reactor, intake, reporter, throttle, senders, tls)
-    if root.udp is not None and config.dogstatsd_workers > 1:
-        # Added after the listeners: it starts once the sockets are bound, and stops
-        # (each worker shipping a last time) before any listener closes and before the final flush.
-        root.workers = WorkerPoolService(
-            reactor,
-            root.udp,
-            pipeline,
-            config.dogstatsd_workers - 1,
-            config,
-            drain=intake.drain,
-            flusher=root.flusher,
-            unixgram=root.unixgram,
-        )
-        root.workers.setServiceParent(root)
-        root.flusher.before_flush.insert(0, root.workers.before_flush)
     if root.admin is not None:
         root.flusher.before_flush.append(root.admin.before_flush)
         root.flusher.after_flush.append(root.admin.after_flush)

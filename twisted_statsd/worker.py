@@ -1,9 +1,8 @@
-"""The worker process of multi-process intake: ``python -m twisted_statsd.worker CONFIG INDEX COUNT UNIX``.
+"""The worker process of multi-process intake: ``python -m twisted_statsd.worker CONFIG_JSON INDEX COUNT``.
 
 Started by :class:`twisted_statsd.workers.WorkerPoolService`, never by hand.
-It adopts the server's UDP socket (file descriptor 3), the Unix datagram
-socket (4) when UNIX is ``uds`` or ``uds+origin``, and its channels to the
-other intake processes (5 and up); it aggregates the lines it owns of what it
+It adopts the server's UDP socket (file descriptor 3) and its channels to the
+other intake processes (4 and up), aggregates the lines it owns of what it
 reads or is sent, and sends the others to their owners.  Each ``ship CUTOFF``
 line on stdin is answered, once every peer's barrier is in, with the buckets
 due at ``CUTOFF`` and the telemetry since the last ship, framed on stdout;
@@ -37,7 +36,7 @@ def main() -> None:
     from twisted_statsd.workers import FRAME_LENGTH, PEER_FD, UDP_FD
 
     config = load_config(data=json.loads(sys.argv[1]))
-    index, count, unix = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    index, count = int(sys.argv[2]), int(sys.argv[3])
     pipeline = build_pipeline(config)
     intake = build_intake(config, reactor, pipeline)
     senders = SenderAllowList(config.dogstatsd_allowed_senders) if config.dogstatsd_allowed_senders else None
@@ -52,26 +51,14 @@ def main() -> None:
     assert isinstance(adopted, udp.Port)  # what every POSIX reactor adopts a datagram socket as; read below
     port: udp.Port = adopted
     out = os.fdopen(sys.stdout.fileno(), "wb", buffering=0)
-    unixgram = _unix_datagram_reader(reactor, config, intake, pipeline, unix) if unix != "-" else None
-
-    def pause_reading() -> None:
-        port.stopReading()
-        if unixgram is not None:
-            unixgram.pause_reading()
-
-    def resume_reading() -> None:
-        port.startReading()
-        if unixgram is not None:
-            unixgram.resume_reading()
-
     peers = Peers(
         reactor,
         pipeline,
         pipeline.telemetry,
         index,
         count,
-        pause_reading=pause_reading,
-        resume_reading=resume_reading,
+        pause_reading=port.stopReading,
+        resume_reading=port.startReading,
     )
     for peer in range(count):
         if peer != index:
@@ -80,9 +67,7 @@ def main() -> None:
 
     def ship(cutoff: int | None) -> defer.Deferred[None]:
         """Route what is read, wait for every peer's barrier, then export the buckets due."""
-        port.doRead()  # what the sockets hold now belongs to this ship
-        if unixgram is not None:
-            unixgram.read(unixgram.budget)
+        port.doRead()  # what the socket holds now belongs to this ship
         intake.drain()
         return peers.barrier().addCallback(lambda _: export(cutoff))
 
@@ -116,8 +101,6 @@ def main() -> None:
 
     def stop() -> None:
         port.stopListening()
-        if unixgram is not None:
-            unixgram.stop_reading()
         peers.close()
         reactor.stop()
 
@@ -125,35 +108,6 @@ def main() -> None:
     # Twisted's stubs see the Windows StandardIO, which has no stdout argument; the POSIX one has.
     stdio.StandardIO(Commands(), stdout=os.open(os.devnull, os.O_WRONLY))  # type: ignore[call-arg]
     reactor.run()
-
-
-def _unix_datagram_reader(reactor, config, intake, pipeline, unix: str):
-    """Read the server's Unix datagram socket too, detecting origins if the server does."""
-    from twisted_statsd._twisted_helpers import periodic
-    from twisted_statsd.listeners import sockets
-    from twisted_statsd.listeners.origin import ORIGIN_TTL, OriginResolver
-    from twisted_statsd.listeners.unixgram import DatagramSocketReader, UnixDatagramReceiver
-    from twisted_statsd.workers import UNIXGRAM_FD
-
-    origin = unix == "uds+origin"
-    resolver = OriginResolver(pipeline.reporter) if origin else None
-    receiver = UnixDatagramReceiver(intake, config.dogstatsd_buffer_size, pipeline.reporter, resolver)
-    receiver.open()
-    reader = DatagramSocketReader(
-        reactor,
-        socket.socket(fileno=UNIXGRAM_FD),
-        receiver.datagram_received,
-        pipeline.reporter,
-        buffer_size=config.dogstatsd_buffer_size,
-        ancillary_size=sockets.CREDENTIALS_SPACE if origin else 0,
-    )
-    if origin:
-        expire = periodic(
-            reactor, ORIGIN_TTL, lambda: receiver.expire_origins(reactor.seconds()), pipeline.telemetry, "origin_expiry"
-        )
-        expire.startService()
-    reader.start_reading()
-    return reader
 
 
 if __name__ == "__main__":

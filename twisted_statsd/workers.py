@@ -3,8 +3,6 @@
 The server binds its UDP socket as usual and starts ``dogstatsd_workers - 1``
 worker processes with ``spawnProcess``, handing each the same socket as file
 descriptor 3 (``childFDs``); a worker adopts it with ``adoptDatagramPort``.
-The Unix datagram socket (``dogstatsd_socket``), when there is one, goes to
-every worker too (descriptor 4), with origin detection if the server has it.
 The kernel gives each datagram to exactly one reader, so even a single client
 is spread over every process.  Each context is owned by one process
 (:mod:`twisted_statsd.intake.shard`): a process aggregates the lines it owns
@@ -43,11 +41,9 @@ from twisted_statsd.telemetry import Telemetry
 SHIP_TIMEOUT = 10.0
 # Frames on a worker's stdout: this length (little-endian) and then a pickle.
 FRAME_LENGTH = struct.Struct("<I")
-# A worker's UDP socket, the Unix datagram socket when there is one, and its
-# channel to process k (0 the server) at PEER_FD + k.
+# A worker's datagram socket; its channel to process k (0 the server) is PEER_FD + k.
 UDP_FD = 3
-UNIXGRAM_FD = 4
-PEER_FD = 5
+PEER_FD = 4
 
 
 # Keys a worker is not given: the sinks are the server's, and a secret has no
@@ -116,17 +112,7 @@ class WorkerPoolService(Service):
 
     log = Logger()
 
-    def __init__(
-        self,
-        reactor,
-        udp,
-        pipeline: Pipeline,
-        count: int,
-        config: Config,
-        drain=lambda: None,
-        flusher=None,
-        unixgram=None,
-    ):
+    def __init__(self, reactor, udp, pipeline: Pipeline, count: int, config: Config, drain=lambda: None, flusher=None):
         self.reactor = reactor
         self.udp = udp
         self.pipeline = pipeline
@@ -136,7 +122,6 @@ class WorkerPoolService(Service):
         self.config = config
         self.drain = drain
         self.flusher = flusher  # a final flush (``closing_all``) asks for every bucket
-        self.unixgram = unixgram  # shared with the workers when bound
         self.workers: list[WorkerProtocol] = []
         self.peers: Peers | None = None
 
@@ -149,25 +134,20 @@ class WorkerPoolService(Service):
             self.telemetry,
             0,
             processes,
-            pause_reading=self._pause_reading,
-            resume_reading=self._resume_reading,
+            pause_reading=lambda: self.udp.port and self.udp.port.stopReading(),
+            resume_reading=lambda: self.udp.port and self.udp.port.startReading(),
         )
         # ends[i][k]: process i's end of its socket pair with process k.
         ends: dict[int, dict[int, socket.socket]] = {i: {} for i in range(processes)}
         for i in range(processes):
             for k in range(i + 1, processes):
                 ends[i][k], ends[k][i] = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        shared: dict[int, int | str] = {0: "w", 1: "r", 2: "r", UDP_FD: self.udp.port.fileno()}
-        unix = "-"
-        reader = self.unixgram.reader if self.unixgram is not None else None
-        if reader is not None:
-            shared[UNIXGRAM_FD] = reader.fileno()
-            unix = "uds+origin" if self.unixgram.receiver.resolver is not None else "uds"
+        fd = self.udp.port.fileno()
         config = json.dumps(config_data(self.config))
         try:
             for i in range(1, processes):
-                argv = [sys.executable, "-m", "twisted_statsd.worker", config, str(i), str(processes), unix]
-                child_fds = dict(shared)
+                argv = [sys.executable, "-m", "twisted_statsd.worker", config, str(i), str(processes)]
+                child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r", UDP_FD: fd}
                 child_fds.update({PEER_FD + k: end.fileno() for k, end in ends[i].items()})
                 protocol = WorkerProtocol()
                 self.reactor.spawnProcess(protocol, sys.executable, argv, env=None, childFDs=child_fds)
@@ -180,23 +160,10 @@ class WorkerPoolService(Service):
                 for end in row.values():
                     end.close()  # each process (and adoptStreamConnection) holds its own copy
         self.log.info(
-            "Started {count} intake workers sharing the UDP socket{unix}, contexts sharded over {processes} processes",
+            "Started {count} intake workers sharing the UDP socket, contexts sharded over {processes} processes",
             count=self.count,
-            unix=" and the Unix datagram socket" if reader is not None else "",
             processes=processes,
         )
-
-    def _pause_reading(self) -> None:
-        if self.udp.port is not None:
-            self.udp.port.stopReading()
-        if self.unixgram is not None and self.unixgram.reader is not None:
-            self.unixgram.reader.pause_reading()
-
-    def _resume_reading(self) -> None:
-        if self.udp.port is not None:
-            self.udp.port.startReading()
-        if self.unixgram is not None and self.unixgram.reader is not None:
-            self.unixgram.reader.resume_reading()
 
     def _ended(self, _: None, worker: WorkerProtocol) -> None:
         if self.running:
@@ -235,8 +202,6 @@ class WorkerPoolService(Service):
                 self.telemetry.incr(name, n, tuple(tags))
                 if name == "metrics":  # how the load is shared, for operators
                     self.telemetry.incr("worker_metrics", n)
-                elif name == "packets":  # and how the reading is, per transport
-                    self.telemetry.incr("worker_packets", n, tuple(tags))
         self.telemetry.incr("shard_forwarded", self.peers.router.forwarded)
         self.peers.router.forwarded = 0
 

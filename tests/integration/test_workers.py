@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 
@@ -145,35 +144,3 @@ async def test_a_worker_that_dies_is_counted_and_its_lines_stay_with_their_reade
         await with_deadline(reactor, service.stopService(), 60)
     assert all(round(total, 6) == 2 for total in series_by_context(out).values())
     assert len(series_by_context(out)) == MANY
-
-
-def send_unix(path: str) -> int:
-    """Every one of MANY counters twice over the Unix datagram socket, waiting when its queue is full."""
-    lines = [b"many.c%d:1|c|#a:%d,b:x" % (i, i % 5) for i in range(MANY)] * 2
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(path)
-        sock.settimeout(30)  # blocking: a full queue (net.unix.max_dgram_qlen) makes the sender wait
-        datagrams = [b"\n".join(lines[i : i + 20]) for i in range(0, len(lines), 20)]
-        for datagram in datagrams:
-            sock.send(datagram)
-    return len(datagrams)
-
-
-@pytest_twisted.ensureDeferred
-async def test_workers_read_the_unix_datagram_socket_too(reactor, tmp_path, short_tmpdir):
-    """Issue 14: the Unix datagram socket is shared with the workers like the UDP one; exact totals."""
-    path = os.path.join(short_tmpdir, "w.sock")
-    service, out = start(reactor, tmp_path, "unix", dogstatsd_workers=2, dogstatsd_socket=path)
-    try:
-        await with_deadline(reactor, service.flush(), 60)
-        await early_in_a_bucket(reactor)
-        sent = await with_deadline(reactor, deferToThread(send_unix, path), 60)
-        await with_deadline(reactor, service.flush(final=True), 60)
-        assert service.telemetry.get("metrics") == 2 * MANY
-        assert service.telemetry.get("packets", "transport:uds") == sent
-        assert 0 < service.telemetry.get("worker_packets", "transport:uds") < sent  # both processes read
-    finally:
-        await with_deadline(reactor, service.stopService(), 60)
-    totals = series_by_context(out)
-    assert len(totals) == MANY
-    assert all(round(total, 6) == 2 for total in totals.values())
