@@ -22,7 +22,6 @@ import tempfile
 import time
 
 from benchmarks import procfs
-from benchmarks.backlog import _processes
 from benchmarks.receivers import TwistedStatsd
 from benchmarks.workload import build, mixed_spec
 
@@ -50,7 +49,7 @@ def one_run(workers: int, workload, rate: float, seconds: float, workdir: str) -
         sock.connect(("127.0.0.1", server.port))
         send_paced(sock, workload, rate, len(workload.datagrams) / (rate / 20) + 1)  # every context known
         server.settle()
-        pids = _processes(server.pid)
+        pids = procfs.process_tree(server.pid)
         cpu = sum(map(procfs.cpu_seconds, pids))
         drops = server.kernel_drops() or 0
         sent = send_paced(sock, workload, rate, seconds, 7)
