@@ -102,6 +102,11 @@ class FlushService(Service):
         self.before_flush = list(before_flush)
         # Called with every batch once it is built, before the sinks get it (the admin page's view).
         self.after_flush: list = []
+        # Whether the flush in progress closes open buckets too (read by preparations that ship buckets).
+        self.closing_all = False
+        # Set by a preparation that collected the buckets due at that time (the workers'): the
+        # flush then closes no later bucket, which they may still hold.
+        self.now_at_most: float | None = None
         self.freeze_gc = freeze_gc
         # Waiting for the sinks at stop takes what remains of the whole stop's budget.
         self.stop_deadline = stop_deadline or StopDeadline(clock, SINK_STOP_TIMEOUT)
@@ -177,10 +182,13 @@ class FlushService(Service):
 
     async def _flush_batch(self, final: bool) -> tuple[FlushBatch | None, list[defer.Deferred]]:
         started = self.clock.seconds()
+        self.closing_all, self.now_at_most = final, None  # a failed flush's cap does not carry over
         try:
             for prepare in self.before_flush:
                 await defer.maybeDeferred(prepare)
             now = self.clock.seconds()
+            if self.now_at_most is not None:
+                now, self.now_at_most = min(now, self.now_at_most), None
             # The server's own counters go into the open bucket once the due
             # buckets are closed: recorded before, they would be zero-filled
             # into a bucket that ended before they were counted.  The final

@@ -461,7 +461,13 @@ def build_service(
             # Added after the listener: it starts once the socket is bound, and stops
             # (each worker shipping a last time) before the listener and the final flush.
             root.workers = WorkerPoolService(
-                reactor, root.udp, aggregator, telemetry, config.dogstatsd_workers - 1, config
+                reactor,
+                root.udp,
+                pipeline,
+                config.dogstatsd_workers - 1,
+                config,
+                drain=intake.drain,
+                flusher=root.flusher,
             )
             root.workers.setServiceParent(root)
             root.flusher.before_flush.insert(0, root.workers.before_flush)

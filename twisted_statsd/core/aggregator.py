@@ -741,19 +741,27 @@ class Aggregator:
 
     # -- several processes ------------------------------------------------------
 
-    def export(self) -> dict:
-        """Hand over everything held (every bucket, open ones too) and start empty.
+    def export(self, cutoff: int | None = None) -> dict:
+        """Hand over the buckets that end by ``cutoff`` (all of them when None), and what is pending.
 
         A worker process ships this to the process that flushes, which folds it
         in with :meth:`merge`; the counter registry stays, for zero-filling.
+        The flushing process asks with the cutoff of its flush or a later one:
+        a bucket it does not close yet is merged into its own and waits there.
+        Buckets still open stay, so a worker ships each context once per bucket.
         """
+        shipped = [
+            self._buckets.pop(start)
+            for start in sorted(self._buckets)
+            if cutoff is None or start + BUCKET_SECONDS <= cutoff
+        ]
         state = {
-            "buckets": [(b.start, b.metrics, b.sketches) for b in self._buckets.values()],
+            "buckets": [(b.start, b.metrics, b.sketches) for b in shipped],
             "timestamped": self._timestamped,
             "events": self._events,
             "service_checks": self._service_checks,
         }
-        self._buckets, self._timestamped, self._events, self._service_checks = {}, [], [], []
+        self._timestamped, self._events, self._service_checks = [], [], []
         self._pending_bytes = {"events": 0, "service_checks": 0}
         return state
 

@@ -25,6 +25,10 @@ full parser: new shapes, events, service checks, client-timestamped lines,
 errors, refusals, and every line of a context seen under two metric types
 (whose first type in a bucket decides, spec §6.4, so their order matters).
 
+With several intake processes, a ``router`` (:mod:`twisted_statsd.intake.shard`)
+first sends the lines another process owns to it, by their shape keys, and
+only the rest go on here: once more than ``FEW_SHAPES`` shapes are cached.
+
 Staged samples are handed over before the bucket changes, before the shape
 cache rotates or starts over, once they are a second old (on the intake
 timer), and by whoever reads the aggregator, which calls :meth:`Pipeline.fold`
@@ -58,6 +62,7 @@ from twisted_statsd.core.model import (
 )
 from twisted_statsd.core.parser import ParseError, parse_values
 from twisted_statsd.intake.shapes import Shape, ShapeCache
+from twisted_statsd.intake.shard import Router
 from twisted_statsd.intake.staging import Staging
 from twisted_statsd.telemetry import Telemetry
 
@@ -140,14 +145,24 @@ class Pipeline:
         self.refuse_new_contexts = False
         # Shapes learnt so far: the intake freezes the garbage collector's view on it during bursts.
         self.learnt = 0
+        # With several intake processes: sends the lines another process owns to it.
+        self.router: Router | None = None
 
     def process(
-        self, packets: list[bytes], now: float, *, eol_required: bool = False, origin: bytes | None = None
+        self,
+        packets: list[bytes],
+        now: float,
+        *,
+        eol_required: bool = False,
+        origin: bytes | None = None,
+        owned: bool = False,
     ) -> None:
         """Aggregate every line of ``packets`` as received at ``now``.
 
         ``origin`` is the sender's container ID when the listener detected it;
         the shapes of such packets are cached apart, keyed with the origin.
+        With a ``router``, lines another process owns are sent to it, unless
+        ``owned`` says they were routed here already.
         """
         self._advance(now)
         if eol_required:
@@ -168,6 +183,15 @@ class Pipeline:
         keys = list(map(_key, zip(map(_first, heads), map(_third, tails), strict=False)))
         if origin is not None:
             keys = list(map(_concat, repeat(b"\n" + origin + b"\n"), keys))
+        router = self.router
+        if router is not None and not owned and (router.active or len(self.shapes) > router.after_shapes):
+            router.active = True
+            kept = router.route(keys, lines, origin)
+            if kept is not None:
+                lines, keys = list(compress(lines, kept)), list(compress(keys, kept))
+                tails = list(compress(tails, kept))
+                if not lines:
+                    return
         staging = self.staging
         if self.shapes.in_order or len(self.shapes) > FEW_SHAPES:
             if staging:  # staged while there were few shapes: those samples come first
