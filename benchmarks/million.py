@@ -1,6 +1,6 @@
 """A million live contexts in the real server: does it run, how much memory, how long the longest stall.
 
-    python -m benchmarks.million [--contexts 1000000] [--json]
+    python -m benchmarks.million [--contexts 1000000] [--memory-limit BYTES] [--json]
 
 A ``twistd -n statsd`` process (UDP, ``flush_interval`` 1 s, the admin
 endpoint on a free loopback port, a jsonl sink writing to ``/dev/null``: every
@@ -36,6 +36,11 @@ was dropped (``/status`` drops, the kernel's included), RSS once loaded and the
 peak (VmHWM), the longest stall during the load and during the flush, the
 time the load and the flush took.  The server is killed at the end: its final
 flush is not part of the measurement.
+
+With ``--memory-limit`` the server runs ``dogstatsd_mem_based_rate_limiter``
+with that ``memory_limit_bytes``: past its hard limit (90 %) new contexts are
+refused and counted (``memory_hard_limit``), and the peak RSS says whether the
+limit bounded memory through the load and the flush (issue 12, defect 7).
 """
 
 from __future__ import annotations
@@ -119,12 +124,15 @@ def admin_status(port: int) -> dict:
         connection.close()
 
 
-def measure(root: str, contexts: int = 1_000_000, rcvbuf: int = RCVBUF) -> dict:
+def measure(root: str, contexts: int = 1_000_000, rcvbuf: int = RCVBUF, memory_limit: int = 0) -> dict:
     """Load ``contexts`` counters into a real server and flush them once; see the module docstring."""
     workload = counters(contexts, prefix=b"bench.million")
     workdir = tempfile.mkdtemp(dir=root, prefix="m")
     admin = free_tcp_port()
-    server = TwistedStatsd(workdir, "udp", rcvbuf, FLUSH_INTERVAL, settings={"admin_port": admin})
+    settings: dict = {"admin_port": admin}
+    if memory_limit:
+        settings["dogstatsd_mem_based_rate_limiter"] = {"enabled": True, "memory_limit_bytes": memory_limit}
+    server = TwistedStatsd(workdir, "udp", rcvbuf, FLUSH_INTERVAL, settings=settings)
     server.jsonl = os.devnull
     try:
         with server:
@@ -152,13 +160,17 @@ def measure(root: str, contexts: int = 1_000_000, rcvbuf: int = RCVBUF) -> dict:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     dropped = {reason: n for reason, n in status["dropped"].items() if n}
+    # With a memory limit, the contexts past its hard limit are refused (and counted): expected.
+    unexpected = {reason: n for reason, n in dropped.items() if not (memory_limit and reason == "memory_hard_limit")}
+    live_wanted = contexts - dropped.get("memory_hard_limit", 0) if memory_limit else contexts
     return {
         "contexts": contexts,
+        "memory_limit": memory_limit,
         "sent_metrics": workload.lines,
         "live_contexts": status["contexts"],
         "dropped": dropped,
         "kernel_drops": kernel_drops,
-        "runs": settled and flushed and status["contexts"] >= contexts and not dropped and not kernel_drops,
+        "runs": settled and flushed and status["contexts"] >= live_wanted and not unexpected and not kernel_drops,
         "load_seconds": load_seconds,
         "load_rate": workload.lines / load_seconds,
         "flush_seconds": flush_seconds,
@@ -178,11 +190,18 @@ def measure(root: str, contexts: int = 1_000_000, rcvbuf: int = RCVBUF) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--contexts", type=int, default=1_000_000)
+    parser.add_argument(
+        "--memory-limit",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="enable dogstatsd_mem_based_rate_limiter with this memory_limit_bytes (issue 12, defect 7)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="tsm")
     try:
-        result = measure(root, args.contexts)
+        result = measure(root, args.contexts, memory_limit=args.memory_limit)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     if args.json:
@@ -194,7 +213,9 @@ def main() -> None:
         f"load {result['load_seconds']:.1f} s ({result['load_rate']:,.0f} new contexts/s), "
         f"flush of the full bucket {result['flush_seconds']:.1f} s after it closed\n"
         f"RSS {result['rss_start'] / mib:.0f} MiB at start, {result['rss_loaded'] / mib:.0f} MiB loaded, "
-        f"peak {result['peak_rss'] / mib:.0f} MiB\n"
+        f"peak {result['peak_rss'] / mib:.0f} MiB"
+        + (f" (limit {args.memory_limit / mib:.0f} MiB)" if args.memory_limit else "")
+        + "\n"
         f"longest stall {result['max_stall_load_seconds'] * 1000:.0f} ms loading, "
         f"{result['max_stall_seconds'] * 1000:.0f} ms flushing ({result['probes']:,} probes)",
         file=sys.stderr,
