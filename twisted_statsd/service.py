@@ -471,10 +471,10 @@ def build_service(
             )
             root.workers.setServiceParent(root)
             root.flusher.before_flush.insert(0, root.workers.before_flush)
-    throttle = None
-    if config.dogstatsd_socket or config.dogstatsd_stream_socket or config.dogstatsd_tcp_port:
-        # Added before the listeners it slows down, so that they stop first.
-        throttle = _add_memory_monitor(root, config, reactor, pipeline, _proc_root)
+    # Whatever the listeners: above the hard limit new contexts are refused on every transport
+    # (UDP included); the throttle only slows the Unix and TCP listeners, added after it so that
+    # they stop first.
+    throttle = _add_memory_monitor(root, config, reactor, pipeline, _proc_root)
     if config.dogstatsd_socket or config.dogstatsd_stream_socket:
         _add_unix_listeners(root, config, reactor, intake, reporter, throttle, _proc_root)
     if config.dogstatsd_tcp_port:
@@ -487,7 +487,7 @@ def build_service(
 
 
 def _add_memory_monitor(root, config, reactor, pipeline, proc_root) -> ReadThrottle | None:
-    """The memory monitor and the throttle through which it slows the Unix and TCP listeners down."""
+    """The memory monitor (above its hard limit, new contexts are refused) and the Unix and TCP read throttle."""
     limiter = config.dogstatsd_mem_based_rate_limiter
     if not limiter.enabled:
         return None

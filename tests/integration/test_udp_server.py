@@ -335,3 +335,20 @@ async def test_stop_reads_everything_queued_not_just_one_read_budget(reactor, tm
     await stop(reactor, service)
     assert counted(service) == count * 200
     assert service.telemetry.dropped("udp_kernel") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_memory_limiter_refuses_new_udp_contexts_above_its_hard_limit(reactor, tmp_path):
+    """Issue 12, defect 7: with UDP alone the limiter was never started, so memory grew past its limit."""
+    limiter = {"enabled": True, "memory_limit_bytes": 1}  # any process is above 90 % of one byte
+    service, out = await start(reactor, tmp_path, dogstatsd_mem_based_rate_limiter=limiter)
+    try:
+        assert service.memory is not None and service.memory.state.refuse_new_contexts
+        assert service.pipeline.refuse_new_contexts
+        statsd = client(service)
+        statsd.increment("refused.udp", 1)
+        statsd.close_socket()
+        await wait_for(reactor, lambda: service.telemetry.dropped("memory_hard_limit") == 1)
+    finally:
+        await stop(reactor, service)
+    assert [o for o in user_objects(out) if o.get("metric") == "refused.udp"] == []

@@ -189,6 +189,25 @@ def test_overflow_telemetry_keeps_the_top_offenders_and_sums_the_rest():
     assert len(pipeline.limiter.table()["overflows"]) == 12
 
 
+def test_contexts_refused_above_the_memory_hard_limit_take_no_budget():
+    """Issue 12, defect 7: admitted before being refused, a context kept a limiter entry (~90 B) forever."""
+    pipeline = pipeline_for(dogstatsd_context_limiter={"sender_limit": 1, "key_tag_name": "pod"})
+    pipeline.process([b"m:1|c|#pod:a,x:0\n", b"m:1|c|#pod:a,x:1\n"], NOW)  # x:1 is over budget: overflow
+    pipeline.fold()
+    assert len(pipeline.limiter) == 1
+    pipeline.refuse_new_contexts = True
+    # New and within a budget (a new sender): refused when learnt, then again line by line.
+    pipeline.process([b"m:1|c|#pod:b,x:0\n", b"m:1|c|#pod:c,x:0\n"], NOW)
+    # New, over pod:a's budget: joins pod:a's overflow context, which is known.
+    pipeline.process([b"m:2|c|#pod:a,x:2\n"], NOW)
+    pipeline.fold()
+    assert len(pipeline.limiter) == 1
+    assert pipeline.telemetry.dropped("memory_hard_limit") == 2
+    series, _ = series_of(pipeline)
+    assert total(series, "m") == pytest.approx((1 + 1 + 2) / 10)  # counters flush as rates per second
+    assert series[("m", ("overflow:true", "pod:a"))].points[0][1] == pytest.approx((1 + 2) / 10)
+
+
 def test_context_limiter_config_is_validated():
     with pytest.raises(ConfigError):
         load_config(data={"dogstatsd_context_limiter": {"limit": -1}})

@@ -85,6 +85,7 @@ FOLD_LINES = 65_536
 _REFUSALS = {
     "blocked": "metric is on the block list",
     "zero_sample_rate": "a counter with sample rate 0 has no value",
+    "memory_hard_limit": "memory use is above the hard limit; new contexts are refused",
 }
 
 # How the value of a line of each type is converted on the C-level path (a set member stays bytes).
@@ -333,10 +334,12 @@ class Pipeline:
             cache.refuse(key, "zero_sample_rate")
             return None
         renew = self.enricher.tag_rules.limits(target.context.name)
+        if self.refuse_new_contexts and self._new_within_budget(target, origin, now):
+            return None
         if self.limiter is not None:
             target = self._limited(target, origin, now)
         if self.refuse_new_contexts and not self._known(target.context, now):
-            return None
+            return None  # over its budget, and its overflow context is new too
         self.learnt += 1
         return cache.add(key, Shape(target, key, renew=renew))
 
@@ -385,6 +388,18 @@ class Pipeline:
     def _known(self, context, now: float) -> bool:
         self.fold()
         return self.aggregator.knows(context, now)
+
+    def _new_within_budget(self, target: Target, origin: bytes | None, now: float) -> bool:
+        """Whether ``target``'s context is new and the context limiter would count it live, not fold it.
+
+        Above the memory hard limit such a context is refused before the
+        limiter records it: admitted first, it kept a budget entry (and the
+        memory for it) though it never reached a bucket.  An over-budget one
+        goes on to its overflow context, which may be known.
+        """
+        if self._known(target.context, now):
+            return False
+        return self.limiter is None or self.limiter.verdict(target.context, origin) is None
 
     # -- values -----------------------------------------------------------------------
 
@@ -515,15 +530,16 @@ class Pipeline:
         if target.type == COUNTER and target.rate == 0.0 and not message.timestamp:
             self.reporter.report("zero_sample_rate", _REFUSALS["zero_sample_rate"], line)
             return
+        if self.refuse_new_contexts and not message.timestamp and self._new_within_budget(target, origin, now):
+            self.reporter.report("memory_hard_limit", _REFUSALS["memory_hard_limit"], line)
+            return
         if self.limiter is not None:
             target = self._limited(target, origin, now)
         if message.timestamp:  # the sample rate does not apply here (spec §1.4)
             self.telemetry.incr("metrics", self._timestamped(target, message, line))
             return
         if self.refuse_new_contexts and not self._known(target.context, now):
-            self.reporter.report(
-                "memory_hard_limit", "memory use is above the hard limit; new contexts are refused", line
-            )
+            self.reporter.report("memory_hard_limit", _REFUSALS["memory_hard_limit"], line)
             return
         if target.type == SET:
             self.staging.add_target_run(target, (message.set_member,))
