@@ -625,30 +625,32 @@ class Aggregator:
     # counted once, here) and builds the series that take more than one
     # point's arithmetic: a histogram's aggregates, or a context with points in
     # several due buckets (a late flush, or the final one).  A context's points
-    # from every due bucket are gathered when its first bucket is reached.
+    # from every due bucket are gathered when its first bucket is reached, and
+    # taken out of the later ones: otherwise every later bucket was walked past
+    # each such context with no work counted (a late flush of two buckets of
+    # 100,000 zero-filled counters held the reactor over 100 ms in one step).
 
     def _prepare(self, due: list[Bucket], prepared: dict[int, list[Series]], step: int):
         """Count the non-finite points of ``due``; build into ``prepared`` the series of its
         histograms and of the contexts in several buckets."""
         for i, bucket in enumerate(due):
-            earlier, later = due[:i], due[i + 1 :]
+            later = due[i + 1 :]
             budget = step
             for key, metric in bucket.metrics.items():
+                budget -= 1
                 if budget <= 0:
                     budget = step
                     yield
-                if earlier and any(key in b.metrics for b in earlier):
-                    continue
                 if not later or not any(key in b.metrics for b in later):
                     point = _one_point(metric)
                     if point is not None:
-                        budget -= 1
                         if point[1] - point[1]:  # NaN or infinite, e.g. a counter that overflowed
                             self.non_finite_points += 1
                         continue
                 by_suffix: dict[str, Series] = {}
-                for b in due[i:]:
-                    other = b.metrics.get(key)
+                budget -= self._add_points(metric, bucket.start, by_suffix)
+                for b in later:
+                    other = b.metrics.pop(key, None)
                     if other is not None:
                         budget -= self._add_points(other, b.start, by_suffix)
                 prepared[key] = list(by_suffix.values())
@@ -656,11 +658,9 @@ class Aggregator:
     @staticmethod
     def _series_of(due: list[Bucket], prepared: dict[int, list[Series]], timestamped: list[Series]):
         """The series of a flush, in order: what :meth:`_prepare` left to build, built now."""
-        for i, bucket in enumerate(due):
-            earlier, ts = due[:i], bucket.start
+        for bucket in due:
+            ts = bucket.start
             for key, metric in bucket.metrics.items():
-                if earlier and any(key in b.metrics for b in earlier):
-                    continue
                 if prepared:
                     found = prepared.get(key)
                     if found is not None:
