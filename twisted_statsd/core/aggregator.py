@@ -489,18 +489,17 @@ class Aggregator:
 
     def add_event(self, event, size: int = 0) -> bool:
         """Queue an event (from a line of ``size`` bytes) for the next flush; False when refused (:meth:`refusal`)."""
-        if self.refusal("events", size) is not None:
-            return False
-        self._events.append(event)
-        self._pending_bytes["events"] += size
-        return True
+        return self._queue("events", self._events, event, size)
 
     def add_service_check(self, check, size: int = 0) -> bool:
         """Queue a service check (from a line of ``size`` bytes) for the next flush; False when refused."""
-        if self.refusal("service_checks", size) is not None:
+        return self._queue("service_checks", self._service_checks, check, size)
+
+    def _queue(self, kind: str, pending: list, item, size: int) -> bool:
+        if self.refusal(kind, size) is not None:
             return False
-        self._service_checks.append(check)
-        self._pending_bytes["service_checks"] += size
+        pending.append(item)
+        self._pending_bytes[kind] += size
         return True
 
     def refusal(self, kind: str, size: int) -> str | None:
