@@ -48,15 +48,16 @@ Unix sender is slowed down by the receiver and loses nothing, so the rate it
 achieves is the receiver's (the ladder steps down if that step loses); three
 rounds, the receivers taking turns, and the best step counts.
 
-Measured apart from the ladders, all on the real server except the last:
+Measured apart from the ladders, on the real server unless said otherwise:
 RSS per live counter context (:meth:`Bench.measure_memory`, at the high
 size), one process against two at the high size by how fast each drains a
 full socket queue while no sender runs, with the RSS of the whole process
 tree (:mod:`benchmarks.backlog`), a million live contexts
-(:mod:`benchmarks.million`), and, with ``--stall``, the in-process flush
-stall (:mod:`benchmarks.stall`).  Flush cost per sink and the burst of new
-contexts are measured by their own benchmarks; their rows read "not
-measured" until wired in.  See :mod:`benchmarks.report` for the rows,
+(:mod:`benchmarks.million`), and, with ``--stall``, the flush stall in this process
+(:mod:`benchmarks.stall`); then the flush cost per context of each sink
+(:mod:`benchmarks.flush_cost`, in this process) and the burst of new contexts
+(:mod:`benchmarks.burst`, in a process of its own, as it runs the global
+reactor).  See :mod:`benchmarks.report` for the rows,
 bounds and verdicts.
 """
 
