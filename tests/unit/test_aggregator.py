@@ -440,6 +440,21 @@ def test_zero_fill_is_bounded_and_keeps_the_most_recently_active_counters():
     assert agg.zero_fill_skipped == 1
 
 
+def test_a_flush_of_two_buckets_zero_fills_a_counter_only_after_it_was_first_seen():
+    """Spec §6.5: an idle counter gets a zero point; a counter first seen in the later of two due
+    buckets (the first flush with flush_interval 15 s) got one in the earlier bucket too."""
+    agg = Aggregator(expiry_seconds=300)
+    old, new = ctx("old"), ctx("new")
+    agg.add(old, COUNTER, 1, 1.0, 991)
+    agg.flush(1000)
+    agg.add(ctx("other"), GAUGE, 1, 1.0, 1005)  # bucket 1000 exists (the server's own gauges, say)
+    agg.add(old, COUNTER, 1, 1.0, 1012)
+    agg.add(new, COUNTER, 1, 1.0, 1012)
+    out = by_name(agg.flush(1021))  # buckets 1000 and 1010 are due
+    assert out["new"].points == [(1010, 0.1)]
+    assert out["old"].points == [(1000, 0.0), (1010, 0.1)]
+
+
 def test_zero_fill_limit_counts_every_counter_left_out_and_0_lifts_it():
     bounded, unbounded = Aggregator(zero_fill_limit=3), Aggregator(zero_fill_limit=0)
     for agg in (bounded, unbounded):

@@ -388,13 +388,13 @@ class Aggregator:
             bucket = self._buckets[start] = Bucket(start)
         return bucket
 
-    def _new_metric(self, bucket: Bucket, context: Context, mtype: bytes, now: float) -> Metric:
+    def _new_metric(self, bucket: Bucket, context: Context, mtype: bytes) -> Metric:
         """Create the metric object for a context's first sample in ``bucket``; its type stays (spec §6.4)."""
         metric = bucket.metrics[context.key] = METRIC_CLASSES[mtype](context)
-        if isinstance(metric, Counter):
-            seen = self._counters.get(context.key)
-            if seen is None or now > seen.last:
-                self._counters[context.key] = metric
+        if isinstance(metric, Counter) and context.key not in self._counters:
+            # Registered now (the registry says which counters are live); a registered one is
+            # renewed by the flush, bucket by bucket, so zero-fill can tell when it was last seen.
+            self._counters[context.key] = metric
         return metric
 
     def knows(self, context: Context, now: float) -> bool:
@@ -450,7 +450,7 @@ class Aggregator:
             return
         metric = bucket.metrics.get(context.key)
         if metric is None:
-            metric = self._new_metric(bucket, context, mtype, now)
+            metric = self._new_metric(bucket, context, mtype)
         if metric.__class__ is METRIC_CLASSES[mtype]:
             route.metric, route.serial = metric, bucket.serial
             metric.add_run(values, rate, now)
@@ -549,9 +549,8 @@ class Aggregator:
         batch.events, self._events = self._events, []
         batch.service_checks, self._service_checks = self._service_checks, []
         self._pending_bytes = {"events": 0, "service_checks": 0}
-        for bucket in due:
+        for bucket in due:  # in time order: a counter first seen in a later bucket is not zero-filled in this one
             yield from self._note_counter_activity(bucket, step)
-        for bucket in due:
             yield from self._zero_fill(bucket, step)
         prepared: dict[int, list[Series]] = {}
         yield from self._prepare(due, prepared, step)
@@ -607,10 +606,11 @@ class Aggregator:
         interval until they expire.  Those left out are counted.
         """
         counters, metrics, expiry = self._counters, bucket.metrics, self.expiry_seconds
+        end = bucket.start + BUCKET_SECONDS  # a counter first seen after this bucket has no zero in it
         room = self.zero_fill_limit or len(counters)
         for done, key in enumerate(reversed(list(counters)), 1):
             seen = counters.get(key)
-            if seen is not None and seen.last + expiry > bucket.start and key not in metrics:
+            if seen is not None and bucket.start - expiry < seen.last < end and key not in metrics:
                 if room:
                     metrics[key] = Counter(seen.context)
                     room -= 1
